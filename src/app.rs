@@ -1,0 +1,120 @@
+//! The agent's lifecycle: start every task, wait for a signal, shut down in
+//! order within a time limit.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{self, Config, RawConfig};
+use crate::shutdown::{AgentSignal, Signals};
+use crate::supervisor::{Supervisor, SupervisorStatus};
+use crate::systemd::{self, Watchdog};
+
+/// Runs the agent until SIGTERM or SIGINT.
+///
+/// Shutdown order: (registry withdrawal will come first), then the HTTP
+/// server stops taking requests, then turnserver is stopped. Each step gets
+/// what is left of `agent.shutdown_timeout`.
+pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let listener = TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("api.listen: cannot bind {}", config.api.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "HTTP API listening");
+
+    let supervisor_stop = CancellationToken::new();
+    let api_stop = CancellationToken::new();
+    let (supervisor, status) = Supervisor::new(
+        config.turnserver.clone(),
+        config.credentials.mode,
+        Watchdog::from_env(),
+    )
+    .context("cannot start the supervisor")?;
+    let mut supervisor_task = tokio::spawn(supervisor.run(supervisor_stop.clone()));
+    tokio::spawn(report_to_systemd(status.clone()));
+
+    let router = api::router(ApiState { supervisor: status });
+    let mut api_task: JoinHandle<std::io::Result<()>> =
+        tokio::spawn(api::serve(listener, router, api_stop.clone()));
+
+    let mut current_raw = raw;
+    let reason = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                AgentSignal::Terminate(name) => break name,
+                AgentSignal::Reload => reload(&config_path, &mut current_raw),
+            },
+            result = &mut supervisor_task => {
+                anyhow::bail!("supervisor ended unexpectedly: {result:?}");
+            }
+            result = &mut api_task => {
+                anyhow::bail!("HTTP server ended unexpectedly: {result:?}");
+            }
+        }
+    };
+
+    tracing::info!(signal = reason, "shutting down");
+    systemd::notify_stopping();
+    let deadline = Instant::now() + config.agent.shutdown_timeout;
+
+    api_stop.cancel();
+    if tokio::time::timeout_at(deadline, &mut api_task).await.is_err() {
+        tracing::warn!("HTTP server did not drain in time");
+        api_task.abort();
+    }
+    supervisor_stop.cancel();
+    if tokio::time::timeout_at(deadline, &mut supervisor_task).await.is_err() {
+        // Dropping out of main ends the spawner thread, and the parent-death
+        // signal takes turnserver with us.
+        anyhow::bail!("turnserver did not stop within agent.shutdown_timeout");
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Re-reads the file on SIGHUP and logs what changed; a bad file is
+/// reported and the running configuration kept.
+fn reload(path: &std::path::Path, current: &mut RawConfig) {
+    match config::load(path) {
+        Ok((raw, _config)) => {
+            let changed = config::changed_keys(current, &raw);
+            if changed.is_empty() {
+                tracing::info!("configuration re-read: nothing changed");
+            } else {
+                tracing::info!(
+                    changed = ?changed,
+                    "configuration re-read; changes take effect on the next agent restart"
+                );
+            }
+            *current = raw;
+        }
+        Err(error) => {
+            for problem in &error.problems {
+                tracing::error!(%problem, "configuration re-read failed; keeping the running configuration");
+            }
+        }
+    }
+}
+
+/// READY=1 once turnserver first answers (the API already listens by then),
+/// and STATUS= on every change, for `systemctl status`.
+async fn report_to_systemd(mut status: watch::Receiver<SupervisorStatus>) {
+    let mut announced_ready = false;
+    loop {
+        let current = status.borrow_and_update().clone();
+        systemd::notify_status(&current.reason());
+        if current.is_ready() && !announced_ready {
+            systemd::notify_ready();
+            announced_ready = true;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}

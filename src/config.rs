@@ -1,0 +1,1254 @@
+//! The configuration file format and its validation.
+//!
+//! Loading happens in three steps so that every problem is reported before the
+//! agent touches the world:
+//! 1. the TOML file is read into a table and `TURN_AGENT_<SECTION>_<KEY>`
+//!    environment variables are laid over it;
+//! 2. each section is deserialized into a plain `Raw*` struct
+//!    (`deny_unknown_fields`, durations still strings);
+//! 3. [`validate`] turns the raw structs into [`Config`], whose types already
+//!    carry the guarantees (parsed durations and socket addresses, ordered
+//!    bounds, binaries that exist), collecting one [`ConfigProblem`] per fault.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override file keys.
+pub const ENV_PREFIX: &str = "TURN_AGENT_";
+
+/// The sections a file may have, in the order `check-config` prints them.
+pub const SECTIONS: &[&str] = &[
+    "agent",
+    "api",
+    "turnserver",
+    "credentials",
+    "zookeeper",
+    "traffic",
+    "access",
+];
+
+/// One thing wrong with the configuration, tied to the key that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// `section.key`, or the environment variable or file the problem came from.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one configuration; displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub api: ApiConfig,
+    pub turnserver: TurnserverConfig,
+    pub credentials: CredentialsConfig,
+    pub zookeeper: ZookeeperConfig,
+    pub traffic: TrafficConfig,
+    pub access: AccessConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// A `tracing` filter directive such as `info` or `turn_agent=debug,info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Upper bound on the whole ordered shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// What other hosts use to reach the API; `None` means `listen` is
+    /// reachable as it is.
+    pub advertise: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnserverConfig {
+    /// Resolved path of the `turnserver` binary.
+    pub binary: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub listening_ip: Option<IpAddr>,
+    pub listening_port: u16,
+    pub relay_ip: Option<IpAddr>,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub realm: String,
+    pub userdb: PathBuf,
+    pub pidfile: PathBuf,
+    pub extra_args: Vec<String>,
+    pub restart_delay_min: Duration,
+    pub restart_delay_max: Duration,
+    pub stable_after: Duration,
+    pub stop_timeout: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub probe_failures: u32,
+    pub startup_timeout: Duration,
+}
+
+impl TurnserverConfig {
+    /// Where the STUN health probe is sent: the listening address, or
+    /// loopback when turnserver listens on every interface.
+    pub fn probe_addr(&self) -> SocketAddr {
+        let ip = match self.listening_ip {
+            Some(ip) if !ip.is_unspecified() => ip,
+            Some(IpAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            _ => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, self.listening_port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialMode {
+    /// Long-term users added and removed with `turnadmin -a/-d`.
+    LongTerm,
+    /// coturn's `--use-auth-secret`: shared secrets, per-request HMAC credentials.
+    RestApi,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialsConfig {
+    pub mode: CredentialMode,
+    pub rotate_interval: Duration,
+    pub lifetime: Duration,
+    pub grace: Duration,
+    pub max_ttl: Duration,
+    pub state_file: PathBuf,
+    /// Resolved path of the `turnadmin` binary.
+    pub turnadmin: PathBuf,
+    /// Database flags for turnadmin; empty means `-b <turnserver.userdb>`.
+    pub database_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZookeeperConfig {
+    /// Ensemble connect string with optional chroot; `None` turns publishing off.
+    pub connect: Option<String>,
+    pub path: String,
+    pub node: String,
+    pub session_timeout: Duration,
+    pub publish_interval: Duration,
+    pub max_silence: Duration,
+    pub auth_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficDirection {
+    Rx,
+    Tx,
+    Max,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficConfig {
+    pub interface: Option<String>,
+    pub capacity_mbps: f64,
+    pub direction: TrafficDirection,
+    pub hysteresis_percent: f64,
+}
+
+/// Access rules, kept in their file form until the allow-list module parses them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    pub default_role: String,
+    pub allow: Vec<RawAllowEntry>,
+    pub trusted_proxies: Vec<String>,
+    pub roles: Vec<RawRole>,
+    pub tokens: Vec<RawToken>,
+}
+
+// ---------------------------------------------------------------------------
+// File format
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAgent {
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub shutdown_timeout: String,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        RawAgent {
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            shutdown_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            listen: "0.0.0.0:8086".into(),
+            advertise: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTurnserver {
+    pub binary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listening_ip: Option<String>,
+    pub listening_port: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_ip: Option<String>,
+    pub min_port: i64,
+    pub max_port: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    pub userdb: String,
+    pub pidfile: String,
+    pub extra_args: Vec<String>,
+    pub restart_delay_min: String,
+    pub restart_delay_max: String,
+    pub stable_after: String,
+    pub stop_timeout: String,
+    pub probe_interval: String,
+    pub probe_timeout: String,
+    pub probe_failures: i64,
+    pub startup_timeout: String,
+}
+
+impl Default for RawTurnserver {
+    fn default() -> Self {
+        RawTurnserver {
+            binary: "turnserver".into(),
+            config_file: None,
+            listening_ip: None,
+            listening_port: 3478,
+            relay_ip: None,
+            min_port: 49152,
+            max_port: 65535,
+            realm: None,
+            userdb: "/var/lib/turn-agent/turndb".into(),
+            pidfile: "/run/turn-agent/turnserver.pid".into(),
+            extra_args: vec!["--no-cli".into()],
+            restart_delay_min: "100ms".into(),
+            restart_delay_max: "30s".into(),
+            stable_after: "60s".into(),
+            stop_timeout: "5s".into(),
+            probe_interval: "1s".into(),
+            probe_timeout: "500ms".into(),
+            probe_failures: 3,
+            startup_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCredentials {
+    pub mode: CredentialMode,
+    pub rotate_interval: String,
+    pub lifetime: String,
+    pub grace: String,
+    pub max_ttl: String,
+    pub state_file: String,
+    pub turnadmin: String,
+    pub database_args: Vec<String>,
+}
+
+impl Default for RawCredentials {
+    fn default() -> Self {
+        RawCredentials {
+            mode: CredentialMode::LongTerm,
+            rotate_interval: "1h".into(),
+            lifetime: "2h".into(),
+            grace: "60s".into(),
+            max_ttl: "24h".into(),
+            state_file: "/var/lib/turn-agent/credential.json".into(),
+            turnadmin: "turnadmin".into(),
+            database_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawZookeeper {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub session_timeout: String,
+    pub publish_interval: String,
+    pub max_silence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_file: Option<String>,
+}
+
+impl Default for RawZookeeper {
+    fn default() -> Self {
+        RawZookeeper {
+            connect: None,
+            path: "/turn/servers".into(),
+            node: None,
+            session_timeout: "10s".into(),
+            publish_interval: "10s".into(),
+            max_silence: "60s".into(),
+            auth_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTraffic {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    pub capacity_mbps: f64,
+    pub direction: TrafficDirection,
+    pub hysteresis_percent: f64,
+}
+
+impl Default for RawTraffic {
+    fn default() -> Self {
+        RawTraffic {
+            interface: None,
+            capacity_mbps: 1000.0,
+            direction: TrafficDirection::Max,
+            hysteresis_percent: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllowEntry {
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub name: String,
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub token_file: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccess {
+    pub default_role: String,
+    pub allow: Vec<RawAllowEntry>,
+    pub trusted_proxies: Vec<String>,
+    pub roles: Vec<RawRole>,
+    pub tokens: Vec<RawToken>,
+}
+
+impl Default for RawAccess {
+    fn default() -> Self {
+        RawAccess {
+            default_role: "user".into(),
+            allow: vec![
+                RawAllowEntry {
+                    addr: "127.0.0.1".into(),
+                    role: Some("admin".into()),
+                },
+                RawAllowEntry {
+                    addr: "::1".into(),
+                    role: Some("admin".into()),
+                },
+            ],
+            trusted_proxies: Vec::new(),
+            roles: Vec::new(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// The file after environment overrides and defaults, before validation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RawConfig {
+    pub agent: RawAgent,
+    pub api: RawApi,
+    pub turnserver: RawTurnserver,
+    pub credentials: RawCredentials,
+    pub zookeeper: RawZookeeper,
+    pub traffic: RawTraffic,
+    pub access: RawAccess,
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+/// Reads, overrides from the process environment, and validates `path`.
+/// Returns the raw form too, for `check-config` and for reload diffs.
+pub fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
+    let raw = load_raw(path, std::env::vars_os())?;
+    let config = validate(&raw)?;
+    Ok((raw, config))
+}
+
+/// The `section.key` names whose effective values differ between two loads.
+pub fn changed_keys(old: &RawConfig, new: &RawConfig) -> Vec<String> {
+    let flatten = |raw: &RawConfig| -> BTreeMap<String, toml::Value> {
+        let mut keys = BTreeMap::new();
+        if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(raw) {
+            for (section_name, section_value) in sections {
+                if let toml::Value::Table(section_table) = section_value {
+                    for (key, value) in section_table {
+                        keys.insert(format!("{section_name}.{key}"), value);
+                    }
+                }
+            }
+        }
+        keys
+    };
+    let (old, new) = (flatten(old), flatten(new));
+    let mut changed: Vec<String> = old
+        .iter()
+        .filter(|(key, value)| new.get(*key) != Some(*value))
+        .map(|(key, _)| key.clone())
+        .collect();
+    changed.extend(new.keys().filter(|key| !old.contains_key(*key)).cloned());
+    changed.sort();
+    changed
+}
+
+/// Reads `path` and lays the `TURN_AGENT_*` variables of `env` over it.
+pub fn load_raw(
+    path: &Path,
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::single(path.display().to_string(), format!("cannot read: {error}"))
+    })?;
+    parse_raw(&text, env).map_err(|mut error| {
+        for problem in &mut error.problems {
+            if problem.key.is_empty() {
+                problem.key = path.display().to_string();
+            }
+        }
+        error
+    })
+}
+
+/// Parses file text with environment overrides into the raw form.
+pub fn parse_raw(
+    text: &str,
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<RawConfig, ConfigError> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|error: toml::de::Error| ConfigError::single("", one_line(&error.to_string())))?;
+    let mut problems = Vec::new();
+    apply_env_overrides(&mut table, env, &mut problems);
+
+    for name in table.keys() {
+        if !SECTIONS.contains(&name.as_str()) {
+            problems.push(ConfigProblem {
+                key: name.clone(),
+                message: format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+            });
+        }
+    }
+
+    let mut raw = RawConfig::default();
+    section(&table, "agent", &mut raw.agent, &mut problems);
+    section(&table, "api", &mut raw.api, &mut problems);
+    section(&table, "turnserver", &mut raw.turnserver, &mut problems);
+    section(&table, "credentials", &mut raw.credentials, &mut problems);
+    section(&table, "zookeeper", &mut raw.zookeeper, &mut problems);
+    section(&table, "traffic", &mut raw.traffic, &mut problems);
+    section(&table, "access", &mut raw.access, &mut problems);
+
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// Deserializes one section on its own, so a fault in one section does not
+/// hide the faults of the others.
+fn section<T: DeserializeOwned>(
+    table: &toml::Table,
+    name: &str,
+    slot: &mut T,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let Some(value) = table.get(name) else {
+        return;
+    };
+    if !value.is_table() {
+        problems.push(ConfigProblem {
+            key: name.into(),
+            message: "must be a table".into(),
+        });
+        return;
+    }
+    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        Ok(parsed) => *slot = parsed,
+        Err(error) => {
+            let path = error.path().to_string();
+            let key = if path == "." {
+                name.to_string()
+            } else {
+                format!("{name}.{path}")
+            };
+            problems.push(ConfigProblem {
+                key,
+                message: one_line(&error.into_inner().to_string()),
+            });
+        }
+    }
+}
+
+/// Lays `TURN_AGENT_<SECTION>_<KEY>=value` over the file's table.
+///
+/// The value is read as a TOML value when it is one (`3478`, `true`,
+/// `["-v"]`, `"quoted"`), and as a plain string otherwise (`10s`,
+/// `127.0.0.1:9000`).
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in env {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(ENV_PREFIX) {
+            continue;
+        }
+        match value.into_string() {
+            Ok(value) => {
+                overrides.insert(name.to_string(), value);
+            }
+            Err(_) => problems.push(ConfigProblem {
+                key: name.to_string(),
+                message: "value is not valid UTF-8".into(),
+            }),
+        }
+    }
+    for (name, value) in overrides {
+        let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section_name, key)) = rest.split_once('_') else {
+            problems.push(ConfigProblem {
+                key: name,
+                message: "expected TURN_AGENT_<SECTION>_<KEY>".into(),
+            });
+            continue;
+        };
+        if !SECTIONS.contains(&section_name) || key.is_empty() {
+            problems.push(ConfigProblem {
+                key: name,
+                message: format!(
+                    "unknown section `{section_name}`, expected one of {}",
+                    SECTIONS.join(", ")
+                ),
+            });
+            continue;
+        }
+        let parsed = format!("value = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut wrapper| wrapper.remove("value"))
+            .unwrap_or(toml::Value::String(value));
+        let entry = table
+            .entry(section_name.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry.as_table_mut() {
+            Some(section_table) => {
+                section_table.insert(key.to_string(), parsed);
+            }
+            None => problems.push(ConfigProblem {
+                key: name,
+                message: format!("section `{section_name}` in the file is not a table"),
+            }),
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+/// Flags the agent sets itself; an operator passing them in `extra_args`
+/// would fight the supervisor, so they are rejected there.
+const OWNED_FLAGS: &[&str] = &[
+    "-o",
+    "--daemon",
+    "-n",
+    "-c",
+    "-L",
+    "--listening-ip",
+    "-p",
+    "--listening-port",
+    "-E",
+    "--relay-ip",
+    "--min-port",
+    "--max-port",
+    "-r",
+    "--realm",
+    "-b",
+    "--db",
+    "--userdb",
+    "--pidfile",
+    "-a",
+    "--lt-cred-mech",
+    "--use-auth-secret",
+    "--static-auth-secret",
+    "-l",
+    "--log-file",
+    "--simple-log",
+    "--no-stdout-log",
+    "--syslog",
+];
+
+struct Validator {
+    problems: Vec<ConfigProblem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, text: &str) -> Duration {
+        match parse_duration(text) {
+            Ok(duration) => duration,
+            Err(message) => {
+                self.problem(key, message);
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str, text: &str) -> Duration {
+        let duration = self.duration(key, text);
+        if duration.is_zero() && parse_duration(text).is_ok() {
+            self.problem(key, "must be greater than zero");
+        }
+        duration
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str) -> SocketAddr {
+        text.parse().unwrap_or_else(|_| {
+            self.problem(key, format!("`{text}` is not an ip:port address"));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn ip(&mut self, key: &str, text: &Option<String>) -> Option<IpAddr> {
+        let text = text.as_deref()?;
+        match text.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.problem(key, format!("`{text}` is not an IP address"));
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, key: &str, value: i64, allow_zero: bool) -> u16 {
+        match u16::try_from(value) {
+            Ok(0) if !allow_zero => {
+                self.problem(key, "must be a port number between 1 and 65535");
+                0
+            }
+            Ok(port) => port,
+            Err(_) => {
+                self.problem(key, "must be a port number between 1 and 65535");
+                0
+            }
+        }
+    }
+
+    fn binary(&mut self, key: &str, name: &str) -> PathBuf {
+        match which::which(name) {
+            Ok(path) => path,
+            Err(_) => {
+                self.problem(key, format!("`{name}` not found or not executable"));
+                PathBuf::from(name)
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str, text: &str) -> PathBuf {
+        if text.is_empty() {
+            self.problem(key, "must not be empty");
+        } else if !Path::new(text).is_absolute() {
+            self.problem(key, format!("`{text}` must be an absolute path"));
+        }
+        PathBuf::from(text)
+    }
+}
+
+/// Parses `"100ms"`, `"10s"`, `"1h"`, `"1h 30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|error| format!("`{text}` is not a duration like \"100ms\", \"10s\" or \"1h\" ({error})"))
+}
+
+/// Turns the raw form into a [`Config`], or reports every problem it has.
+pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+
+    let agent = AgentConfig {
+        log_level: raw.agent.log_level.clone(),
+        log_format: raw.agent.log_format,
+        shutdown_timeout: v.positive_duration("agent.shutdown_timeout", &raw.agent.shutdown_timeout),
+    };
+    if tracing_subscriber_filter_is_invalid(&agent.log_level) {
+        v.problem(
+            "agent.log_level",
+            format!("`{}` is not a log filter such as \"info\" or \"turn_agent=debug\"", agent.log_level),
+        );
+    }
+
+    let api = ApiConfig {
+        listen: v.socket_addr("api.listen", &raw.api.listen),
+        advertise: raw
+            .api
+            .advertise
+            .as_deref()
+            .map(|text| v.socket_addr("api.advertise", text)),
+    };
+    if let Some(advertise) = api.advertise {
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            v.problem("api.advertise", "must be a concrete ip:port other hosts can reach");
+        }
+    }
+
+    let turnserver = validate_turnserver(&mut v, &raw.turnserver);
+    let credentials = validate_credentials(&mut v, &raw.credentials, &turnserver);
+    let zookeeper = validate_zookeeper(&mut v, &raw.zookeeper);
+    if zookeeper.connect.is_some()
+        && api.advertise.is_none()
+        && (api.listen.ip().is_unspecified() || api.listen.port() == 0)
+    {
+        v.problem(
+            "api.advertise",
+            "must be set when zookeeper.connect is set and api.listen is not a concrete ip:port",
+        );
+    }
+    let traffic = validate_traffic(&mut v, &raw.traffic);
+    if zookeeper.connect.is_some() && traffic.interface.is_none() {
+        v.problem("traffic.interface", "must be set when zookeeper.connect is set");
+    }
+    let access = validate_access(&mut v, &raw.access);
+
+    if v.problems.is_empty() {
+        Ok(Config {
+            agent,
+            api,
+            turnserver,
+            credentials,
+            zookeeper,
+            traffic,
+            access,
+        })
+    } else {
+        Err(ConfigError {
+            problems: v.problems,
+        })
+    }
+}
+
+fn tracing_subscriber_filter_is_invalid(filter: &str) -> bool {
+    filter.trim().is_empty() || tracing_subscriber::EnvFilter::try_new(filter).is_err()
+}
+
+fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConfig {
+    let binary = v.binary("turnserver.binary", &raw.binary);
+    let config_file = raw.config_file.as_deref().map(|text| {
+        let path = v.path("turnserver.config_file", text);
+        if path.is_absolute() && !path.is_file() {
+            v.problem("turnserver.config_file", format!("`{text}` does not exist"));
+        }
+        path
+    });
+    let listening_ip = v.ip("turnserver.listening_ip", &raw.listening_ip);
+    let relay_ip = v.ip("turnserver.relay_ip", &raw.relay_ip);
+    let listening_port = v.port("turnserver.listening_port", raw.listening_port, false);
+    let min_port = v.port("turnserver.min_port", raw.min_port, false);
+    let max_port = v.port("turnserver.max_port", raw.max_port, false);
+    if min_port != 0 && max_port != 0 && max_port < min_port {
+        v.problem("turnserver.max_port", "must not be less than min_port");
+    }
+    let realm = match raw.realm.as_deref() {
+        Some(realm) => realm.to_string(),
+        None => default_host_name(),
+    };
+    if realm.is_empty() || realm.contains(char::is_whitespace) {
+        v.problem("turnserver.realm", "must be a non-empty name without spaces");
+    }
+    let userdb = v.path("turnserver.userdb", &raw.userdb);
+    let pidfile = v.path("turnserver.pidfile", &raw.pidfile);
+    for arg in &raw.extra_args {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        if OWNED_FLAGS.contains(&flag) {
+            v.problem(
+                "turnserver.extra_args",
+                format!("`{flag}` is set by the agent and must not be passed in extra_args"),
+            );
+        }
+    }
+
+    let restart_delay_min = v.positive_duration("turnserver.restart_delay_min", &raw.restart_delay_min);
+    let restart_delay_max = v.positive_duration("turnserver.restart_delay_max", &raw.restart_delay_max);
+    if restart_delay_max < restart_delay_min {
+        v.problem(
+            "turnserver.restart_delay_max",
+            "must not be less than restart_delay_min",
+        );
+    }
+    let stable_after = v.positive_duration("turnserver.stable_after", &raw.stable_after);
+    let stop_timeout = v.positive_duration("turnserver.stop_timeout", &raw.stop_timeout);
+    let probe_interval = v.positive_duration("turnserver.probe_interval", &raw.probe_interval);
+    let probe_timeout = v.positive_duration("turnserver.probe_timeout", &raw.probe_timeout);
+    if probe_timeout > probe_interval {
+        v.problem("turnserver.probe_timeout", "must not be greater than probe_interval");
+    }
+    let probe_failures = match u32::try_from(raw.probe_failures) {
+        Ok(count) if count >= 1 => count,
+        _ => {
+            v.problem("turnserver.probe_failures", "must be at least 1");
+            1
+        }
+    };
+    let startup_timeout = v.positive_duration("turnserver.startup_timeout", &raw.startup_timeout);
+
+    TurnserverConfig {
+        binary,
+        config_file,
+        listening_ip,
+        listening_port,
+        relay_ip,
+        min_port,
+        max_port,
+        realm,
+        userdb,
+        pidfile,
+        extra_args: raw.extra_args.clone(),
+        restart_delay_min,
+        restart_delay_max,
+        stable_after,
+        stop_timeout,
+        probe_interval,
+        probe_timeout,
+        probe_failures,
+        startup_timeout,
+    }
+}
+
+fn validate_credentials(
+    v: &mut Validator,
+    raw: &RawCredentials,
+    turnserver: &TurnserverConfig,
+) -> CredentialsConfig {
+    let rotate_interval = v.positive_duration("credentials.rotate_interval", &raw.rotate_interval);
+    let lifetime = v.positive_duration("credentials.lifetime", &raw.lifetime);
+    if lifetime <= rotate_interval && !rotate_interval.is_zero() {
+        v.problem("credentials.lifetime", "must be greater than rotate_interval");
+    }
+    let grace = v.duration("credentials.grace", &raw.grace);
+    let max_ttl = v.positive_duration("credentials.max_ttl", &raw.max_ttl);
+    let state_file = v.path("credentials.state_file", &raw.state_file);
+    let turnadmin = v.binary("credentials.turnadmin", &raw.turnadmin);
+    let database_args = if raw.database_args.is_empty() {
+        vec!["-b".to_string(), turnserver.userdb.display().to_string()]
+    } else {
+        raw.database_args.clone()
+    };
+    CredentialsConfig {
+        mode: raw.mode,
+        rotate_interval,
+        lifetime,
+        grace,
+        max_ttl,
+        state_file,
+        turnadmin,
+        database_args,
+    }
+}
+
+fn validate_zookeeper(v: &mut Validator, raw: &RawZookeeper) -> ZookeeperConfig {
+    let connect = raw.connect.clone().filter(|text| !text.trim().is_empty());
+    if !raw.path.starts_with('/') || (raw.path.len() > 1 && raw.path.ends_with('/')) {
+        v.problem(
+            "zookeeper.path",
+            "must be an absolute znode path such as /turn/servers",
+        );
+    }
+    let node = raw.node.clone().unwrap_or_else(default_host_name);
+    if node.is_empty() || node.contains('/') || node == "." || node == ".." || node.contains('\0')
+    {
+        v.problem("zookeeper.node", format!("`{node}` is not a valid znode name"));
+    }
+    let session_timeout = v.positive_duration("zookeeper.session_timeout", &raw.session_timeout);
+    let publish_interval = v.positive_duration("zookeeper.publish_interval", &raw.publish_interval);
+    let max_silence = v.positive_duration("zookeeper.max_silence", &raw.max_silence);
+    if max_silence < publish_interval {
+        v.problem("zookeeper.max_silence", "must not be less than publish_interval");
+    }
+    let auth_file = raw
+        .auth_file
+        .as_deref()
+        .map(|text| v.path("zookeeper.auth_file", text));
+    ZookeeperConfig {
+        connect,
+        path: raw.path.clone(),
+        node,
+        session_timeout,
+        publish_interval,
+        max_silence,
+        auth_file,
+    }
+}
+
+fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
+    if !(raw.capacity_mbps.is_finite() && raw.capacity_mbps > 0.0) {
+        v.problem("traffic.capacity_mbps", "must be a positive number");
+    }
+    if !(raw.hysteresis_percent.is_finite() && (0.0..=100.0).contains(&raw.hysteresis_percent)) {
+        v.problem("traffic.hysteresis_percent", "must be between 0 and 100");
+    }
+    if let Some(interface) = &raw.interface {
+        if interface.is_empty() || interface.contains('/') {
+            v.problem("traffic.interface", format!("`{interface}` is not an interface name"));
+        }
+    }
+    TrafficConfig {
+        interface: raw.interface.clone(),
+        capacity_mbps: raw.capacity_mbps,
+        direction: raw.direction,
+        hysteresis_percent: raw.hysteresis_percent,
+    }
+}
+
+fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
+    if raw.default_role.is_empty() {
+        v.problem("access.default_role", "must not be empty");
+    }
+    for (index, entry) in raw.allow.iter().enumerate() {
+        if entry.addr.trim().is_empty() {
+            v.problem(&format!("access.allow[{index}].addr"), "must not be empty");
+        }
+    }
+    AccessConfig {
+        default_role: raw.default_role.clone(),
+        allow: raw.allow.clone(),
+        trusted_proxies: raw.trusted_proxies.clone(),
+        roles: raw.roles.clone(),
+        tokens: raw.tokens.clone(),
+    }
+}
+
+/// The host's name, used as the default realm and znode name.
+pub fn default_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The effective configuration as TOML, with anything secret replaced by `***`.
+pub fn render_effective(raw: &RawConfig) -> String {
+    let mut value = toml::Value::try_from(raw).unwrap_or_else(|_| toml::Value::Table(Default::default()));
+    redact(&mut value);
+    toml::to_string_pretty(&value).unwrap_or_default()
+}
+
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, inner) in table.iter_mut() {
+                let secret_key = ["secret", "password", "token"]
+                    .iter()
+                    .any(|word| key.contains(word))
+                    && !key.ends_with("_file")
+                    && key != "tokens";
+                if secret_key {
+                    *inner = toml::Value::String("***".into());
+                } else {
+                    redact(inner);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    /// A minimal valid file for tests: binaries that exist on every machine.
+    const BASE: &str = r#"
+[turnserver]
+binary = "/bin/sh"
+realm = "example.org"
+userdb = "/tmp/turndb"
+pidfile = "/tmp/turnserver.pid"
+[credentials]
+turnadmin = "/bin/sh"
+state_file = "/tmp/credential.json"
+"#;
+
+    fn problems(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+        let result = parse_raw(text, env(vars)).and_then(|raw| validate(&raw));
+        match result {
+            Ok(_) => Vec::new(),
+            Err(error) => error.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn base_config_is_valid_with_defaults() {
+        let raw = parse_raw(BASE, env(&[])).unwrap();
+        let config = validate(&raw).unwrap();
+        assert_eq!(config.turnserver.listening_port, 3478);
+        assert_eq!(config.turnserver.restart_delay_max, Duration::from_secs(30));
+        assert_eq!(config.credentials.mode, CredentialMode::LongTerm);
+        assert_eq!(
+            config.credentials.database_args,
+            vec!["-b".to_string(), "/tmp/turndb".to_string()]
+        );
+        assert_eq!(config.zookeeper.connect, None);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{BASE}\n[api]\nlisten = \"127.0.0.1:1\"\nlsten = 1\n");
+        let found = problems(&text, &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("api.lsten: unknown field"), "{found:?}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let found = problems(&format!("{BASE}\n[zookeper]\nconnect = \"x\"\n"), &[]);
+        assert!(found[0].starts_with("zookeper: unknown section"), "{found:?}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_STOP_TIMEOUT", "soon")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("turnserver.stop_timeout: `soon` is not a duration"));
+    }
+
+    #[test]
+    fn max_below_min_is_rejected() {
+        let found = problems(
+            BASE,
+            &[
+                ("TURN_AGENT_TURNSERVER_RESTART_DELAY_MIN", "10s"),
+                ("TURN_AGENT_TURNSERVER_RESTART_DELAY_MAX", "1s"),
+            ],
+        );
+        assert_eq!(
+            found,
+            vec!["turnserver.restart_delay_max: must not be less than restart_delay_min"]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_only_the_first() {
+        let found = problems(
+            BASE,
+            &[
+                ("TURN_AGENT_TURNSERVER_MIN_PORT", "60000"),
+                ("TURN_AGENT_TURNSERVER_MAX_PORT", "50000"),
+                ("TURN_AGENT_API_LISTEN", "nowhere"),
+                ("TURN_AGENT_CREDENTIALS_LIFETIME", "10m"),
+            ],
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("api.listen:")));
+        assert!(found.iter().any(|p| p.starts_with("turnserver.max_port:")));
+        assert!(found.iter().any(|p| p.starts_with("credentials.lifetime:")));
+    }
+
+    #[test]
+    fn missing_binary_is_named() {
+        let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_BINARY", "/nonexistent/turnserver")]);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("turnserver.binary: `/nonexistent/turnserver` not found"));
+    }
+
+    #[test]
+    fn env_overrides_are_typed() {
+        let raw = parse_raw(
+            BASE,
+            env(&[
+                ("TURN_AGENT_API_LISTEN", "127.0.0.1:9000"),
+                ("TURN_AGENT_TURNSERVER_LISTENING_PORT", "3479"),
+                ("TURN_AGENT_TURNSERVER_EXTRA_ARGS", r#"["--no-tls", "--no-dtls"]"#),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        let config = validate(&raw).unwrap();
+        assert_eq!(config.api.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.turnserver.listening_port, 3479);
+        assert_eq!(config.turnserver.extra_args, vec!["--no-tls", "--no-dtls"]);
+    }
+
+    #[test]
+    fn env_override_with_bad_value_is_named() {
+        let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_LISTENING_PORT", "http")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("turnserver.listening_port: invalid type"), "{found:?}");
+        let found = problems(BASE, &[("TURN_AGENT_NOPE_KEY", "1")]);
+        assert!(found[0].starts_with("TURN_AGENT_NOPE_KEY: unknown section"), "{found:?}");
+    }
+
+    #[test]
+    fn owned_flags_are_rejected_in_extra_args() {
+        let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_EXTRA_ARGS", r#"["-o", "--listening-port=1"]"#)]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|p| p.starts_with("turnserver.extra_args: ")));
+    }
+
+    #[test]
+    fn zookeeper_needs_advertise_and_interface() {
+        let found = problems(BASE, &[("TURN_AGENT_ZOOKEEPER_CONNECT", "127.0.0.1:2181")]);
+        assert!(found.iter().any(|p| p.starts_with("api.advertise:")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("traffic.interface:")), "{found:?}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn rendering_redacts_secrets() {
+        let mut value: toml::Value = toml::from_str("[s]\nshared_secret = \"hunter2\"\ntoken_file = \"/x\"\n").unwrap();
+        redact(&mut value);
+        let text = toml::to_string(&value).unwrap();
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("/x"));
+    }
+
+    #[test]
+    fn changed_keys_lists_what_differs() {
+        let old = parse_raw(BASE, env(&[])).unwrap();
+        let new = parse_raw(
+            BASE,
+            env(&[
+                ("TURN_AGENT_API_LISTEN", "127.0.0.1:1"),
+                ("TURN_AGENT_TURNSERVER_RELAY_IP", "127.0.0.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(changed_keys(&old, &old), Vec::<String>::new());
+        assert_eq!(changed_keys(&old, &new), vec!["api.listen", "turnserver.relay_ip"]);
+        assert_eq!(changed_keys(&new, &old), vec!["api.listen", "turnserver.relay_ip"]);
+    }
+
+    #[test]
+    fn syntax_error_is_one_line() {
+        let error = parse_raw("[api\nlisten=", env(&[])).unwrap_err();
+        assert_eq!(error.problems.len(), 1);
+        assert!(!error.to_string().contains('\n'));
+    }
+}

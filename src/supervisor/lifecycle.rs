@@ -1,0 +1,285 @@
+//! The supervisor's state machine, driven by the instants it is given.
+//!
+//! It does no I/O: the process shell in `supervisor::run` reports spawns,
+//! probe results and exits, and acts on the verdicts. That keeps every rule
+//! (when a child is ready, when it is hung, how long to back off) testable on
+//! a paused clock without a process.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::backoff::RestartBackoff;
+
+/// Where the supervised turnserver is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Spawned, no STUN answer yet.
+    Starting,
+    /// Answered the last probe.
+    Ready,
+    /// Was ready, has missed at least one probe since.
+    Unhealthy,
+    /// Exited or was killed; waiting before the next spawn.
+    BackingOff,
+    /// The supervisor has stopped it for good.
+    Stopped,
+}
+
+/// What the supervisor publishes to the rest of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SupervisorStatus {
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    /// Spawns after the first one.
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    pub crash_loop: bool,
+    pub consecutive_probe_failures: u32,
+    /// Set while backing off.
+    pub next_restart_in_ms: Option<u64>,
+}
+
+impl SupervisorStatus {
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+
+    /// A short reason for `/readyz` when not ready.
+    pub fn reason(&self) -> String {
+        match self.phase {
+            Phase::Ready => "turnserver is ready".into(),
+            Phase::Starting => "turnserver is starting".into(),
+            Phase::Unhealthy => format!(
+                "turnserver missed {} STUN probe(s)",
+                self.consecutive_probe_failures
+            ),
+            Phase::BackingOff if self.crash_loop => format!(
+                "turnserver is in a crash loop (last exit: {})",
+                self.last_exit.as_deref().unwrap_or("unknown")
+            ),
+            Phase::BackingOff => format!(
+                "turnserver exited ({}), restarting",
+                self.last_exit.as_deref().unwrap_or("unknown")
+            ),
+            Phase::Stopped => "turnserver is stopped".into(),
+        }
+    }
+}
+
+impl Default for SupervisorStatus {
+    fn default() -> Self {
+        SupervisorStatus {
+            phase: Phase::Starting,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            crash_loop: false,
+            consecutive_probe_failures: 0,
+            next_restart_in_ms: None,
+        }
+    }
+}
+
+/// What the shell should do after a failed probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// Keep the child and probe again.
+    KeepWaiting,
+    /// The child is alive but not answering: kill it and restart.
+    Hung(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    backoff: RestartBackoff,
+    probe_failures_allowed: u32,
+    startup_timeout: Duration,
+    status: SupervisorStatus,
+    spawns: u64,
+    spawned_at: Option<Instant>,
+    ready_since: Option<Instant>,
+}
+
+impl Lifecycle {
+    pub fn new(backoff: RestartBackoff, probe_failures_allowed: u32, startup_timeout: Duration) -> Self {
+        Lifecycle {
+            backoff,
+            probe_failures_allowed: probe_failures_allowed.max(1),
+            startup_timeout,
+            status: SupervisorStatus::default(),
+            spawns: 0,
+            spawned_at: None,
+            ready_since: None,
+        }
+    }
+
+    pub fn status(&self) -> &SupervisorStatus {
+        &self.status
+    }
+
+    pub fn spawned(&mut self, pid: u32, now: Instant) {
+        self.status.restarts = self.spawns;
+        self.spawns += 1;
+        self.spawned_at = Some(now);
+        self.ready_since = None;
+        self.status.phase = Phase::Starting;
+        self.status.pid = Some(pid);
+        self.status.consecutive_probe_failures = 0;
+        self.status.next_restart_in_ms = None;
+    }
+
+    pub fn probe_succeeded(&mut self, now: Instant) {
+        if self.ready_since.is_none() {
+            self.ready_since = Some(now);
+        }
+        self.status.phase = Phase::Ready;
+        self.status.consecutive_probe_failures = 0;
+    }
+
+    pub fn probe_failed(&mut self, reason: &str, now: Instant) -> ProbeVerdict {
+        self.status.consecutive_probe_failures += 1;
+        let failures = self.status.consecutive_probe_failures;
+        if self.ready_since.is_none() {
+            let waited = self.spawned_at.map_or(Duration::ZERO, |at| now - at);
+            if waited >= self.startup_timeout {
+                return ProbeVerdict::Hung(format!(
+                    "no STUN answer within startup_timeout {:?} ({reason})",
+                    self.startup_timeout
+                ));
+            }
+            return ProbeVerdict::KeepWaiting;
+        }
+        self.status.phase = Phase::Unhealthy;
+        if failures >= self.probe_failures_allowed {
+            ProbeVerdict::Hung(format!("{failures} STUN probes failed in a row ({reason})"))
+        } else {
+            ProbeVerdict::KeepWaiting
+        }
+    }
+
+    /// Records the end of the current child and returns the delay before the
+    /// next spawn.
+    pub fn exited(&mut self, how: String, now: Instant) -> Duration {
+        let healthy_for = self.ready_since.map_or(Duration::ZERO, |since| now - since);
+        let delay = self.backoff.on_exit(healthy_for);
+        self.spawned_at = None;
+        self.ready_since = None;
+        self.status.phase = Phase::BackingOff;
+        self.status.pid = None;
+        self.status.last_exit = Some(how);
+        self.status.crash_loop = self.backoff.in_crash_loop();
+        self.status.next_restart_in_ms = Some(delay.as_millis().try_into().unwrap_or(u64::MAX));
+        delay
+    }
+
+    pub fn stopped(&mut self, how: Option<String>) {
+        self.status.phase = Phase::Stopped;
+        self.status.pid = None;
+        self.status.next_restart_in_ms = None;
+        if let Some(how) = how {
+            self.status.last_exit = Some(how);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifecycle() -> Lifecycle {
+        let backoff = RestartBackoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        Lifecycle::new(backoff, 3, Duration::from_secs(10))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_after_first_answer_then_hung_after_failures() {
+        let mut life = lifecycle();
+        life.spawned(10, Instant::now());
+        assert_eq!(life.status().phase, Phase::Starting);
+        assert!(!life.status().is_ready());
+        tokio::time::advance(Duration::from_millis(70)).await;
+        life.probe_succeeded(Instant::now());
+        assert!(life.status().is_ready());
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::KeepWaiting);
+        assert_eq!(life.status().phase, Phase::Unhealthy);
+        assert_eq!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::KeepWaiting);
+        // One answer in between resets the count.
+        life.probe_succeeded(Instant::now());
+        assert_eq!(life.status().consecutive_probe_failures, 0);
+        for _ in 0..2 {
+            assert_eq!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::KeepWaiting);
+        }
+        assert!(matches!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::Hung(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn startup_failures_wait_for_startup_timeout() {
+        let mut life = lifecycle();
+        life.spawned(10, Instant::now());
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert_eq!(life.probe_failed("refused", Instant::now()), ProbeVerdict::KeepWaiting);
+            assert_eq!(life.status().phase, Phase::Starting);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(life.probe_failed("refused", Instant::now()), ProbeVerdict::Hung(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_loop_backs_off_and_stable_run_resets() {
+        let mut life = lifecycle();
+        let mut delays = Vec::new();
+        for pid in 0..6 {
+            life.spawned(pid, Instant::now());
+            tokio::time::advance(Duration::from_millis(5)).await;
+            let delay = life.exited("exit status: 255".into(), Instant::now());
+            assert_eq!(life.status().phase, Phase::BackingOff);
+            delays.push(delay.as_millis());
+            tokio::time::advance(delay).await;
+        }
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200]);
+        assert!(life.status().crash_loop);
+        assert_eq!(life.status().restarts, 5);
+        assert!(life.status().reason().contains("crash loop"));
+
+        life.spawned(7, Instant::now());
+        life.probe_succeeded(Instant::now());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let delay = life.exited("signal: 9 (SIGKILL)".into(), Instant::now());
+        assert_eq!(delay, Duration::from_millis(100));
+        assert!(!life.status().crash_loop);
+        assert_eq!(life.status().restarts, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_before_ready_does_not_count_as_stable() {
+        let mut life = lifecycle();
+        life.spawned(1, Instant::now());
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(life.exited("hung".into(), Instant::now()), Duration::from_millis(100));
+        life.spawned(2, Instant::now());
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(life.exited("hung".into(), Instant::now()), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn stopped_is_terminal_and_not_ready() {
+        let mut life = lifecycle();
+        life.spawned(1, Instant::now());
+        life.probe_succeeded(Instant::now());
+        life.stopped(Some("exit status: 0".into()));
+        assert_eq!(life.status().phase, Phase::Stopped);
+        assert!(!life.status().is_ready());
+        assert_eq!(life.status().pid, None);
+    }
+}

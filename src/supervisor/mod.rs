@@ -1,0 +1,218 @@
+//! Keeps one turnserver running: spawn, probe, restart with backoff, stop.
+//!
+//! `lifecycle` holds every rule as a pure state machine; this module is the
+//! shell that owns the child process and the clock.
+
+pub mod backoff;
+pub mod command;
+pub mod lifecycle;
+pub mod probe;
+pub mod process;
+
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CredentialMode, TurnserverConfig};
+use crate::systemd::Watchdog;
+use backoff::RestartBackoff;
+use lifecycle::{Lifecycle, ProbeVerdict};
+pub use lifecycle::{Phase, SupervisorStatus};
+use process::Spawner;
+
+/// How often to probe a child that has not answered yet: turnserver answers
+/// about 70 ms after spawn, and a fast first answer makes a fast restart.
+const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
+
+pub struct Supervisor {
+    config: TurnserverConfig,
+    mode: CredentialMode,
+    spawner: Spawner,
+    lifecycle: Lifecycle,
+    status: watch::Sender<SupervisorStatus>,
+    watchdog: Watchdog,
+}
+
+/// Why a child's run ended.
+enum ChildEnd {
+    Exited(String),
+    Hung(String),
+    Shutdown,
+}
+
+impl Supervisor {
+    /// Builds a supervisor; must be called inside the Tokio runtime (it
+    /// starts the spawner thread).
+    pub fn new(
+        config: TurnserverConfig,
+        mode: CredentialMode,
+        watchdog: Watchdog,
+    ) -> std::io::Result<(Supervisor, watch::Receiver<SupervisorStatus>)> {
+        let backoff = RestartBackoff::new(
+            config.restart_delay_min,
+            config.restart_delay_max,
+            config.stable_after,
+        )
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string()))?;
+        let lifecycle = Lifecycle::new(backoff, config.probe_failures, config.startup_timeout);
+        let (status, receiver) = watch::channel(SupervisorStatus::default());
+        let supervisor = Supervisor {
+            config,
+            mode,
+            spawner: Spawner::start()?,
+            lifecycle,
+            status,
+            watchdog,
+        };
+        Ok((supervisor, receiver))
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops turnserver gracefully.
+    #[tracing::instrument(name = "supervisor", skip_all)]
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some(pid) =
+            process::kill_stale_turnserver(&self.config.pidfile, self.config.stop_timeout).await
+        {
+            tracing::info!(pid, "stale turnserver is gone");
+        }
+        loop {
+            let end = match self.spawn().await {
+                Ok(mut child) => {
+                    let end = self.watch_child(&mut child, &shutdown).await;
+                    match end {
+                        ChildEnd::Shutdown => {
+                            let how = process::stop_child(&mut child, self.config.stop_timeout).await;
+                            tracing::info!(exit = %how, "turnserver stopped");
+                            self.lifecycle.stopped(Some(how));
+                            self.publish();
+                            return;
+                        }
+                        ChildEnd::Hung(reason) => {
+                            tracing::error!(%reason, pid = child.id(), "turnserver is hung, killing it");
+                            let how = process::kill_child(&mut child).await;
+                            format!("hung: {reason}; {how}")
+                        }
+                        ChildEnd::Exited(how) => how,
+                    }
+                }
+                Err(error) => format!("spawn failed: {error}"),
+            };
+
+            let delay = self.lifecycle.exited(end.clone(), Instant::now());
+            let status = self.lifecycle.status();
+            if status.crash_loop {
+                tracing::error!(
+                    exit = %end,
+                    restart_delay_ms = delay.as_millis() as u64,
+                    restarts = status.restarts,
+                    "turnserver is in a crash loop"
+                );
+            } else {
+                tracing::warn!(exit = %end, restart_delay_ms = delay.as_millis() as u64, "turnserver exited, restarting");
+            }
+            self.publish();
+            if !self.wait(delay, &shutdown).await {
+                self.lifecycle.stopped(None);
+                self.publish();
+                return;
+            }
+        }
+    }
+
+    async fn spawn(&mut self) -> std::io::Result<Child> {
+        let mut command = Command::new(&self.config.binary);
+        command.args(command::turnserver_args(&self.config, self.mode));
+        let mut child = self.spawner.spawn(command).await?;
+        let pid = child.id().unwrap_or_default();
+        if let Some(stdout) = child.stdout.take() {
+            process::route_output(stdout, pid, "stdout");
+        }
+        if let Some(stderr) = child.stderr.take() {
+            process::route_output(stderr, pid, "stderr");
+        }
+        tracing::info!(pid, restarts = self.lifecycle.status().restarts, "turnserver spawned");
+        self.lifecycle.spawned(pid, Instant::now());
+        self.publish();
+        Ok(child)
+    }
+
+    /// Probes the running child until it exits, hangs, or shutdown comes.
+    async fn watch_child(&mut self, child: &mut Child, shutdown: &CancellationToken) -> ChildEnd {
+        let probe_addr = self.config.probe_addr();
+        let mut next_probe = Instant::now();
+        loop {
+            let probe = async {
+                tokio::time::sleep_until(next_probe).await;
+                probe::stun_binding(probe_addr, self.config.probe_timeout).await
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return ChildEnd::Shutdown,
+                status = child.wait() => return ChildEnd::Exited(process::describe_exit(status)),
+                result = probe => {
+                    let now = Instant::now();
+                    let was_ready = self.lifecycle.status().is_ready();
+                    match result {
+                        Ok(rtt) => {
+                            self.lifecycle.probe_succeeded(now);
+                            if !was_ready {
+                                tracing::info!(rtt_ms = rtt.as_secs_f64() * 1000.0, "turnserver is ready");
+                            }
+                        }
+                        Err(error) => {
+                            let reason = error.to_string();
+                            if let ProbeVerdict::Hung(why) = self.lifecycle.probe_failed(&reason, now) {
+                                self.publish();
+                                return ChildEnd::Hung(why);
+                            }
+                            if was_ready {
+                                tracing::warn!(%reason, failures = self.lifecycle.status().consecutive_probe_failures, "turnserver missed a probe");
+                            }
+                        }
+                    }
+                    self.publish();
+                    self.watchdog.ping_if_due();
+                    let interval = if self.lifecycle.status().phase == Phase::Starting {
+                        STARTING_PROBE_INTERVAL
+                    } else {
+                        self.config.probe_interval
+                    };
+                    next_probe = now + interval;
+                }
+            }
+        }
+    }
+
+    /// Sleeps `delay` while still pinging the watchdog; false on shutdown.
+    async fn wait(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        let until = Instant::now() + delay;
+        let step = self.watchdog.max_gap().unwrap_or(delay).max(Duration::from_millis(1));
+        loop {
+            self.watchdog.ping_if_due();
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            let wake = until.min(now + step);
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let next = self.lifecycle.status().clone();
+        self.status.send_if_modified(|current| {
+            if *current == next {
+                false
+            } else {
+                *current = next;
+                true
+            }
+        });
+    }
+}

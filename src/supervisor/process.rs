@@ -1,0 +1,244 @@
+//! The process shell: spawning turnserver so it can never outlive the agent,
+//! routing its output into our logs, stopping it, and clearing a stale one.
+
+use std::io;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+type SpawnRequest = (Command, oneshot::Sender<io::Result<Child>>);
+
+/// Spawns children from one dedicated, long-lived thread.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// not the process. Tokio's blocking-pool threads come and go, so a child
+/// forked from one would be killed at a random moment. This thread lives as
+/// long as the [`Spawner`]: it is dropped only after the supervisor has
+/// stopped its child, and if the agent dies the thread dies with it, which is
+/// exactly when the child should go.
+pub struct Spawner {
+    requests: mpsc::Sender<SpawnRequest>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread inside the current Tokio runtime.
+    pub fn start() -> io::Result<Spawner> {
+        let runtime = tokio::runtime::Handle::current();
+        let (requests, receiver) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("turnserver-spawner".into())
+            .spawn(move || {
+                // Child reaping is registered with the runtime, so spawn inside it.
+                let _runtime = runtime.enter();
+                for (mut command, reply) in receiver {
+                    let _ = reply.send(command.spawn());
+                }
+            })?;
+        Ok(Spawner { requests })
+    }
+
+    /// Spawns `command` with a parent-death signal, in its own process group
+    /// (so a Ctrl-C meant for the agent does not skip its ordered stop), with
+    /// stdout and stderr piped.
+    pub async fn spawn(&self, mut command: Command) -> io::Result<Child> {
+        let parent = std::process::id();
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: the hook runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed: prctl and getppid are plain
+        // syscalls, and errors are built from raw errno without allocating.
+        unsafe {
+            command.pre_exec(move || die_with_parent(parent));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((command, reply))
+            .map_err(|_| io::Error::other("spawner thread is gone"))?;
+        answer
+            .await
+            .map_err(|_| io::Error::other("spawner thread is gone"))?
+    }
+}
+
+/// Runs in the child between fork and exec.
+fn die_with_parent(parent: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+    // The parent may have died between fork and prctl; then no signal will
+    // ever come, so refuse to exec.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Forwards each line the child writes to `tracing` with target `turnserver`.
+pub fn route_output<R>(stream: R, pid: u32, stream_name: &'static str)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::with_capacity(256);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    if text.contains("ERROR") {
+                        tracing::error!(target: "turnserver", pid, stream = stream_name, "{text}");
+                    } else if text.contains("WARNING") {
+                        tracing::warn!(target: "turnserver", pid, stream = stream_name, "{text}");
+                    } else {
+                        tracing::info!(target: "turnserver", pid, stream = stream_name, "{text}");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Describes how a child ended, for logs and `/readyz`.
+pub fn describe_exit(status: io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("wait failed: {error}"),
+    }
+}
+
+/// Stops a child: SIGTERM, up to `timeout` for it to exit, then SIGKILL.
+/// Always reaps it, so its port is free when this returns.
+pub async fn stop_child(child: &mut Child, timeout: Duration) -> String {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
+            return describe_exit(status);
+        }
+        tracing::warn!(pid, ?timeout, "turnserver ignored SIGTERM, sending SIGKILL");
+    }
+    kill_child(child).await
+}
+
+/// SIGKILL and reap.
+pub async fn kill_child(child: &mut Child) -> String {
+    let _ = child.start_kill();
+    describe_exit(child.wait().await)
+}
+
+/// Kills a turnserver that an earlier agent left behind, found through the
+/// pidfile. The process must really be a turnserver started with this
+/// pidfile; anything else is left alone. Returns the pid that was killed.
+pub async fn kill_stale_turnserver(pidfile: &Path, timeout: Duration) -> Option<u32> {
+    let text = std::fs::read_to_string(pidfile).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    if pid == std::process::id() || !is_our_turnserver(pid, pidfile) {
+        return None;
+    }
+    tracing::warn!(pid, pidfile = %pidfile.display(), "killing a stale turnserver left by an earlier agent");
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    if !wait_gone(pid, timeout).await {
+        let _ = kill(target, Signal::SIGKILL);
+        wait_gone(pid, Duration::from_secs(5)).await;
+    }
+    Some(pid)
+}
+
+fn is_our_turnserver(pid: u32, pidfile: &Path) -> bool {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let is_turnserver = std::fs::read_to_string(proc_dir.join("comm"))
+        .map(|comm| comm.trim() == "turnserver")
+        .unwrap_or(false);
+    let pidfile_flag = format!("--pidfile={}", pidfile.display());
+    let uses_pidfile = std::fs::read(proc_dir.join("cmdline"))
+        .map(|cmdline| {
+            cmdline
+                .split(|byte| *byte == 0)
+                .any(|arg| arg == pidfile_flag.as_bytes())
+        })
+        .unwrap_or(false);
+    is_turnserver && uses_pidfile && !is_zombie(pid)
+}
+
+/// A zombie has exited; only its parent's `wait` is missing.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name is in parentheses and may contain spaces.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
+async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let gone = !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
+        if gone {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pidfile_pointing_elsewhere_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("turnserver.pid");
+        let mut sleeper = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        std::fs::write(&pidfile, format!("{}\n", sleeper.id().unwrap())).unwrap();
+        assert_eq!(kill_stale_turnserver(&pidfile, Duration::from_millis(100)).await, None);
+        assert!(sleeper.try_wait().unwrap().is_none(), "a non-turnserver was killed");
+        // Missing and garbage pidfiles are no error either.
+        std::fs::write(&pidfile, "not a pid").unwrap();
+        assert_eq!(kill_stale_turnserver(&pidfile, Duration::from_millis(100)).await, None);
+        assert_eq!(
+            kill_stale_turnserver(&dir.path().join("missing"), Duration::from_millis(100)).await,
+            None
+        );
+        sleeper.kill().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_child_escalates_to_sigkill() {
+        let spawner = Spawner::start().unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "trap '' TERM; echo started; while :; do sleep 0.05; done"]);
+        let mut child = spawner.spawn(command).await.unwrap();
+        // Wait until the trap is installed before signalling.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).await.unwrap();
+        let how = stop_child(&mut child, Duration::from_millis(200)).await;
+        assert!(how.contains("SIGKILL") || how.contains("9"), "{how}");
+    }
+}
