@@ -2,20 +2,26 @@
 
 use std::time::Duration;
 
-/// Quick exits in a row after which the supervisor reports a crash loop.
+/// Failed starts in a row after which the supervisor reports a crash loop.
 pub const CRASH_LOOP_EXITS: u32 = 3;
 
-/// Exponential restart delay: `min` after a child that ran well, doubling
-/// with each further quick exit up to `max`.
+/// Exponential restart delay for a turnserver that cannot start.
 ///
-/// A child counts as having run well once it was healthy for `stable_after`;
-/// that resets the delay, so one crash after days of service restarts fast.
+/// A child that never answered a probe is a failed start: the delay before
+/// the next spawn is `min`, doubling with each further failed start up to
+/// `max`, so a bad flag or a broken host costs little CPU and log volume.
+///
+/// A child that did answer was serving: its death is an incident to repair
+/// as fast as possible, so the next spawn waits only `min` whatever the
+/// streak. The streak of failed starts resets once a child has been healthy
+/// for `stable_after`; a child that flaps between serving and failing to
+/// start keeps backing off.
 #[derive(Debug, Clone)]
 pub struct RestartBackoff {
     min: Duration,
     max: Duration,
     stable_after: Duration,
-    quick_exits: u32,
+    failed_starts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,30 +44,39 @@ impl RestartBackoff {
             min,
             max,
             stable_after,
-            quick_exits: 0,
+            failed_starts: 0,
         })
     }
 
-    /// Records an exit of a child that was healthy for `healthy_for` and
-    /// returns the delay before the next spawn.
-    pub fn on_exit(&mut self, healthy_for: Duration) -> Duration {
-        if healthy_for >= self.stable_after {
-            self.quick_exits = 0;
+    /// Records an exit and returns the delay before the next spawn.
+    /// `healthy_for` is how long the child answered probes, `None` if it
+    /// never did.
+    pub fn on_exit(&mut self, healthy_for: Option<Duration>) -> Duration {
+        match healthy_for {
+            Some(healthy_for) => {
+                if healthy_for >= self.stable_after {
+                    self.failed_starts = 0;
+                }
+                self.min
+            }
+            None => {
+                // 2^20 x min is far beyond any sane max; capping the exponent
+                // keeps the multiplication from overflowing in a crash loop
+                // that runs for days.
+                let factor = 1u32 << self.failed_starts.min(20);
+                self.failed_starts = self.failed_starts.saturating_add(1);
+                self.min.saturating_mul(factor).min(self.max)
+            }
         }
-        // 2^20 x min is far beyond any sane max; capping the exponent keeps
-        // the multiplication from overflowing in a crash loop that runs for days.
-        let factor = 1u32 << self.quick_exits.min(20);
-        self.quick_exits = self.quick_exits.saturating_add(1);
-        self.min.saturating_mul(factor).min(self.max)
     }
 
-    /// Exits in a row that came before the child had been stable.
-    pub fn quick_exits(&self) -> u32 {
-        self.quick_exits
+    /// Failed starts since the last stable run.
+    pub fn failed_starts(&self) -> u32 {
+        self.failed_starts
     }
 
     pub fn in_crash_loop(&self) -> bool {
-        self.quick_exits >= CRASH_LOOP_EXITS
+        self.failed_starts >= CRASH_LOOP_EXITS
     }
 }
 
@@ -86,9 +101,9 @@ mod tests {
     }
 
     #[test]
-    fn doubles_up_to_max_on_quick_exits() {
+    fn failed_starts_double_up_to_max() {
         let mut backoff = RestartBackoff::new(ms(100), ms(1000), ms(5000)).unwrap();
-        let delays: Vec<_> = (0..7).map(|_| backoff.on_exit(ms(10))).collect();
+        let delays: Vec<_> = (0..7).map(|_| backoff.on_exit(None)).collect();
         assert_eq!(
             delays,
             vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]
@@ -97,21 +112,35 @@ mod tests {
     }
 
     #[test]
-    fn resets_after_stable_run() {
+    fn a_child_that_served_restarts_after_min_every_time() {
+        let mut backoff = RestartBackoff::new(ms(100), ms(30_000), ms(60_000)).unwrap();
+        for _ in 0..20 {
+            assert_eq!(backoff.on_exit(Some(ms(10))), ms(100));
+        }
+        assert!(!backoff.in_crash_loop());
+    }
+
+    #[test]
+    fn streak_resets_only_after_a_stable_run() {
         let mut backoff = RestartBackoff::new(ms(100), ms(30_000), ms(5000)).unwrap();
         for _ in 0..5 {
-            backoff.on_exit(ms(0));
+            backoff.on_exit(None);
         }
-        assert_eq!(backoff.on_exit(ms(5000)), ms(100));
+        // Serving briefly restarts fast but keeps the streak.
+        assert_eq!(backoff.on_exit(Some(ms(4999))), ms(100));
+        assert_eq!(backoff.failed_starts(), 5);
+        assert_eq!(backoff.on_exit(None), ms(3200));
+        assert_eq!(backoff.on_exit(Some(ms(5000))), ms(100));
         assert!(!backoff.in_crash_loop());
-        assert_eq!(backoff.on_exit(ms(4999)), ms(200));
+        assert_eq!(backoff.on_exit(None), ms(100));
+        assert_eq!(backoff.on_exit(None), ms(200));
     }
 
     #[test]
     fn never_overflows() {
         let mut backoff = RestartBackoff::new(ms(1), Duration::MAX, ms(1)).unwrap();
         for _ in 0..1000 {
-            assert!(backoff.on_exit(Duration::ZERO) <= Duration::MAX);
+            assert!(backoff.on_exit(None) <= Duration::MAX);
         }
     }
 }

@@ -163,7 +163,7 @@ impl Lifecycle {
     /// Records the end of the current child and returns the delay before the
     /// next spawn.
     pub fn exited(&mut self, how: String, now: Instant) -> Duration {
-        let healthy_for = self.ready_since.map_or(Duration::ZERO, |since| now - since);
+        let healthy_for = self.ready_since.map(|since| now - since);
         let delay = self.backoff.on_exit(healthy_for);
         self.spawned_at = None;
         self.ready_since = None;
@@ -259,6 +259,20 @@ mod tests {
         assert_eq!(delay, Duration::from_millis(100));
         assert!(!life.status().crash_loop);
         assert_eq!(life.status().restarts, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_killed_child_that_served_restarts_fast_every_time() {
+        let mut life = lifecycle();
+        for pid in 0..20 {
+            life.spawned(pid, Instant::now());
+            tokio::time::advance(Duration::from_millis(70)).await;
+            life.probe_succeeded(Instant::now());
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let delay = life.exited("signal: 9 (SIGKILL)".into(), Instant::now());
+            assert_eq!(delay, Duration::from_millis(100));
+        }
+        assert!(!life.status().crash_loop);
     }
 
     #[tokio::test(start_paused = true)]

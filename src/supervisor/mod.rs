@@ -133,8 +133,8 @@ impl Supervisor {
         if let Some(stderr) = child.stderr.take() {
             process::route_output(stderr, pid, "stderr");
         }
-        tracing::info!(pid, restarts = self.lifecycle.status().restarts, "turnserver spawned");
         self.lifecycle.spawned(pid, Instant::now());
+        tracing::info!(pid, restarts = self.lifecycle.status().restarts, "turnserver spawned");
         self.publish();
         Ok(child)
     }
@@ -180,7 +180,10 @@ impl Supervisor {
                     } else {
                         self.config.probe_interval
                     };
-                    next_probe = now + interval;
+                    // Keep the cadence from the scheduled start, not from
+                    // when a slow probe gave up, so hang detection takes
+                    // probe_interval x probe_failures, not more.
+                    next_probe = (next_probe + interval).max(now);
                 }
             }
         }

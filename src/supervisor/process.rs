@@ -97,7 +97,7 @@ where
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end();
+                    let text = strip_uptime_prefix(text.trim_end());
                     if text.is_empty() {
                         continue;
                     }
@@ -112,6 +112,17 @@ where
             }
         }
     });
+}
+
+/// Drops the `<seconds since start>: : ` prefix of turnserver's simple log
+/// lines; our own events carry a timestamp already.
+fn strip_uptime_prefix(line: &str) -> &str {
+    match line.split_once(": ") {
+        Some((seconds, rest)) if !seconds.is_empty() && seconds.bytes().all(|b| b.is_ascii_digit()) => {
+            rest.strip_prefix(": ").or_else(|| rest.strip_prefix(':')).unwrap_or(rest).trim_start()
+        }
+        _ => line,
+    }
 }
 
 /// Describes how a child ended, for logs and `/readyz`.
@@ -205,6 +216,15 @@ async fn wait_gone(pid: u32, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_prefix_is_stripped() {
+        assert_eq!(strip_uptime_prefix("0: : Relay ports initialization done"), "Relay ports initialization done");
+        assert_eq!(strip_uptime_prefix("12: : ERROR: x"), "ERROR: x");
+        assert_eq!(strip_uptime_prefix("0: : "), "");
+        assert_eq!(strip_uptime_prefix("socket: Protocol not supported"), "socket: Protocol not supported");
+        assert_eq!(strip_uptime_prefix("RFC 3489/5389"), "RFC 3489/5389");
+    }
 
     #[tokio::test]
     async fn a_pidfile_pointing_elsewhere_is_left_alone() {

@@ -1,0 +1,113 @@
+//! The binary's command line: bad configurations never start anything.
+
+mod common;
+
+use common::*;
+
+fn write_config(dir: &std::path::Path, body: &str) -> String {
+    let path = dir.join("agent.toml");
+    let base = format!(
+        "[turnserver]\nrealm = \"example.org\"\nuserdb = \"{d}/turndb\"\npidfile = \"{d}/ts.pid\"\n\
+         [credentials]\nstate_file = \"{d}/credential.json\"\n{body}",
+        d = dir.display()
+    );
+    std::fs::write(&path, base).unwrap();
+    path.display().to_string()
+}
+
+fn assert_rejected(body: &str, env: &[(&str, &str)], expected_line: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), body);
+    for command in ["check-config", "run"] {
+        let (code, _, stderr) = run_agent_cli(&[command, "--config", &config], env);
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(
+            stderr.lines().any(|line| line.starts_with(expected_line)),
+            "{command}: expected a line starting with {expected_line:?} in:\n{stderr}"
+        );
+    }
+    assert!(turnservers_in(dir.path()).is_empty());
+}
+
+#[test]
+fn unknown_key_exits_2_naming_it() {
+    assert_rejected("[api]\nlistn = \"127.0.0.1:1\"\n", &[], "api.listn: unknown field");
+}
+
+#[test]
+fn bad_duration_exits_2_naming_it() {
+    assert_rejected(
+        "[agent]\nshutdown_timeout = \"ten seconds\"\n",
+        &[],
+        "agent.shutdown_timeout: `ten seconds` is not a duration",
+    );
+}
+
+#[test]
+fn max_below_min_exits_2() {
+    assert_rejected(
+        "",
+        &[
+            ("TURN_AGENT_TURNSERVER_RESTART_DELAY_MIN", "5s"),
+            ("TURN_AGENT_TURNSERVER_RESTART_DELAY_MAX", "1s"),
+        ],
+        "turnserver.restart_delay_max: must not be less than restart_delay_min",
+    );
+}
+
+#[test]
+fn missing_binary_exits_2() {
+    assert_rejected(
+        "",
+        &[("TURN_AGENT_TURNSERVER_BINARY", "/opt/nowhere/turnserver")],
+        "turnserver.binary: `/opt/nowhere/turnserver` not found",
+    );
+}
+
+#[test]
+fn env_override_with_a_bad_value_exits_2() {
+    assert_rejected(
+        "",
+        &[("TURN_AGENT_TURNSERVER_LISTENING_PORT", "70000")],
+        "turnserver.listening_port: must be a port number",
+    );
+    assert_rejected("", &[("TURN_AGENT_APII_LISTEN", "x")], "TURN_AGENT_APII_LISTEN: unknown section");
+}
+
+#[test]
+fn unreadable_file_exits_2() {
+    let (code, _, stderr) = run_agent_cli(&["check-config", "--config", "/nonexistent/agent.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/nonexistent/agent.toml: cannot read"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_effective_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (code, stdout, stderr) =
+        run_agent_cli(&["check-config", "--config", &config], &[("TURN_AGENT_API_LISTEN", "127.0.0.1:9000")]);
+    assert_eq!(code, 0, "{stderr}");
+    let effective: toml::Table = stdout.parse().unwrap();
+    assert_eq!(effective["api"]["listen"].as_str(), Some("127.0.0.1:9000"));
+    assert_eq!(effective["turnserver"]["restart_delay_max"].as_str(), Some("30s"));
+}
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for name in ["config/turn-agent.toml", "config/local.toml"] {
+        let (code, _, stderr) = run_agent_cli(&["check-config", "--config", &format!("{root}/{name}")], &[]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let (code, stdout, _) = run_agent_cli(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("turn-agent "));
+    let (code, stdout, _) = run_agent_cli(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("check-config"));
+}

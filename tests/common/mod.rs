@@ -1,0 +1,350 @@
+//! Fixtures for integration tests: a real turn-agent process with a real
+//! turnserver on loopback, on ports and in a temp dir the test owns.
+//!
+//! Everything waits by polling with a deadline; nothing sleeps a fixed time
+//! to synchronise.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_turn-agent");
+
+/// Polls `condition` every 10 ms until it yields a value or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A loopback port that is free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A free TCP port for the HTTP API.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A small relay port range below the kernel's ephemeral range, so it does
+/// not collide with ports handed out by `free_port`.
+pub fn relay_range() -> (u16, u16) {
+    loop {
+        let base = 10_000 + (rand::random::<u16>() % 2000) * 10;
+        if (base..base + 10).all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok()) {
+            return (base, base + 9);
+        }
+    }
+}
+
+/// Settings a test may change before the agent starts.
+pub struct AgentOptions {
+    /// Extra `[turnserver]` lines.
+    pub turnserver_extra: String,
+    /// Extra lines appended to the file (other sections).
+    pub extra: String,
+    pub env: Vec<(String, String)>,
+    pub extra_args: Vec<String>,
+    pub json_logs: bool,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            turnserver_extra: String::new(),
+            extra: String::new(),
+            env: Vec::new(),
+            extra_args: vec![
+                "--no-cli".into(),
+                "--no-tls".into(),
+                "--no-dtls".into(),
+                "--no-stun-backward-compatibility".into(),
+                "--allow-loopback-peers".into(),
+            ],
+            json_logs: false,
+        }
+    }
+}
+
+/// A test's own directory, ports and config file.
+pub struct AgentFiles {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub api: SocketAddr,
+    pub turn_port: u16,
+    pub realm: String,
+}
+
+impl AgentFiles {
+    pub fn new(options: &AgentOptions) -> AgentFiles {
+        let dir = tempfile::Builder::new().prefix("turn-agent-test-").tempdir().unwrap();
+        let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let turn_port = free_port();
+        let (min_port, max_port) = relay_range();
+        let realm = "test.turn-agent".to_string();
+        let d = dir.path().display();
+        let extra_args = options
+            .extra_args
+            .iter()
+            .map(|arg| format!("{arg:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            r#"
+[agent]
+log_level = "info,turnserver=debug"
+log_format = "{log_format}"
+shutdown_timeout = "10s"
+
+[api]
+listen = "{api}"
+
+[turnserver]
+listening_ip = "127.0.0.1"
+listening_port = {turn_port}
+relay_ip = "127.0.0.1"
+min_port = {min_port}
+max_port = {max_port}
+realm = "{realm}"
+userdb = "{d}/turndb"
+pidfile = "{d}/turnserver.pid"
+extra_args = [{extra_args}]
+probe_interval = "200ms"
+probe_timeout = "100ms"
+probe_failures = 3
+stop_timeout = "2s"
+{turnserver_extra}
+
+[credentials]
+state_file = "{d}/credential.json"
+{extra}
+"#,
+            log_format = if options.json_logs { "json" } else { "text" },
+            turnserver_extra = options.turnserver_extra,
+            extra = options.extra,
+        );
+        let config_path = dir.path().join("agent.toml");
+        std::fs::write(&config_path, text).unwrap();
+        AgentFiles {
+            dir,
+            config_path,
+            api,
+            turn_port,
+            realm,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running `turn-agent run` process. Dropping it SIGKILLs the agent (its
+/// turnserver follows through the parent-death signal) and sweeps up any
+/// turnserver still running from this test's directory.
+pub struct Agent {
+    pub files: AgentFiles,
+    pub child: Child,
+    pub log_path: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    pub fn start(options: AgentOptions) -> Agent {
+        let files = AgentFiles::new(&options);
+        Agent::start_with(files, &options)
+    }
+
+    pub fn start_with(files: AgentFiles, options: &AgentOptions) -> Agent {
+        let log_path = files.path("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = Command::new(AGENT_BIN)
+            .args(["run", "--config"])
+            .arg(&files.config_path)
+            .envs(options.env.iter().cloned())
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            files,
+            child,
+            log_path,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.files.api, path)
+    }
+
+    /// `(status, body)` of a GET, or `None` while the API does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
+        let response = self.http.get(self.url(path)).send().await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.json().await.ok()?;
+        Some((status, body))
+    }
+
+    /// Waits for `/readyz` to say 200 and returns turnserver's pid.
+    pub async fn wait_ready(&self, timeout: Duration) -> u32 {
+        wait_for(timeout, "/readyz 200", || async {
+            match self.get("/readyz").await {
+                Some((200, body)) => body["turnserver"]["pid"].as_u64().map(|pid| pid as u32),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    pub fn turn_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.files.turn_port).into()
+    }
+
+    /// Turnserver processes started for this test's directory.
+    pub fn turnservers(&self) -> Vec<u32> {
+        turnservers_in(self.files.dir.path())
+    }
+
+    /// True while the agent process runs (not exited, not a zombie).
+    pub fn child_alive(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        stat.rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// Waits for the agent process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        wait_for(timeout, "agent exit", || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in turnservers_in(self.files.dir.path()) {
+            signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agent log ({}) ----\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+pub fn signal_pid(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// Live (non-zombie) turnserver processes whose command line mentions `dir`.
+pub fn turnservers_in(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "turnserver" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(true);
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Asks coturn's own STUN client (not our code) whether `port` answers.
+pub async fn stunclient_answers(port: u16) -> bool {
+    tokio::process::Command::new("timeout")
+        .args(["2", "turnutils_stunclient", "-p", &port.to_string(), "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+/// CPU time (user + system) the process has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Runs the agent binary with `args` and returns (exit code, stderr).
+pub fn run_agent_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(AGENT_BIN)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
