@@ -64,12 +64,18 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let deadline = Instant::now() + config.agent.shutdown_timeout;
 
     api_stop.cancel();
-    if tokio::time::timeout_at(deadline, &mut api_task).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut api_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("HTTP server did not drain in time");
         api_task.abort();
     }
     supervisor_stop.cancel();
-    if tokio::time::timeout_at(deadline, &mut supervisor_task).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut supervisor_task)
+        .await
+        .is_err()
+    {
         // Dropping out of main ends the spawner thread, and the parent-death
         // signal takes turnserver with us.
         anyhow::bail!("turnserver did not stop within agent.shutdown_timeout");

@@ -767,8 +767,9 @@ impl Validator {
 
 /// Parses `"100ms"`, `"10s"`, `"1h"`, `"1h 30m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|error| format!("`{text}` is not a duration like \"100ms\", \"10s\" or \"1h\" ({error})"))
+    humantime::parse_duration(text.trim()).map_err(|error| {
+        format!("`{text}` is not a duration like \"100ms\", \"10s\" or \"1h\" ({error})")
+    })
 }
 
 /// Turns the raw form into a [`Config`], or reports every problem it has.
@@ -780,12 +781,16 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     let agent = AgentConfig {
         log_level: raw.agent.log_level.clone(),
         log_format: raw.agent.log_format,
-        shutdown_timeout: v.positive_duration("agent.shutdown_timeout", &raw.agent.shutdown_timeout),
+        shutdown_timeout: v
+            .positive_duration("agent.shutdown_timeout", &raw.agent.shutdown_timeout),
     };
     if tracing_subscriber_filter_is_invalid(&agent.log_level) {
         v.problem(
             "agent.log_level",
-            format!("`{}` is not a log filter such as \"info\" or \"turn_agent=debug\"", agent.log_level),
+            format!(
+                "`{}` is not a log filter such as \"info\" or \"turn_agent=debug\"",
+                agent.log_level
+            ),
         );
     }
 
@@ -799,7 +804,10 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     };
     if let Some(advertise) = api.advertise {
         if advertise.ip().is_unspecified() || advertise.port() == 0 {
-            v.problem("api.advertise", "must be a concrete ip:port other hosts can reach");
+            v.problem(
+                "api.advertise",
+                "must be a concrete ip:port other hosts can reach",
+            );
         }
     }
 
@@ -817,7 +825,10 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     }
     let traffic = validate_traffic(&mut v, &raw.traffic);
     if zookeeper.connect.is_some() && traffic.interface.is_none() {
-        v.problem("traffic.interface", "must be set when zookeeper.connect is set");
+        v.problem(
+            "traffic.interface",
+            "must be set when zookeeper.connect is set",
+        );
     }
     let access = validate_access(&mut v, &raw.access);
 
@@ -864,7 +875,10 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
         None => default_host_name(),
     };
     if realm.is_empty() || realm.contains(char::is_whitespace) {
-        v.problem("turnserver.realm", "must be a non-empty name without spaces");
+        v.problem(
+            "turnserver.realm",
+            "must be a non-empty name without spaces",
+        );
     }
     let userdb = v.path("turnserver.userdb", &raw.userdb);
     let pidfile = v.path("turnserver.pidfile", &raw.pidfile);
@@ -878,8 +892,10 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
         }
     }
 
-    let restart_delay_min = v.positive_duration("turnserver.restart_delay_min", &raw.restart_delay_min);
-    let restart_delay_max = v.positive_duration("turnserver.restart_delay_max", &raw.restart_delay_max);
+    let restart_delay_min =
+        v.positive_duration("turnserver.restart_delay_min", &raw.restart_delay_min);
+    let restart_delay_max =
+        v.positive_duration("turnserver.restart_delay_max", &raw.restart_delay_max);
     if restart_delay_max < restart_delay_min {
         v.problem(
             "turnserver.restart_delay_max",
@@ -891,7 +907,10 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
     let probe_interval = v.positive_duration("turnserver.probe_interval", &raw.probe_interval);
     let probe_timeout = v.positive_duration("turnserver.probe_timeout", &raw.probe_timeout);
     if probe_timeout > probe_interval {
-        v.problem("turnserver.probe_timeout", "must not be greater than probe_interval");
+        v.problem(
+            "turnserver.probe_timeout",
+            "must not be greater than probe_interval",
+        );
     }
     let probe_failures = match u32::try_from(raw.probe_failures) {
         Ok(count) if count >= 1 => count,
@@ -933,7 +952,10 @@ fn validate_credentials(
     let rotate_interval = v.positive_duration("credentials.rotate_interval", &raw.rotate_interval);
     let lifetime = v.positive_duration("credentials.lifetime", &raw.lifetime);
     if lifetime <= rotate_interval && !rotate_interval.is_zero() {
-        v.problem("credentials.lifetime", "must be greater than rotate_interval");
+        v.problem(
+            "credentials.lifetime",
+            "must be greater than rotate_interval",
+        );
     }
     let grace = v.duration("credentials.grace", &raw.grace);
     let max_ttl = v.positive_duration("credentials.max_ttl", &raw.max_ttl);
@@ -965,15 +987,20 @@ fn validate_zookeeper(v: &mut Validator, raw: &RawZookeeper) -> ZookeeperConfig 
         );
     }
     let node = raw.node.clone().unwrap_or_else(default_host_name);
-    if node.is_empty() || node.contains('/') || node == "." || node == ".." || node.contains('\0')
-    {
-        v.problem("zookeeper.node", format!("`{node}` is not a valid znode name"));
+    if node.is_empty() || node.contains('/') || node == "." || node == ".." || node.contains('\0') {
+        v.problem(
+            "zookeeper.node",
+            format!("`{node}` is not a valid znode name"),
+        );
     }
     let session_timeout = v.positive_duration("zookeeper.session_timeout", &raw.session_timeout);
     let publish_interval = v.positive_duration("zookeeper.publish_interval", &raw.publish_interval);
     let max_silence = v.positive_duration("zookeeper.max_silence", &raw.max_silence);
     if max_silence < publish_interval {
-        v.problem("zookeeper.max_silence", "must not be less than publish_interval");
+        v.problem(
+            "zookeeper.max_silence",
+            "must not be less than publish_interval",
+        );
     }
     let auth_file = raw
         .auth_file
@@ -999,7 +1026,10 @@ fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
     }
     if let Some(interface) = &raw.interface {
         if interface.is_empty() || interface.contains('/') {
-            v.problem("traffic.interface", format!("`{interface}` is not an interface name"));
+            v.problem(
+                "traffic.interface",
+                format!("`{interface}` is not an interface name"),
+            );
         }
     }
     TrafficConfig {
@@ -1039,7 +1069,8 @@ pub fn default_host_name() -> String {
 
 /// The effective configuration as TOML, with anything secret replaced by `***`.
 pub fn render_effective(raw: &RawConfig) -> String {
-    let mut value = toml::Value::try_from(raw).unwrap_or_else(|_| toml::Value::Table(Default::default()));
+    let mut value =
+        toml::Value::try_from(raw).unwrap_or_else(|_| toml::Value::Table(Default::default()));
     redact(&mut value);
     toml::to_string_pretty(&value).unwrap_or_default()
 }
@@ -1115,13 +1146,19 @@ state_file = "/tmp/credential.json"
         let text = format!("{BASE}\n[api]\nlisten = \"127.0.0.1:1\"\nlsten = 1\n");
         let found = problems(&text, &[]);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("api.lsten: unknown field"), "{found:?}");
+        assert!(
+            found[0].starts_with("api.lsten: unknown field"),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn unknown_section_is_named() {
         let found = problems(&format!("{BASE}\n[zookeper]\nconnect = \"x\"\n"), &[]);
-        assert!(found[0].starts_with("zookeper: unknown section"), "{found:?}");
+        assert!(
+            found[0].starts_with("zookeper: unknown section"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -1165,7 +1202,10 @@ state_file = "/tmp/credential.json"
 
     #[test]
     fn missing_binary_is_named() {
-        let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_BINARY", "/nonexistent/turnserver")]);
+        let found = problems(
+            BASE,
+            &[("TURN_AGENT_TURNSERVER_BINARY", "/nonexistent/turnserver")],
+        );
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with("turnserver.binary: `/nonexistent/turnserver` not found"));
     }
@@ -1177,7 +1217,10 @@ state_file = "/tmp/credential.json"
             env(&[
                 ("TURN_AGENT_API_LISTEN", "127.0.0.1:9000"),
                 ("TURN_AGENT_TURNSERVER_LISTENING_PORT", "3479"),
-                ("TURN_AGENT_TURNSERVER_EXTRA_ARGS", r#"["--no-tls", "--no-dtls"]"#),
+                (
+                    "TURN_AGENT_TURNSERVER_EXTRA_ARGS",
+                    r#"["--no-tls", "--no-dtls"]"#,
+                ),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -1192,23 +1235,43 @@ state_file = "/tmp/credential.json"
     fn env_override_with_bad_value_is_named() {
         let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_LISTENING_PORT", "http")]);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("turnserver.listening_port: invalid type"), "{found:?}");
+        assert!(
+            found[0].starts_with("turnserver.listening_port: invalid type"),
+            "{found:?}"
+        );
         let found = problems(BASE, &[("TURN_AGENT_NOPE_KEY", "1")]);
-        assert!(found[0].starts_with("TURN_AGENT_NOPE_KEY: unknown section"), "{found:?}");
+        assert!(
+            found[0].starts_with("TURN_AGENT_NOPE_KEY: unknown section"),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn owned_flags_are_rejected_in_extra_args() {
-        let found = problems(BASE, &[("TURN_AGENT_TURNSERVER_EXTRA_ARGS", r#"["-o", "--listening-port=1"]"#)]);
+        let found = problems(
+            BASE,
+            &[(
+                "TURN_AGENT_TURNSERVER_EXTRA_ARGS",
+                r#"["-o", "--listening-port=1"]"#,
+            )],
+        );
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found.iter().all(|p| p.starts_with("turnserver.extra_args: ")));
+        assert!(found
+            .iter()
+            .all(|p| p.starts_with("turnserver.extra_args: ")));
     }
 
     #[test]
     fn zookeeper_needs_advertise_and_interface() {
         let found = problems(BASE, &[("TURN_AGENT_ZOOKEEPER_CONNECT", "127.0.0.1:2181")]);
-        assert!(found.iter().any(|p| p.starts_with("api.advertise:")), "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("traffic.interface:")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.starts_with("api.advertise:")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("traffic.interface:")),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -1222,7 +1285,8 @@ state_file = "/tmp/credential.json"
 
     #[test]
     fn rendering_redacts_secrets() {
-        let mut value: toml::Value = toml::from_str("[s]\nshared_secret = \"hunter2\"\ntoken_file = \"/x\"\n").unwrap();
+        let mut value: toml::Value =
+            toml::from_str("[s]\nshared_secret = \"hunter2\"\ntoken_file = \"/x\"\n").unwrap();
         redact(&mut value);
         let text = toml::to_string(&value).unwrap();
         assert!(!text.contains("hunter2"));
@@ -1241,8 +1305,14 @@ state_file = "/tmp/credential.json"
         )
         .unwrap();
         assert_eq!(changed_keys(&old, &old), Vec::<String>::new());
-        assert_eq!(changed_keys(&old, &new), vec!["api.listen", "turnserver.relay_ip"]);
-        assert_eq!(changed_keys(&new, &old), vec!["api.listen", "turnserver.relay_ip"]);
+        assert_eq!(
+            changed_keys(&old, &new),
+            vec!["api.listen", "turnserver.relay_ip"]
+        );
+        assert_eq!(
+            changed_keys(&new, &old),
+            vec!["api.listen", "turnserver.relay_ip"]
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ use turn_agent::config::{self, Config, RawConfig};
 const EXIT_BAD_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "turn-agent", version, about = "Sidecar for coturn: supervises turnserver, rotates and serves TURN credentials, publishes the host in ZooKeeper")]
+#[command(
+    name = "turn-agent",
+    version,
+    about = "Sidecar for coturn: supervises turnserver, rotates and serves TURN credentials, publishes the host in ZooKeeper"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -31,7 +31,11 @@ fn assert_rejected(body: &str, env: &[(&str, &str)], expected_line: &str) {
 
 #[test]
 fn unknown_key_exits_2_naming_it() {
-    assert_rejected("[api]\nlistn = \"127.0.0.1:1\"\n", &[], "api.listn: unknown field");
+    assert_rejected(
+        "[api]\nlistn = \"127.0.0.1:1\"\n",
+        &[],
+        "api.listn: unknown field",
+    );
 }
 
 #[test]
@@ -71,33 +75,51 @@ fn env_override_with_a_bad_value_exits_2() {
         &[("TURN_AGENT_TURNSERVER_LISTENING_PORT", "70000")],
         "turnserver.listening_port: must be a port number",
     );
-    assert_rejected("", &[("TURN_AGENT_APII_LISTEN", "x")], "TURN_AGENT_APII_LISTEN: unknown section");
+    assert_rejected(
+        "",
+        &[("TURN_AGENT_APII_LISTEN", "x")],
+        "TURN_AGENT_APII_LISTEN: unknown section",
+    );
 }
 
 #[test]
 fn unreadable_file_exits_2() {
-    let (code, _, stderr) = run_agent_cli(&["check-config", "--config", "/nonexistent/agent.toml"], &[]);
+    let (code, _, stderr) = run_agent_cli(
+        &["check-config", "--config", "/nonexistent/agent.toml"],
+        &[],
+    );
     assert_eq!(code, 2);
-    assert!(stderr.contains("/nonexistent/agent.toml: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/agent.toml: cannot read"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn check_config_prints_effective_values() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let (code, stdout, stderr) =
-        run_agent_cli(&["check-config", "--config", &config], &[("TURN_AGENT_API_LISTEN", "127.0.0.1:9000")]);
+    let (code, stdout, stderr) = run_agent_cli(
+        &["check-config", "--config", &config],
+        &[("TURN_AGENT_API_LISTEN", "127.0.0.1:9000")],
+    );
     assert_eq!(code, 0, "{stderr}");
     let effective: toml::Table = stdout.parse().unwrap();
     assert_eq!(effective["api"]["listen"].as_str(), Some("127.0.0.1:9000"));
-    assert_eq!(effective["turnserver"]["restart_delay_max"].as_str(), Some("30s"));
+    assert_eq!(
+        effective["turnserver"]["restart_delay_max"].as_str(),
+        Some("30s")
+    );
 }
 
 #[test]
 fn shipped_example_configs_are_valid() {
     let root = env!("CARGO_MANIFEST_DIR");
     for name in ["config/turn-agent.toml", "config/local.toml"] {
-        let (code, _, stderr) = run_agent_cli(&["check-config", "--config", &format!("{root}/{name}")], &[]);
+        let (code, _, stderr) = run_agent_cli(
+            &["check-config", "--config", &format!("{root}/{name}")],
+            &[],
+        );
         assert_eq!(code, 0, "{name}: {stderr}");
     }
 }

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use turn_agent::supervisor::probe::stun_binding;
 
 async fn answers_stun(agent: &Agent) -> bool {
-    stun_binding(agent.turn_addr(), Duration::from_millis(100)).await.is_ok()
+    stun_binding(agent.turn_addr(), Duration::from_millis(100))
+        .await
+        .is_ok()
 }
 
 #[tokio::test]
@@ -20,7 +22,10 @@ async fn agent_start_answers_stun_and_is_ready_within_two_seconds() {
     let started = Instant::now();
     agent.wait_ready(Duration::from_secs(2)).await;
     eprintln!("ready after {:?}", started.elapsed());
-    assert!(stunclient_answers(agent.files.turn_port).await, "turnutils_stunclient got no answer");
+    assert!(
+        stunclient_answers(agent.files.turn_port).await,
+        "turnutils_stunclient got no answer"
+    );
     let (status, body) = agent.get("/healthz").await.unwrap();
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
     assert_eq!(agent.turnservers().len(), 1);
@@ -37,17 +42,21 @@ async fn killed_turnserver_is_replaced_within_a_second_twenty_times() {
         // Done when a new turnserver answers STUN and the agent has seen it
         // ready: a child killed before the agent saw it answer is, to the
         // agent, a failed start, which rightly backs off.
-        let new_pid = wait_for(Duration::from_secs(1), "a new turnserver answering STUN", || async {
-            let pids = agent.turnservers();
-            let [only] = pids.as_slice() else { return None };
-            if *only == pid || !answers_stun(&agent).await {
-                return None;
-            }
-            match agent.get("/readyz").await {
-                Some((200, body)) if body["turnserver"]["pid"] == *only => Some(*only),
-                _ => None,
-            }
-        })
+        let new_pid = wait_for(
+            Duration::from_secs(1),
+            "a new turnserver answering STUN",
+            || async {
+                let pids = agent.turnservers();
+                let [only] = pids.as_slice() else { return None };
+                if *only == pid || !answers_stun(&agent).await {
+                    return None;
+                }
+                match agent.get("/readyz").await {
+                    Some((200, body)) if body["turnserver"]["pid"] == *only => Some(*only),
+                    _ => None,
+                }
+            },
+        )
         .await;
         recoveries.push(killed.elapsed());
         pid = new_pid;
@@ -62,16 +71,22 @@ async fn killed_turnserver_is_replaced_within_a_second_twenty_times() {
     let ready_pid = agent.wait_ready(Duration::from_secs(2)).await;
     assert_eq!(ready_pid, pid);
     let (_, body) = agent.get("/readyz").await.unwrap();
-    assert!(body["turnserver"]["restarts"].as_u64().unwrap() >= 20, "{body}");
+    assert!(
+        body["turnserver"]["restarts"].as_u64().unwrap() >= 20,
+        "{body}"
+    );
     assert!(agent.child_alive());
 }
 
 #[tokio::test]
 async fn crash_loop_backs_off_with_growing_delays_and_low_cpu() {
     let mut options = AgentOptions::default();
-    options.extra_args.push("--no-such-turnserver-option".into());
+    options
+        .extra_args
+        .push("--no-such-turnserver-option".into());
     options.json_logs = true;
-    options.turnserver_extra = "restart_delay_min = \"20ms\"\nrestart_delay_max = \"640ms\"\n".into();
+    options.turnserver_extra =
+        "restart_delay_min = \"20ms\"\nrestart_delay_max = \"640ms\"\n".into();
     let agent = Agent::start(options);
 
     let cpu_before = cpu_time(agent.pid());
@@ -79,7 +94,10 @@ async fn crash_loop_backs_off_with_growing_delays_and_low_cpu() {
     let body = wait_for(Duration::from_secs(10), "seven restarts", || async {
         match agent.get("/readyz").await {
             Some((status, body)) => {
-                assert_eq!(status, 503, "a crash-looping turnserver must not be ready: {body}");
+                assert_eq!(
+                    status, 503,
+                    "a crash-looping turnserver must not be ready: {body}"
+                );
                 (body["turnserver"]["restarts"].as_u64() >= Some(7)).then_some(body)
             }
             None => None,
@@ -97,8 +115,15 @@ async fn crash_loop_backs_off_with_growing_delays_and_low_cpu() {
         .collect();
     assert!(delays.len() >= 7, "{delays:?}");
     assert_eq!(&delays[..6], &[20, 40, 80, 160, 320, 640], "{delays:?}");
-    assert!(delays.windows(2).all(|pair| pair[0] <= pair[1]), "{delays:?}");
-    assert!(body["turnserver"]["crash_loop"].as_bool().unwrap_or(false) || body["turnserver"]["phase"] == "starting", "{body}");
+    assert!(
+        delays.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{delays:?}"
+    );
+    assert!(
+        body["turnserver"]["crash_loop"].as_bool().unwrap_or(false)
+            || body["turnserver"]["phase"] == "starting",
+        "{body}"
+    );
     assert!(agent.log().contains("crash loop"));
     assert!(agent.child_alive(), "the agent must never give up");
     eprintln!("crash loop: agent used {cpu:?} CPU in {wall:?}");
@@ -119,9 +144,16 @@ async fn stopped_turnserver_is_detected_as_hung_and_replaced() {
         agent.turnservers().into_iter().find(|other| *other != pid)
     })
     .await;
-    eprintln!("SIGSTOP -> replacement spawned after {:?}", stopped.elapsed());
+    eprintln!(
+        "SIGSTOP -> replacement spawned after {:?}",
+        stopped.elapsed()
+    );
     assert_eq!(agent.wait_ready(Duration::from_secs(2)).await, new_pid);
-    assert_eq!(agent.turnservers(), vec![new_pid], "the hung child must be gone");
+    assert_eq!(
+        agent.turnservers(),
+        vec![new_pid],
+        "the hung child must be gone"
+    );
     assert!(agent.log().contains("hung"));
 }
 
@@ -143,11 +175,16 @@ async fn sigkill_of_the_agent_takes_turnserver_along_within_a_second() {
     agent.signal(Signal::SIGKILL);
     agent.wait_exit(Duration::from_secs(2)).await;
     let killed = Instant::now();
-    wait_for(Duration::from_secs(1), "the orphaned turnserver to die", || async {
-        agent.turnservers().is_empty().then_some(())
-    })
+    wait_for(
+        Duration::from_secs(1),
+        "the orphaned turnserver to die",
+        || async { agent.turnservers().is_empty().then_some(()) },
+    )
     .await;
-    eprintln!("agent SIGKILL -> turnserver gone after {:?}", killed.elapsed());
+    eprintln!(
+        "agent SIGKILL -> turnserver gone after {:?}",
+        killed.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -176,19 +213,31 @@ async fn stale_turnserver_from_a_dead_agent_is_killed_at_start() {
     let stale_pid = stale.id();
     wait_for(Duration::from_secs(5), "the stale pidfile", || {
         let written = std::fs::read_to_string(&pidfile).ok();
-        async move { written.filter(|text| text.trim() == stale_pid.to_string()).map(|_| ()) }
+        async move {
+            written
+                .filter(|text| text.trim() == stale_pid.to_string())
+                .map(|_| ())
+        }
     })
     .await;
 
     let agent = Agent::start_with(files, &options);
     let pid = agent.wait_ready(Duration::from_secs(5)).await;
     assert_ne!(pid, stale_pid);
-    wait_for(Duration::from_secs(2), "the stale turnserver to exit", || {
-        let exited = stale.try_wait().unwrap().is_some();
-        async move { exited.then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(2),
+        "the stale turnserver to exit",
+        || {
+            let exited = stale.try_wait().unwrap().is_some();
+            async move { exited.then_some(()) }
+        },
+    )
     .await;
-    assert_eq!(agent.turnservers(), vec![pid], "exactly one turnserver must run");
+    assert_eq!(
+        agent.turnservers(),
+        vec![pid],
+        "exactly one turnserver must run"
+    );
     assert!(agent.log().contains("stale turnserver"));
 }
 
@@ -200,10 +249,14 @@ async fn sighup_with_a_bad_file_is_reported_and_ignored() {
 
     std::fs::write(&agent.files.config_path, "[api]\nlisten = \"nowhere\"\n").unwrap();
     agent.signal(Signal::SIGHUP);
-    wait_for(Duration::from_secs(5), "the reload error in the log", || {
-        let found = agent.log().contains("api.listen");
-        async move { found.then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the reload error in the log",
+        || {
+            let found = agent.log().contains("api.listen");
+            async move { found.then_some(()) }
+        },
+    )
     .await;
 
     let changed = original.replace("probe_failures = 3", "probe_failures = 4");

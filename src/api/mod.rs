@@ -33,7 +33,11 @@ pub fn router(state: ApiState) -> Router {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -83,14 +87,18 @@ mod tests {
             .await
             .unwrap();
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     #[tokio::test]
     async fn readyz_follows_the_supervisor() {
         let (sender, receiver) = watch::channel(SupervisorStatus::default());
-        let app = router(ApiState { supervisor: receiver });
+        let app = router(ApiState {
+            supervisor: receiver,
+        });
 
         let (status, body) = get_json(app.clone(), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

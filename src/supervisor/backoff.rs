@@ -106,7 +106,15 @@ mod tests {
         let delays: Vec<_> = (0..7).map(|_| backoff.on_exit(None)).collect();
         assert_eq!(
             delays,
-            vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000),
+                ms(1000)
+            ]
         );
         assert!(backoff.in_crash_loop());
     }

@@ -55,7 +55,9 @@ mod tests {
              pidfile = \"/tmp/ts.pid\"\nlistening_ip = \"127.0.0.1\"\n{extra}\n\
              [credentials]\nturnadmin = \"/bin/sh\"\nstate_file = \"/tmp/c.json\"\n"
         );
-        validate(&parse_raw(&text, Vec::new()).unwrap()).unwrap().turnserver
+        validate(&parse_raw(&text, Vec::new()).unwrap())
+            .unwrap()
+            .turnserver
     }
 
     #[test]
@@ -74,7 +76,10 @@ mod tests {
             "--lt-cred-mech",
             "--log-file=stdout",
         ] {
-            assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
+            assert!(
+                args.iter().any(|a| a == expected),
+                "{expected} missing from {args:?}"
+            );
         }
         assert_eq!(args.last().unwrap(), "--no-cli");
     }

@@ -104,7 +104,11 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(backoff: RestartBackoff, probe_failures_allowed: u32, startup_timeout: Duration) -> Self {
+    pub fn new(
+        backoff: RestartBackoff,
+        probe_failures_allowed: u32,
+        startup_timeout: Duration,
+    ) -> Self {
         Lifecycle {
             backoff,
             probe_failures_allowed: probe_failures_allowed.max(1),
@@ -210,16 +214,28 @@ mod tests {
         assert!(life.status().is_ready());
 
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::KeepWaiting);
+        assert_eq!(
+            life.probe_failed("timeout", Instant::now()),
+            ProbeVerdict::KeepWaiting
+        );
         assert_eq!(life.status().phase, Phase::Unhealthy);
-        assert_eq!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::KeepWaiting);
+        assert_eq!(
+            life.probe_failed("timeout", Instant::now()),
+            ProbeVerdict::KeepWaiting
+        );
         // One answer in between resets the count.
         life.probe_succeeded(Instant::now());
         assert_eq!(life.status().consecutive_probe_failures, 0);
         for _ in 0..2 {
-            assert_eq!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::KeepWaiting);
+            assert_eq!(
+                life.probe_failed("timeout", Instant::now()),
+                ProbeVerdict::KeepWaiting
+            );
         }
-        assert!(matches!(life.probe_failed("timeout", Instant::now()), ProbeVerdict::Hung(_)));
+        assert!(matches!(
+            life.probe_failed("timeout", Instant::now()),
+            ProbeVerdict::Hung(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -228,11 +244,17 @@ mod tests {
         life.spawned(10, Instant::now());
         for _ in 0..50 {
             tokio::time::advance(Duration::from_millis(100)).await;
-            assert_eq!(life.probe_failed("refused", Instant::now()), ProbeVerdict::KeepWaiting);
+            assert_eq!(
+                life.probe_failed("refused", Instant::now()),
+                ProbeVerdict::KeepWaiting
+            );
             assert_eq!(life.status().phase, Phase::Starting);
         }
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(matches!(life.probe_failed("refused", Instant::now()), ProbeVerdict::Hung(_)));
+        assert!(matches!(
+            life.probe_failed("refused", Instant::now()),
+            ProbeVerdict::Hung(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -280,10 +302,16 @@ mod tests {
         let mut life = lifecycle();
         life.spawned(1, Instant::now());
         tokio::time::advance(Duration::from_secs(120)).await;
-        assert_eq!(life.exited("hung".into(), Instant::now()), Duration::from_millis(100));
+        assert_eq!(
+            life.exited("hung".into(), Instant::now()),
+            Duration::from_millis(100)
+        );
         life.spawned(2, Instant::now());
         tokio::time::advance(Duration::from_secs(120)).await;
-        assert_eq!(life.exited("hung".into(), Instant::now()), Duration::from_millis(200));
+        assert_eq!(
+            life.exited("hung".into(), Instant::now()),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]

@@ -56,7 +56,9 @@ impl Supervisor {
             config.restart_delay_max,
             config.stable_after,
         )
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string()))?;
+        .map_err(|error| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string())
+        })?;
         let lifecycle = Lifecycle::new(backoff, config.probe_failures, config.startup_timeout);
         let (status, receiver) = watch::channel(SupervisorStatus::default());
         let supervisor = Supervisor {
@@ -84,7 +86,8 @@ impl Supervisor {
                     let end = self.watch_child(&mut child, &shutdown).await;
                     match end {
                         ChildEnd::Shutdown => {
-                            let how = process::stop_child(&mut child, self.config.stop_timeout).await;
+                            let how =
+                                process::stop_child(&mut child, self.config.stop_timeout).await;
                             tracing::info!(exit = %how, "turnserver stopped");
                             self.lifecycle.stopped(Some(how));
                             self.publish();
@@ -134,7 +137,11 @@ impl Supervisor {
             process::route_output(stderr, pid, "stderr");
         }
         self.lifecycle.spawned(pid, Instant::now());
-        tracing::info!(pid, restarts = self.lifecycle.status().restarts, "turnserver spawned");
+        tracing::info!(
+            pid,
+            restarts = self.lifecycle.status().restarts,
+            "turnserver spawned"
+        );
         self.publish();
         Ok(child)
     }
@@ -192,7 +199,11 @@ impl Supervisor {
     /// Sleeps `delay` while still pinging the watchdog; false on shutdown.
     async fn wait(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
         let until = Instant::now() + delay;
-        let step = self.watchdog.max_gap().unwrap_or(delay).max(Duration::from_millis(1));
+        let step = self
+            .watchdog
+            .max_gap()
+            .unwrap_or(delay)
+            .max(Duration::from_millis(1));
         loop {
             self.watchdog.ping_if_due();
             let now = Instant::now();

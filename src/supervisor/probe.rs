@@ -115,13 +115,17 @@ mod tests {
     #[tokio::test]
     async fn answered_probe_succeeds() {
         let addr = responder(true).await;
-        stun_binding(addr, Duration::from_millis(500)).await.unwrap();
+        stun_binding(addr, Duration::from_millis(500))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn silent_server_times_out() {
         let addr = responder(false).await;
-        let error = stun_binding(addr, Duration::from_millis(100)).await.unwrap_err();
+        let error = stun_binding(addr, Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(matches!(error, ProbeError::Timeout(_)), "{error}");
     }
 

@@ -118,8 +118,13 @@ where
 /// lines; our own events carry a timestamp already.
 fn strip_uptime_prefix(line: &str) -> &str {
     match line.split_once(": ") {
-        Some((seconds, rest)) if !seconds.is_empty() && seconds.bytes().all(|b| b.is_ascii_digit()) => {
-            rest.strip_prefix(": ").or_else(|| rest.strip_prefix(':')).unwrap_or(rest).trim_start()
+        Some((seconds, rest))
+            if !seconds.is_empty() && seconds.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            rest.strip_prefix(": ")
+                .or_else(|| rest.strip_prefix(':'))
+                .unwrap_or(rest)
+                .trim_start()
         }
         _ => line,
     }
@@ -219,10 +224,16 @@ mod tests {
 
     #[test]
     fn uptime_prefix_is_stripped() {
-        assert_eq!(strip_uptime_prefix("0: : Relay ports initialization done"), "Relay ports initialization done");
+        assert_eq!(
+            strip_uptime_prefix("0: : Relay ports initialization done"),
+            "Relay ports initialization done"
+        );
         assert_eq!(strip_uptime_prefix("12: : ERROR: x"), "ERROR: x");
         assert_eq!(strip_uptime_prefix("0: : "), "");
-        assert_eq!(strip_uptime_prefix("socket: Protocol not supported"), "socket: Protocol not supported");
+        assert_eq!(
+            strip_uptime_prefix("socket: Protocol not supported"),
+            "socket: Protocol not supported"
+        );
         assert_eq!(strip_uptime_prefix("RFC 3489/5389"), "RFC 3489/5389");
     }
 
@@ -236,11 +247,20 @@ mod tests {
             .spawn()
             .unwrap();
         std::fs::write(&pidfile, format!("{}\n", sleeper.id().unwrap())).unwrap();
-        assert_eq!(kill_stale_turnserver(&pidfile, Duration::from_millis(100)).await, None);
-        assert!(sleeper.try_wait().unwrap().is_none(), "a non-turnserver was killed");
+        assert_eq!(
+            kill_stale_turnserver(&pidfile, Duration::from_millis(100)).await,
+            None
+        );
+        assert!(
+            sleeper.try_wait().unwrap().is_none(),
+            "a non-turnserver was killed"
+        );
         // Missing and garbage pidfiles are no error either.
         std::fs::write(&pidfile, "not a pid").unwrap();
-        assert_eq!(kill_stale_turnserver(&pidfile, Duration::from_millis(100)).await, None);
+        assert_eq!(
+            kill_stale_turnserver(&pidfile, Duration::from_millis(100)).await,
+            None
+        );
         assert_eq!(
             kill_stale_turnserver(&dir.path().join("missing"), Duration::from_millis(100)).await,
             None
@@ -252,7 +272,10 @@ mod tests {
     async fn stop_child_escalates_to_sigkill() {
         let spawner = Spawner::start().unwrap();
         let mut command = Command::new("sh");
-        command.args(["-c", "trap '' TERM; echo started; while :; do sleep 0.05; done"]);
+        command.args([
+            "-c",
+            "trap '' TERM; echo started; while :; do sleep 0.05; done",
+        ]);
         let mut child = spawner.spawn(command).await.unwrap();
         // Wait until the trap is installed before signalling.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());

@@ -26,7 +26,10 @@ where
         if let Some(value) = condition().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -44,7 +47,11 @@ pub fn free_port() -> u16 {
 
 /// A free TCP port for the HTTP API.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A small relay port range below the kernel's ephemeral range, so it does
@@ -98,7 +105,10 @@ pub struct AgentFiles {
 
 impl AgentFiles {
     pub fn new(options: &AgentOptions) -> AgentFiles {
-        let dir = tempfile::Builder::new().prefix("turn-agent-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("turn-agent-test-")
+            .tempdir()
+            .unwrap();
         let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
         let turn_port = free_port();
         let (min_port, max_port) = relay_range();
@@ -186,9 +196,10 @@ impl Agent {
         let child = Command::new(AGENT_BIN)
             .args(["run", "--config"])
             .arg(&files.config_path)
-            .envs(options.env.iter().cloned())
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(options.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -247,7 +258,8 @@ impl Agent {
 
     /// True while the agent process runs (not exited, not a zombie).
     pub fn child_alive(&self) -> bool {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         stat.rsplit_once(')')
             .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .unwrap_or(false)
@@ -276,7 +288,11 @@ impl Drop for Agent {
             signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
         }
         if std::thread::panicking() {
-            eprintln!("---- agent log ({}) ----\n{}", self.log_path.display(), self.log());
+            eprintln!(
+                "---- agent log ({}) ----\n{}",
+                self.log_path.display(),
+                self.log()
+            );
         }
     }
 }
@@ -313,7 +329,13 @@ pub fn turnservers_in(dir: &Path) -> Vec<u32> {
 /// Asks coturn's own STUN client (not our code) whether `port` answers.
 pub async fn stunclient_answers(port: u16) -> bool {
     tokio::process::Command::new("timeout")
-        .args(["2", "turnutils_stunclient", "-p", &port.to_string(), "127.0.0.1"])
+        .args([
+            "2",
+            "turnutils_stunclient",
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -325,7 +347,12 @@ pub async fn stunclient_answers(port: u16) -> bool {
 /// CPU time (user + system) the process has used so far.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the name.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

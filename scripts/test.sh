@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs the whole suite: formatting, lints,
+# unit tests and integration tests against a real turnserver and ZooKeeper.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo build --all-targets --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --profile ci
+else
+  cargo test --locked
+fi
