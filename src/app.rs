@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{self, Config, RawConfig};
+use crate::credentials::CredentialManager;
 use crate::shutdown::{AgentSignal, Signals};
 use crate::supervisor::{Supervisor, SupervisorStatus};
 use crate::systemd::{self, Watchdog};
@@ -39,7 +40,17 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let mut supervisor_task = tokio::spawn(supervisor.run(supervisor_stop.clone()));
     tokio::spawn(report_to_systemd(status.clone()));
 
-    let router = api::router(ApiState { supervisor: status });
+    let credentials_stop = CancellationToken::new();
+    let (credential_manager, credentials) = CredentialManager::new(&config);
+    let credentials_task = tokio::spawn(credential_manager.run(credentials_stop.clone()));
+
+    let router = api::router(ApiState {
+        supervisor: status,
+        credentials: credentials.source,
+        credential_status: credentials.status,
+        rotate: credentials.rotate,
+        turn_uris: config.api.turn_uris.clone(),
+    });
     let mut api_task: JoinHandle<std::io::Result<()>> =
         tokio::spawn(api::serve(listener, router, api_stop.clone()));
 
@@ -70,6 +81,15 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     {
         tracing::warn!("HTTP server did not drain in time");
         api_task.abort();
+    }
+    // A rotation in flight finishes (turnadmin calls are short, and a
+    // half-done one is repaired at the next start anyway).
+    credentials_stop.cancel();
+    if tokio::time::timeout_at(deadline, credentials_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("credential manager did not stop in time");
     }
     supervisor_stop.cancel();
     if tokio::time::timeout_at(deadline, &mut supervisor_task)

@@ -115,6 +115,8 @@ pub struct ApiConfig {
     /// What other hosts use to reach the API; `None` means `listen` is
     /// reachable as it is.
     pub advertise: Option<SocketAddr>,
+    /// TURN URIs handed to clients in `/ice` and published in ZooKeeper.
+    pub turn_uris: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +245,7 @@ pub struct RawApi {
     pub listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    pub turn_uris: Vec<String>,
 }
 
 impl Default for RawApi {
@@ -250,6 +253,7 @@ impl Default for RawApi {
         RawApi {
             listen: "0.0.0.0:8086".into(),
             advertise: None,
+            turn_uris: Vec::new(),
         }
     }
 }
@@ -794,15 +798,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         );
     }
 
-    let api = ApiConfig {
-        listen: v.socket_addr("api.listen", &raw.api.listen),
-        advertise: raw
-            .api
-            .advertise
-            .as_deref()
-            .map(|text| v.socket_addr("api.advertise", text)),
-    };
-    if let Some(advertise) = api.advertise {
+    let listen = v.socket_addr("api.listen", &raw.api.listen);
+    let advertise = raw
+        .api
+        .advertise
+        .as_deref()
+        .map(|text| v.socket_addr("api.advertise", text));
+    if let Some(advertise) = advertise {
         if advertise.ip().is_unspecified() || advertise.port() == 0 {
             v.problem(
                 "api.advertise",
@@ -812,6 +814,27 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     }
 
     let turnserver = validate_turnserver(&mut v, &raw.turnserver);
+    for uri in &raw.api.turn_uris {
+        let scheme_ok = ["turn:", "turns:", "stun:", "stuns:"]
+            .iter()
+            .any(|scheme| uri.starts_with(scheme));
+        if !scheme_ok || uri.contains(char::is_whitespace) {
+            v.problem(
+                "api.turn_uris",
+                format!("`{uri}` is not a turn:, turns:, stun: or stuns: URI"),
+            );
+        }
+    }
+    let turn_uris = if raw.api.turn_uris.is_empty() {
+        default_turn_uris(&turnserver, advertise)
+    } else {
+        raw.api.turn_uris.clone()
+    };
+    let api = ApiConfig {
+        listen,
+        advertise,
+        turn_uris,
+    };
     let credentials = validate_credentials(&mut v, &raw.credentials, &turnserver);
     let zookeeper = validate_zookeeper(&mut v, &raw.zookeeper);
     if zookeeper.connect.is_some()
@@ -847,6 +870,26 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             problems: v.problems,
         })
     }
+}
+
+/// `turn:HOST:PORT?transport=udp|tcp` for the address clients reach
+/// turnserver on: its listening address when concrete, else the advertised
+/// API address, else the relay address, else the host name.
+fn default_turn_uris(turnserver: &TurnserverConfig, advertise: Option<SocketAddr>) -> Vec<String> {
+    let concrete = |ip: Option<IpAddr>| ip.filter(|ip| !ip.is_unspecified());
+    let host = concrete(turnserver.listening_ip)
+        .or(concrete(advertise.map(|a| a.ip())))
+        .or(concrete(turnserver.relay_ip))
+        .map(|ip| match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        })
+        .unwrap_or_else(default_host_name);
+    let port = turnserver.listening_port;
+    vec![
+        format!("turn:{host}:{port}?transport=udp"),
+        format!("turn:{host}:{port}?transport=tcp"),
+    ]
 }
 
 fn tracing_subscriber_filter_is_invalid(filter: &str) -> bool {
@@ -950,6 +993,9 @@ fn validate_credentials(
     turnserver: &TurnserverConfig,
 ) -> CredentialsConfig {
     let rotate_interval = v.positive_duration("credentials.rotate_interval", &raw.rotate_interval);
+    if !rotate_interval.is_zero() && rotate_interval < Duration::from_secs(1) {
+        v.problem("credentials.rotate_interval", "must be at least 1s");
+    }
     let lifetime = v.positive_duration("credentials.lifetime", &raw.lifetime);
     if lifetime <= rotate_interval && !rotate_interval.is_zero() {
         v.problem(
@@ -1272,6 +1318,25 @@ state_file = "/tmp/credential.json"
             found.iter().any(|p| p.starts_with("traffic.interface:")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn turn_uris_default_from_the_listening_address() {
+        let raw = parse_raw(
+            BASE,
+            env(&[("TURN_AGENT_TURNSERVER_LISTENING_IP", "192.0.2.7")]),
+        )
+        .unwrap();
+        let config = validate(&raw).unwrap();
+        assert_eq!(
+            config.api.turn_uris,
+            vec![
+                "turn:192.0.2.7:3478?transport=udp",
+                "turn:192.0.2.7:3478?transport=tcp"
+            ]
+        );
+        let found = problems(BASE, &[("TURN_AGENT_API_TURN_URIS", r#"["http://x"]"#)]);
+        assert!(found[0].starts_with("api.turn_uris:"), "{found:?}");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! turn-agent: a sidecar that runs beside coturn on every TURN host.
 //!
 //! # Layout
+//! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
+//! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
+//! - [`secret`]: a string type that redacts itself.
+//! - [`cli`]: subcommands that talk to a running agent (`rotate`).
 //! - [`app`]: starts every task, waits for signals, shuts down in order.
 //! - [`shutdown`]: process signals turned into agent actions.
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
@@ -14,10 +18,16 @@
 pub mod api;
 #[cfg(feature = "agent")]
 pub mod app;
+pub mod backoff;
+#[cfg(feature = "agent")]
+pub mod cli;
 #[cfg(feature = "agent")]
 pub mod config;
 #[cfg(feature = "agent")]
+pub mod credentials;
+#[cfg(feature = "agent")]
 pub mod logging;
+pub mod secret;
 #[cfg(feature = "agent")]
 pub mod shutdown;
 #[cfg(feature = "agent")]

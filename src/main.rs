@@ -32,6 +32,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the running agent (through its API) to rotate the credential now.
+    Rotate {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,22 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rotate { config } => {
+            let (_, loaded) = match load(&config) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            match turn_agent::cli::rotate(&loaded) {
+                Ok(credential) => {
+                    println!("rotated: {credential}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("turn-agent: rotation failed: {error:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -4,30 +4,45 @@
 //! with `tower::ServiceExt::oneshot`; [`serve`] takes an already-bound
 //! listener and a shutdown token.
 
+mod error;
+
 use std::net::SocketAddr;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use error::ApiError;
+
+use crate::credentials::{
+    unix_now, CredentialRequest, CredentialSource, CredentialStatus, IssuedCredential, RotateHandle,
+};
 use crate::supervisor::SupervisorStatus;
 
 /// What the handlers read; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
     pub supervisor: watch::Receiver<SupervisorStatus>,
+    pub credentials: CredentialSource,
+    pub credential_status: watch::Receiver<CredentialStatus>,
+    pub rotate: RotateHandle,
+    pub turn_uris: Vec<String>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/turncredential", get(turn_credential))
+        .route("/ice", get(ice))
+        .route("/rotate", post(rotate))
         .with_state(state)
 }
 
@@ -51,70 +66,142 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 only while turnserver answers STUN; 503 with the reason otherwise.
+/// 200 only while turnserver answers STUN and a valid credential can be
+/// served; 503 with the reason otherwise.
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let status = state.supervisor.borrow().clone();
-    if status.is_ready() {
-        (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "turnserver": status })),
-        )
-            .into_response()
+    let turnserver = state.supervisor.borrow().clone();
+    let credentials = state.credential_status.borrow().clone();
+    let reason = if !turnserver.is_ready() {
+        Some(turnserver.reason())
+    } else if !credentials.available {
+        Some(match &credentials.last_error {
+            Some(error) => format!("no valid credential: {error}"),
+            None => "no valid credential yet".to_string(),
+        })
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "not-ready",
-                "reason": status.reason(),
-                "turnserver": status,
-            })),
-        )
-            .into_response()
+        None
+    };
+    let body = json!({
+        "status": if reason.is_none() { "ready" } else { "not-ready" },
+        "reason": reason,
+        "turnserver": turnserver,
+        "credentials": credentials,
+    });
+    let status = if reason.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct CredentialQuery {
+    /// Seconds; REST API mode only, capped by `credentials.max_ttl`.
+    ttl: Option<u64>,
+    /// REST API mode only: the user part of the username.
+    username: Option<String>,
+}
+
+/// The JSON existing clients parse.
+#[derive(Serialize)]
+struct TurnCredentialBody<'a> {
+    r#type: &'static str,
+    code: &'static str,
+    userid: &'a str,
+    password: &'a str,
+    /// Milliseconds since the epoch.
+    expired_time: u64,
+}
+
+fn issue(state: &ApiState, query: CredentialQuery) -> Result<IssuedCredential, ApiError> {
+    let request = CredentialRequest {
+        ttl: query.ttl,
+        user: query.username,
+    };
+    state
+        .credentials
+        .issue(&request, unix_now().as_secs())
+        .map_err(|unavailable| ApiError::Unavailable(unavailable.0))
+}
+
+async fn turn_credential(
+    State(state): State<ApiState>,
+    query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let credential = issue(&state, query)?;
+    let body = TurnCredentialBody {
+        r#type: "result",
+        code: "ok",
+        userid: &credential.username,
+        password: credential.password.expose(),
+        expired_time: credential.expires_at.saturating_mul(1000),
+    };
+    Ok(no_store(Json(body).into_response()))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IceBody<'a> {
+    ice_servers: [IceServer<'a>; 1],
+    /// Seconds the credential stays valid.
+    ttl: u64,
+    expires_at: String,
+}
+
+#[derive(Serialize)]
+struct IceServer<'a> {
+    urls: &'a [String],
+    username: &'a str,
+    credential: &'a str,
+}
+
+/// An RTCConfiguration fragment WebRTC stacks take as is.
+async fn ice(
+    State(state): State<ApiState>,
+    query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let credential = issue(&state, query)?;
+    let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(credential.expires_at);
+    let body = IceBody {
+        ice_servers: [IceServer {
+            urls: &state.turn_uris,
+            username: &credential.username,
+            credential: credential.password.expose(),
+        }],
+        ttl: credential.expires_at.saturating_sub(unix_now().as_secs()),
+        expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
+    };
+    Ok(no_store(Json(body).into_response()))
+}
+
+/// Rotation on demand. Loopback callers only until the allow list lands.
+async fn rotate(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    if !peer.ip().is_loopback() {
+        return Err(ApiError::Forbidden(
+            "rotation is allowed from loopback only".into(),
+        ));
     }
+    match state.rotate.rotate().await {
+        Ok(credential) => Ok(no_store(
+            Json(json!({ "rotated": true, "credential": credential })).into_response(),
+        )),
+        Err(error) => Err(ApiError::Unavailable(error)),
+    }
+}
+
+/// Credentials must not sit in any cache.
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::supervisor::Phase;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    async fn get_json(app: Router, path: &str) -> (StatusCode, serde_json::Value) {
-        let response = app
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
-    }
-
-    #[tokio::test]
-    async fn readyz_follows_the_supervisor() {
-        let (sender, receiver) = watch::channel(SupervisorStatus::default());
-        let app = router(ApiState {
-            supervisor: receiver,
-        });
-
-        let (status, body) = get_json(app.clone(), "/readyz").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body["reason"], "turnserver is starting");
-
-        sender.send_modify(|s| {
-            s.phase = Phase::Ready;
-            s.pid = Some(42);
-        });
-        let (status, body) = get_json(app.clone(), "/readyz").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["turnserver"]["pid"], 42);
-        assert_eq!(body["turnserver"]["phase"], "ready");
-
-        let (status, body) = get_json(app, "/healthz").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["status"], "ok");
-    }
-}
+mod tests;

@@ -58,9 +58,11 @@ pub fn free_tcp_port() -> u16 {
 /// not collide with ports handed out by `free_port`.
 pub fn relay_range() -> (u16, u16) {
     loop {
-        let base = 10_000 + (rand::random::<u16>() % 2000) * 10;
-        if (base..base + 10).all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok()) {
-            return (base, base + 9);
+        // Each uclient -y run takes several relay ports, and tests run a
+        // few at once: 100 ports per test.
+        let base = 10_000 + (rand::random::<u16>() % 200) * 100;
+        if (base..base + 100).all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok()) {
+            return (base, base + 99);
         }
     }
 }
@@ -94,9 +96,11 @@ impl Default for AgentOptions {
     }
 }
 
-/// A test's own directory, ports and config file.
+/// A test's own directory, ports and config file. Clones share the
+/// directory, which lives until the last clone is dropped.
+#[derive(Clone)]
 pub struct AgentFiles {
-    pub dir: tempfile::TempDir,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
     pub config_path: PathBuf,
     pub api: SocketAddr,
     pub turn_port: u16,
@@ -157,7 +161,7 @@ state_file = "{d}/credential.json"
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, text).unwrap();
         AgentFiles {
-            dir,
+            dir: std::sync::Arc::new(dir),
             config_path,
             api,
             turn_port,
@@ -218,6 +222,11 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The test's files, to start another agent on them.
+    pub fn take_files(&self) -> AgentFiles {
+        self.files.clone()
     }
 
     pub fn log(&self) -> String {
@@ -374,4 +383,105 @@ pub fn run_agent_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Strin
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A credential as `/turncredential` served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub userid: String,
+    pub password: String,
+    /// Milliseconds since the epoch.
+    pub expired_time: u64,
+}
+
+impl Agent {
+    /// `GET /turncredential` (with an optional query), parsed.
+    pub async fn credential(&self, query: &str) -> Option<Served> {
+        match self.get(&format!("/turncredential{query}")).await? {
+            (200, body) => parse_served(&body),
+            _ => None,
+        }
+    }
+
+    /// Waits until a credential is served.
+    pub async fn wait_credential(&self, timeout: Duration) -> Served {
+        wait_for(timeout, "a served credential", || self.credential("")).await
+    }
+
+    pub fn userdb(&self) -> PathBuf {
+        self.files.path("turndb")
+    }
+}
+
+pub fn parse_served(body: &serde_json::Value) -> Option<Served> {
+    if body["type"] != "result" || body["code"] != "ok" {
+        return None;
+    }
+    Some(Served {
+        userid: body["userid"].as_str()?.to_string(),
+        password: body["password"].as_str()?.to_string(),
+        expired_time: body["expired_time"].as_u64()?,
+    })
+}
+
+/// coturn's own client decides whether a credential allocates.
+pub async fn uclient_allocates(port: u16, user: &str, password: &str) -> bool {
+    let run = tokio::process::Command::new("turnutils_uclient")
+        .args([
+            "-y", "-n", "0", "-m", "1", "-c", "-u", user, "-w", password, "-p",
+        ])
+        .arg(port.to_string())
+        .arg("127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(status)) => status.success(),
+        _ => false,
+    }
+}
+
+/// Runs the real turnadmin (an independent reader of the database) and
+/// removes the log file it leaves behind.
+pub fn turnadmin(args: &[&str]) -> String {
+    let output = Command::new("turnadmin").args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    for line in stdout.lines() {
+        if let Some((_, path)) = line.split_once("log file opened: ") {
+            let _ = std::fs::remove_file(path.trim());
+        }
+    }
+    stdout
+}
+
+/// `name[realm]` entries of a turnadmin listing.
+pub fn listed(output: &str, realm: &str) -> Vec<String> {
+    let suffix = format!("[{realm}]");
+    output
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_suffix(suffix.as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Agent users (`ta1-<expiry>-…`) in the database, with their expiry.
+pub fn agent_users(db: &Path, realm: &str) -> Vec<(String, u64)> {
+    listed(&turnadmin(&["-l", "-b", &db.display().to_string()]), realm)
+        .into_iter()
+        .filter_map(|user| {
+            let expiry = user.strip_prefix("ta1-")?.split('-').next()?.parse().ok()?;
+            Some((user, expiry))
+        })
+        .collect()
+}
+
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

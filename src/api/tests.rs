@@ -1,0 +1,240 @@
+//! Router tests without sockets: `oneshot` requests with a mock peer address.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::CredentialMode;
+use crate::credentials::rest_api;
+use crate::credentials::state_file::LongTermCredential;
+use crate::secret::Secret;
+use crate::supervisor::Phase;
+
+struct Fixture {
+    app: Router,
+    supervisor: watch::Sender<SupervisorStatus>,
+    credential_status: watch::Sender<CredentialStatus>,
+}
+
+fn status(mode: CredentialMode, available: bool) -> CredentialStatus {
+    CredentialStatus {
+        mode,
+        available,
+        username: None,
+        expires_at: None,
+        next_rotation_at: None,
+        rotations: 0,
+        consecutive_failures: 0,
+        last_error: None,
+    }
+}
+
+fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
+    let (supervisor, supervisor_receiver) = watch::channel(SupervisorStatus::default());
+    let (credential_status, status_receiver) =
+        watch::channel(status(CredentialMode::LongTerm, true));
+    let (rotate, mut requests) = RotateHandle::detached();
+    tokio::spawn(async move {
+        while let Some(reply) = requests.recv().await {
+            let _ = reply.send(Ok("ta1-9-new".to_string()));
+        }
+    });
+    let state = ApiState {
+        supervisor: supervisor_receiver,
+        credentials: source,
+        credential_status: status_receiver,
+        rotate,
+        turn_uris: vec![
+            "turn:192.0.2.1:3478?transport=udp".into(),
+            "turn:192.0.2.1:3478?transport=tcp".into(),
+        ],
+    };
+    let app = router(state).layer(MockConnectInfo(SocketAddr::from((peer, 40000))));
+    Fixture {
+        app,
+        supervisor,
+        credential_status,
+    }
+}
+
+fn long_term(expires_at: u64) -> CredentialSource {
+    CredentialSource::fixed_long_term(Some(LongTermCredential {
+        username: format!("ta1-{expires_at}-abc"),
+        password: Secret::new("p\"w\\d"),
+        issued_at: 0,
+        expires_at,
+    }))
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+fn far_future() -> u64 {
+    unix_now().as_secs() + 3600
+}
+
+#[tokio::test]
+async fn turncredential_has_the_shape_existing_clients_parse() {
+    let expires_at = far_future();
+    let f = fixture(long_term(expires_at), [127, 0, 0, 1]);
+    let (status, headers, body) = call(&f.app, "GET", "/turncredential").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["type"], "result");
+    assert_eq!(body["code"], "ok");
+    assert_eq!(body["userid"], format!("ta1-{expires_at}-abc"));
+    // Quotes and backslashes survive: the body is encoded, not string-built.
+    assert_eq!(body["password"], "p\"w\\d");
+    assert_eq!(body["expired_time"], expires_at * 1000);
+}
+
+#[tokio::test]
+async fn no_credential_yet_is_503_in_the_same_shape() {
+    let f = fixture(CredentialSource::fixed_long_term(None), [127, 0, 0, 1]);
+    let (status, headers, body) = call(&f.app, "GET", "/turncredential").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["type"], "result");
+    assert_eq!(body["code"], "unavailable");
+    assert!(body["reason"].as_str().unwrap().contains("no credential"));
+}
+
+#[tokio::test]
+async fn expired_long_term_credential_is_not_served() {
+    let f = fixture(long_term(unix_now().as_secs() - 1), [127, 0, 0, 1]);
+    let (status, _, _) = call(&f.app, "GET", "/turncredential").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn ice_is_an_rtc_configuration_fragment() {
+    let expires_at = far_future();
+    let f = fixture(long_term(expires_at), [127, 0, 0, 1]);
+    let (status, _, body) = call(&f.app, "GET", "/ice").await;
+    assert_eq!(status, StatusCode::OK);
+    let server = &body["iceServers"][0];
+    assert_eq!(server["urls"][0], "turn:192.0.2.1:3478?transport=udp");
+    assert_eq!(server["urls"][1], "turn:192.0.2.1:3478?transport=tcp");
+    assert_eq!(server["username"], format!("ta1-{expires_at}-abc"));
+    assert_eq!(server["credential"], "p\"w\\d");
+    let ttl = body["ttl"].as_u64().unwrap();
+    assert!((3590..=3600).contains(&ttl), "{ttl}");
+    let expires = humantime::parse_rfc3339(body["expiresAt"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        expires,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at)
+    );
+}
+
+#[tokio::test]
+async fn rest_api_credentials_are_minted_per_request_and_capped() {
+    let f = fixture(
+        CredentialSource::fixed_rest_api("north", 600, 3600),
+        [127, 0, 0, 1],
+    );
+    let now = unix_now().as_secs();
+    let (status, _, body) = call(&f.app, "GET", "/turncredential?username=alice&ttl=100").await;
+    assert_eq!(status, StatusCode::OK);
+    let userid = body["userid"].as_str().unwrap();
+    let (expiry, user) = userid.split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!((now + 100..=now + 101).contains(&expiry));
+    let (_, expected) = rest_api::mint(&Secret::new("north"), "alice", expiry);
+    assert_eq!(body["password"], expected.expose());
+    assert_eq!(body["expired_time"], expiry * 1000);
+
+    // Above max_ttl: capped. Unsafe user: replaced by a random one.
+    let (_, _, body) = call(&f.app, "GET", "/turncredential?username=a:b&ttl=999999").await;
+    let (expiry, user) = body["userid"].as_str().unwrap().split_once(':').unwrap();
+    assert!(expiry.parse::<u64>().unwrap() <= now + 3601);
+    assert_ne!(user, "a:b");
+    assert!(rest_api::is_safe_user(user));
+}
+
+#[tokio::test]
+async fn bad_query_is_400() {
+    let f = fixture(
+        CredentialSource::fixed_rest_api("north", 600, 3600),
+        [127, 0, 0, 1],
+    );
+    let (status, _, body) = call(&f.app, "GET", "/turncredential?ttl=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn rotate_is_loopback_only() {
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    let (status, _, body) = call(&f.app, "POST", "/rotate").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["credential"], "ta1-9-new");
+    let f = fixture(long_term(far_future()), [192, 0, 2, 9]);
+    let (status, _, body) = call(&f.app, "POST", "/rotate").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "forbidden");
+    let (status, _, _) = call(&f.app, "GET", "/rotate").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn readyz_needs_turnserver_and_a_credential() {
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    let (status, _, body) = call(&f.app, "GET", "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["reason"], "turnserver is starting");
+
+    f.supervisor.send_modify(|s| {
+        s.phase = Phase::Ready;
+        s.pid = Some(42);
+    });
+    let (status, _, body) = call(&f.app, "GET", "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["turnserver"]["pid"], 42);
+
+    f.credential_status.send_modify(|s| {
+        s.available = false;
+        s.last_error = Some("rotation failed: turnadmin add user failed: ERROR: x".into());
+    });
+    let (status, _, body) = call(&f.app, "GET", "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["reason"].as_str().unwrap().contains("rotation failed"));
+    assert_eq!(
+        body["credentials"]["last_error"],
+        "rotation failed: turnadmin add user failed: ERROR: x"
+    );
+
+    let (status, _, body) = call(&f.app, "GET", "/healthz").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+}

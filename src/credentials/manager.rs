@@ -1,0 +1,482 @@
+//! The credential task: reconcile at start, rotate on schedule or demand,
+//! delete after expiry plus grace, publish what may be served.
+//!
+//! Order of every change: turnadmin writes and confirms, the state file is
+//! persisted, and only then is the new credential published. A crash between
+//! any two steps leaves nothing served that coturn would reject, and every
+//! agent entry in the database is either in the state file or recognisably
+//! never served (deleted at the next start).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::state_file::{self, CredentialState, SharedSecret, STATE_VERSION};
+use super::turnadmin::Turnadmin;
+use super::{
+    long_term, naming, rest_api, unix_now, CredentialSource, CredentialStatus, Published,
+    RotateHandle, RotateReply,
+};
+use crate::backoff::ExponentialBackoff;
+use crate::config::{Config, CredentialMode, CredentialsConfig};
+
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+pub struct CredentialManager {
+    config: CredentialsConfig,
+    realm: String,
+    turnadmin: Turnadmin,
+    published: Arc<ArcSwapOption<Published>>,
+    status: watch::Sender<CredentialStatus>,
+    rotate_requests: mpsc::Receiver<RotateReply>,
+    state: CredentialState,
+    reconciled: bool,
+    retry: ExponentialBackoff,
+    retry_at: Option<Instant>,
+    deletion_retry_at: Option<Instant>,
+}
+
+/// The manager's outputs, for the API and readiness.
+pub struct CredentialHandles {
+    pub source: CredentialSource,
+    pub status: watch::Receiver<CredentialStatus>,
+    pub rotate: RotateHandle,
+}
+
+impl CredentialManager {
+    pub fn new(config: &Config) -> (CredentialManager, CredentialHandles) {
+        let credentials = config.credentials.clone();
+        let published = Arc::new(ArcSwapOption::empty());
+        let (status, status_receiver) = watch::channel(CredentialStatus::new(credentials.mode));
+        let (requests, rotate_requests) = mpsc::channel(8);
+        let source = CredentialSource {
+            published: published.clone(),
+            default_ttl: credentials.lifetime.as_secs(),
+            max_ttl: credentials.max_ttl.as_secs(),
+        };
+        let manager = CredentialManager {
+            turnadmin: Turnadmin::new(
+                credentials.turnadmin.clone(),
+                credentials.database_args.clone(),
+                config.turnserver.realm.clone(),
+            ),
+            realm: config.turnserver.realm.clone(),
+            config: credentials,
+            published,
+            status,
+            rotate_requests,
+            state: CredentialState::default(),
+            reconciled: false,
+            retry: ExponentialBackoff::new(RETRY_MIN, RETRY_MAX)
+                .expect("constant bounds are valid"),
+            retry_at: None,
+            deletion_retry_at: None,
+        };
+        let handles = CredentialHandles {
+            source,
+            status: status_receiver,
+            rotate: RotateHandle { requests },
+        };
+        (manager, handles)
+    }
+
+    #[tracing::instrument(name = "credentials", skip_all)]
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let have_state = self.load_state();
+        loop {
+            let now = unix_now().as_secs();
+            let retry_due = self.retry_at.is_none_or(|at| Instant::now() >= at);
+            if !self.reconciled && retry_due {
+                self.reconcile(now, have_state).await;
+            }
+            let retry_due = self.retry_at.is_none_or(|at| Instant::now() >= at);
+            if self.reconciled && retry_due && self.rotation_due() <= now {
+                let _ = self.rotate(now).await;
+            }
+            self.delete_due(now).await;
+            self.expire_current(now);
+            self.publish_status();
+
+            let wake = self.next_wake(now);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => {}
+                Some(reply) = self.rotate_requests.recv() => {
+                    let result = if self.reconciled {
+                        self.rotate(unix_now().as_secs()).await
+                    } else {
+                        Err("the credential database has not been reconciled yet".to_string())
+                    };
+                    self.publish_status();
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    /// Loads the state file. A missing one is created empty at once, so
+    /// that from then on every agent entry the file does not know is one
+    /// that was never served. Returns whether a state was known before.
+    fn load_state(&mut self) -> bool {
+        for directory in [self.config.state_file.parent()].into_iter().flatten() {
+            if let Err(error) = create_private_dir(directory) {
+                tracing::warn!(%error, directory = %directory.display(), "cannot create the state directory");
+            }
+        }
+        match state_file::load(&self.config.state_file) {
+            Ok(Some(state)) if state.realm == self.realm => {
+                self.state = state;
+                true
+            }
+            Ok(Some(state)) => {
+                tracing::warn!(old = %state.realm, new = %self.realm, "realm changed; starting a new credential state");
+                self.fresh_state();
+                false
+            }
+            Ok(None) => {
+                self.fresh_state();
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "ignoring the credential state file");
+                self.fresh_state();
+                false
+            }
+        }
+    }
+
+    fn fresh_state(&mut self) {
+        self.state = CredentialState {
+            version: STATE_VERSION,
+            realm: self.realm.clone(),
+            ..CredentialState::default()
+        };
+        if let Err(error) = state_file::store(&self.config.state_file, &self.state) {
+            tracing::error!(%error, "cannot write the credential state file");
+        }
+    }
+
+    /// Start-up: align the state file with the database.
+    async fn reconcile(&mut self, now: u64, have_state: bool) {
+        let grace = self.config.grace.as_secs();
+        let result = match self.config.mode {
+            CredentialMode::LongTerm => self.reconcile_users(now, have_state, grace).await,
+            CredentialMode::RestApi => self.reconcile_secrets(now, have_state, grace).await,
+        };
+        match result {
+            Ok(()) => {
+                self.reconciled = true;
+                self.succeeded();
+                self.publish_current();
+            }
+            Err(error) => {
+                // Serve what was persisted if it is still valid: it was
+                // confirmed in the database when it was created.
+                self.publish_current();
+                self.failed(format!("cannot reconcile the credential database: {error}"));
+            }
+        }
+    }
+
+    async fn reconcile_users(
+        &mut self,
+        now: u64,
+        have_state: bool,
+        grace: u64,
+    ) -> Result<(), String> {
+        let users = self
+            .turnadmin
+            .list_users()
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan = long_term::reconcile(have_state.then_some(&self.state), &users, now, grace);
+        for user in &plan.delete_now {
+            match self.turnadmin.delete_user(user).await {
+                Ok(()) => tracing::info!(user, "deleted a stale agent user"),
+                Err(error) => tracing::warn!(user, %error, "cannot delete a stale agent user"),
+            }
+        }
+        let mut next = self.state.clone();
+        next.current = plan.resume.clone();
+        next.served = plan.keep;
+        self.persist(next)?;
+        if let Some(current) = &plan.resume {
+            tracing::info!(user = %current.username, expires_at = current.expires_at, "resuming the persisted credential");
+        }
+        Ok(())
+    }
+
+    async fn reconcile_secrets(
+        &mut self,
+        now: u64,
+        have_state: bool,
+        grace: u64,
+    ) -> Result<(), String> {
+        let secrets = self
+            .turnadmin
+            .list_secrets()
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan =
+            rest_api::reconcile_secrets(&self.state.secrets, &secrets, now, grace, have_state);
+        for secret in &plan.delete_now {
+            if let Err(error) = self.turnadmin.delete_secret(secret).await {
+                tracing::warn!(%error, "cannot delete a stale agent secret");
+            }
+        }
+        let mut next = self.state.clone();
+        next.secrets = plan.keep;
+        self.persist(next)
+    }
+
+    fn rotation_due(&self) -> u64 {
+        let interval = self.config.rotate_interval.as_secs();
+        match self.config.mode {
+            CredentialMode::LongTerm => {
+                long_term::rotation_due(self.state.current.as_ref(), interval)
+            }
+            CredentialMode::RestApi => rest_api::rotation_due(&self.state.secrets, interval),
+        }
+    }
+
+    /// Creates, confirms, persists, then publishes a new credential.
+    async fn rotate(&mut self, now: u64) -> Result<String, String> {
+        let result = match self.config.mode {
+            CredentialMode::LongTerm => self.rotate_user(now).await,
+            CredentialMode::RestApi => self.rotate_secret(now).await,
+        };
+        match &result {
+            Ok(name) => {
+                self.succeeded();
+                self.status.send_modify(|status| status.rotations += 1);
+                self.publish_current();
+                tracing::info!(credential = %name, "credential rotated");
+            }
+            Err(error) => self.failed(format!("rotation failed: {error}")),
+        }
+        result
+    }
+
+    async fn rotate_user(&mut self, now: u64) -> Result<String, String> {
+        let credential = long_term::issue(now, self.config.lifetime.as_secs());
+        self.turnadmin
+            .add_user(&credential.username, &credential.password)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut next = self.state.clone();
+        if let Some(previous) = next.current.replace(credential.clone()) {
+            next.served.push(previous.username);
+        }
+        if let Err(error) = self.persist(next) {
+            // Never serve what is not persisted: take the user out again.
+            let _ = self.turnadmin.delete_user(&credential.username).await;
+            return Err(error);
+        }
+        Ok(credential.username)
+    }
+
+    async fn rotate_secret(&mut self, now: u64) -> Result<String, String> {
+        let secret = SharedSecret {
+            value: naming::new_shared_secret(now),
+            created_at: now,
+            retired_until: None,
+        };
+        self.turnadmin
+            .add_secret(&secret.value)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut next = self.state.clone();
+        rest_api::rotate(
+            &mut next.secrets,
+            secret.clone(),
+            now,
+            self.config.max_ttl.as_secs(),
+        );
+        if let Err(error) = self.persist(next) {
+            let _ = self.turnadmin.delete_secret(&secret.value).await;
+            return Err(error);
+        }
+        Ok(format!("shared secret created at {now}"))
+    }
+
+    /// Deletes agent entries whose expiry plus grace has passed.
+    async fn delete_due(&mut self, now: u64) {
+        if self.deletion_retry_at.is_some_and(|at| Instant::now() < at) || !self.reconciled {
+            return;
+        }
+        let grace = self.config.grace.as_secs();
+        let mut failed = false;
+        let due_users: Vec<String> = self
+            .state
+            .served
+            .iter()
+            .filter(|user| long_term::deletion_due(user, grace).is_none_or(|due| due <= now))
+            .cloned()
+            .collect();
+        for user in due_users {
+            match self.turnadmin.delete_user(&user).await {
+                Ok(()) => {
+                    let mut next = self.state.clone();
+                    next.served.retain(|served| served != &user);
+                    failed |= self.persist(next).is_err();
+                    tracing::info!(user, "deleted an expired credential");
+                }
+                Err(error) => {
+                    tracing::warn!(user, %error, "cannot delete an expired credential");
+                    failed = true;
+                }
+            }
+        }
+        let due_secrets: Vec<SharedSecret> = self
+            .state
+            .secrets
+            .iter()
+            .filter(|secret| rest_api::deletion_due(secret, grace).is_some_and(|due| due <= now))
+            .cloned()
+            .collect();
+        for secret in due_secrets {
+            match self.turnadmin.delete_secret(&secret.value).await {
+                Ok(()) => {
+                    let mut next = self.state.clone();
+                    next.secrets.retain(|kept| kept.value != secret.value);
+                    failed |= self.persist(next).is_err();
+                    tracing::info!(
+                        created_at = secret.created_at,
+                        "deleted a retired shared secret"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot delete a retired shared secret");
+                    failed = true;
+                }
+            }
+        }
+        self.deletion_retry_at = failed.then(|| Instant::now() + RETRY_MIN * 5);
+    }
+
+    /// A long-term credential past its expiry is no longer served, and its
+    /// user is scheduled for deletion like any served one.
+    fn expire_current(&mut self, now: u64) {
+        let Some(current) = &self.state.current else {
+            return;
+        };
+        if current.expires_at > now {
+            return;
+        }
+        tracing::error!(user = %current.username, "the served credential expired before a rotation succeeded");
+        let mut next = self.state.clone();
+        if let Some(expired) = next.current.take() {
+            next.served.push(expired.username);
+        }
+        let _ = self.persist(next);
+        self.publish_current();
+    }
+
+    fn persist(&mut self, next: CredentialState) -> Result<(), String> {
+        state_file::store(&self.config.state_file, &next).map_err(|error| error.to_string())?;
+        self.state = next;
+        Ok(())
+    }
+
+    fn publish_current(&self) {
+        let now = unix_now().as_secs();
+        let published = match self.config.mode {
+            CredentialMode::LongTerm => self
+                .state
+                .current
+                .clone()
+                .filter(|current| current.expires_at > now)
+                .map(Published::LongTerm),
+            CredentialMode::RestApi => {
+                rest_api::signing_secret(&self.state.secrets).map(|secret| Published::RestApi {
+                    secret: secret.value.clone(),
+                })
+            }
+        };
+        self.published.store(published.map(Arc::new));
+    }
+
+    fn succeeded(&mut self) {
+        self.retry.reset();
+        self.retry_at = None;
+        self.status.send_modify(|status| {
+            status.consecutive_failures = 0;
+            status.last_error = None;
+        });
+    }
+
+    fn failed(&mut self, message: String) {
+        let delay = self.retry.next_delay();
+        self.retry_at = Some(Instant::now() + delay);
+        tracing::error!(error = %message, retry_in_ms = delay.as_millis() as u64, "credential operation failed");
+        self.status.send_modify(|status| {
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            status.last_error = Some(message);
+        });
+    }
+
+    fn publish_status(&self) {
+        let available = self.published.load().is_some();
+        let current = self.state.current.clone();
+        let next_rotation_at = self.reconciled.then(|| self.rotation_due());
+        self.status.send_if_modified(|status| {
+            let before = status.clone();
+            status.available = available;
+            status.username = current.as_ref().map(|c| c.username.clone());
+            status.expires_at = current.as_ref().map(|c| c.expires_at);
+            status.next_rotation_at = next_rotation_at;
+            *status != before
+        });
+    }
+
+    /// The earliest of: the next rotation (or retry), the next deletion,
+    /// the served credential's expiry.
+    fn next_wake(&self, now: u64) -> Instant {
+        let grace = self.config.grace.as_secs();
+        let at_unix = |unix_secs: u64| {
+            let delta = Duration::from_secs(unix_secs).saturating_sub(unix_now());
+            Instant::now() + delta
+        };
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        if let Some(retry_at) = self.retry_at {
+            wake = wake.min(retry_at);
+        } else if self.reconciled {
+            wake = wake.min(at_unix(self.rotation_due().max(now)));
+        }
+        let deletions = self
+            .state
+            .served
+            .iter()
+            .filter_map(|user| long_term::deletion_due(user, grace))
+            .chain(
+                self.state
+                    .secrets
+                    .iter()
+                    .filter_map(|s| rest_api::deletion_due(s, grace)),
+            );
+        if let Some(first) = deletions.min() {
+            let due = at_unix(first);
+            wake = wake.min(self.deletion_retry_at.map_or(due, |retry| due.max(retry)));
+        }
+        if let Some(current) = &self.state.current {
+            wake = wake.min(at_unix(current.expires_at));
+        }
+        wake
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.as_os_str().is_empty() || path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}

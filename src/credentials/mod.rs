@@ -1,0 +1,201 @@
+//! TURN credentials: created through turnadmin, persisted before they are
+//! served, rotated on a schedule, deleted after their advertised expiry.
+//!
+//! - `naming`: the recognisable, self-dating names of agent users and secrets.
+//! - `long_term`, `rest_api`: the lifecycles as pure functions of state and time.
+//! - `state_file`: crash-safe persistence.
+//! - `turnadmin`: the verified shell around coturn's turnadmin.
+//! - `manager`: the task that ties them together and publishes what the API
+//!   serves through a [`CredentialSource`].
+
+pub mod long_term;
+mod manager;
+pub mod naming;
+pub mod rest_api;
+pub mod state_file;
+pub mod turnadmin;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use manager::{CredentialHandles, CredentialManager};
+
+use crate::config::CredentialMode;
+use crate::secret::Secret;
+use state_file::LongTermCredential;
+
+/// A credential as handed to one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCredential {
+    pub username: String,
+    pub password: Secret,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// What a client asked for; only REST API mode uses it.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialRequest {
+    pub ttl: Option<u64>,
+    pub user: Option<String>,
+}
+
+/// What the manager currently publishes for the API to serve.
+#[derive(Debug)]
+enum Published {
+    LongTerm(LongTermCredential),
+    RestApi { secret: Secret },
+}
+
+/// The API's read side: a lock-free load of what the manager published.
+/// Readers never see a half-updated credential: the manager swaps whole
+/// values.
+#[derive(Clone)]
+pub struct CredentialSource {
+    published: Arc<ArcSwapOption<Published>>,
+    default_ttl: u64,
+    max_ttl: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+impl CredentialSource {
+    pub fn issue(
+        &self,
+        request: &CredentialRequest,
+        now: u64,
+    ) -> Result<IssuedCredential, Unavailable> {
+        let published = self.published.load();
+        match published.as_deref() {
+            None => Err(Unavailable("no credential has been created yet".into())),
+            Some(Published::LongTerm(credential)) if credential.expires_at <= now => Err(
+                Unavailable("the current credential expired and rotation is failing".into()),
+            ),
+            Some(Published::LongTerm(credential)) => Ok(IssuedCredential {
+                username: credential.username.clone(),
+                password: credential.password.clone(),
+                expires_at: credential.expires_at,
+            }),
+            Some(Published::RestApi { secret }) => {
+                let ttl = rest_api::effective_ttl(request.ttl, self.default_ttl, self.max_ttl);
+                let user = match request.user.as_deref() {
+                    Some(user) if rest_api::is_safe_user(user) => user.to_string(),
+                    _ => random_user(),
+                };
+                let expires_at = now.saturating_add(ttl);
+                let (username, password) = rest_api::mint(secret, &user, expires_at);
+                Ok(IssuedCredential {
+                    username,
+                    password,
+                    expires_at,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl CredentialSource {
+    /// A source serving a fixed long-term credential (or nothing), for
+    /// router tests.
+    pub(crate) fn fixed_long_term(credential: Option<LongTermCredential>) -> Self {
+        CredentialSource {
+            published: Arc::new(ArcSwapOption::new(
+                credential.map(|c| Arc::new(Published::LongTerm(c))),
+            )),
+            default_ttl: 3600,
+            max_ttl: 86400,
+        }
+    }
+
+    /// A source minting REST API credentials with `secret`.
+    pub(crate) fn fixed_rest_api(secret: &str, default_ttl: u64, max_ttl: u64) -> Self {
+        CredentialSource {
+            published: Arc::new(ArcSwapOption::new(Some(Arc::new(Published::RestApi {
+                secret: Secret::new(secret),
+            })))),
+            default_ttl,
+            max_ttl,
+        }
+    }
+}
+
+#[cfg(test)]
+impl RotateHandle {
+    /// A handle whose requests go to the returned receiver.
+    pub(crate) fn detached() -> (RotateHandle, mpsc::Receiver<RotateReply>) {
+        let (requests, receiver) = mpsc::channel(1);
+        (RotateHandle { requests }, receiver)
+    }
+}
+
+fn random_user() -> String {
+    let bytes: [u8; 8] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// What `/readyz` and metrics show about credentials. Never a password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialStatus {
+    pub mode: CredentialMode,
+    /// A valid credential can be served right now.
+    pub available: bool,
+    /// Long-term mode: the served username.
+    pub username: Option<String>,
+    /// Unix seconds: expiry of the served long-term credential.
+    pub expires_at: Option<u64>,
+    pub next_rotation_at: Option<u64>,
+    pub rotations: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+impl CredentialStatus {
+    fn new(mode: CredentialMode) -> Self {
+        CredentialStatus {
+            mode,
+            available: false,
+            username: None,
+            expires_at: None,
+            next_rotation_at: None,
+            rotations: 0,
+            consecutive_failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+type RotateReply = oneshot::Sender<Result<String, String>>;
+
+/// Asks the manager to rotate now (`POST /rotate`).
+#[derive(Clone)]
+pub struct RotateHandle {
+    requests: mpsc::Sender<RotateReply>,
+}
+
+impl RotateHandle {
+    /// Rotates and returns the new username (long-term) or a note (REST API).
+    pub async fn rotate(&self) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(reply)
+            .await
+            .map_err(|_| "the credential manager is not running".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the credential manager stopped".to_string())?
+    }
+}
+
+/// Unix time now, in seconds and as a duration.
+pub fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
