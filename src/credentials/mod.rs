@@ -100,11 +100,10 @@ impl CredentialSource {
     }
 }
 
-#[cfg(test)]
 impl CredentialSource {
-    /// A source serving a fixed long-term credential (or nothing), for
-    /// router tests.
-    pub(crate) fn fixed_long_term(credential: Option<LongTermCredential>) -> Self {
+    /// A source that always serves `credential` (or nothing): for embedding
+    /// the router without a manager, in tests and benchmarks.
+    pub fn fixed_long_term(credential: Option<LongTermCredential>) -> Self {
         CredentialSource {
             published: Arc::new(ArcSwapOption::new(
                 credential.map(|c| Arc::new(Published::LongTerm(c))),
@@ -113,7 +112,10 @@ impl CredentialSource {
             max_ttl: 86400,
         }
     }
+}
 
+#[cfg(test)]
+impl CredentialSource {
     /// A source minting REST API credentials with `secret`.
     pub(crate) fn fixed_rest_api(secret: &str, default_ttl: u64, max_ttl: u64) -> Self {
         CredentialSource {
@@ -126,10 +128,10 @@ impl CredentialSource {
     }
 }
 
-#[cfg(test)]
 impl RotateHandle {
-    /// A handle whose requests go to the returned receiver.
-    pub(crate) fn detached() -> (RotateHandle, mpsc::Receiver<RotateReply>) {
+    /// A handle whose requests go to the returned receiver: for embedding
+    /// the router without a manager.
+    pub fn detached() -> (RotateHandle, mpsc::Receiver<RotateReply>) {
         let (requests, receiver) = mpsc::channel(1);
         (RotateHandle { requests }, receiver)
     }
@@ -171,7 +173,8 @@ impl CredentialStatus {
     }
 }
 
-type RotateReply = oneshot::Sender<Result<String, String>>;
+/// Where a rotation request sends its outcome.
+pub type RotateReply = oneshot::Sender<Result<String, String>>;
 
 /// Asks the manager to rotate now (`POST /rotate`).
 #[derive(Clone)]
