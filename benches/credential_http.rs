@@ -97,7 +97,9 @@ fn agent_router() -> (
     };
     let (_, credential_status) = watch::channel(status);
     let (rotate, requests) = RotateHandle::detached();
+    let (_, registry) = watch::channel(turn_agent::registry::RegistryStatus::default());
     let router = api::router(ApiState {
+        registry,
         supervisor,
         credentials: CredentialSource::fixed_long_term(Some(credential)),
         credential_status,

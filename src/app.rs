@@ -13,14 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::{self, Config, RawConfig};
 use crate::credentials::CredentialManager;
+use crate::registry::Registry;
 use crate::shutdown::{AgentSignal, Signals};
 use crate::supervisor::{Supervisor, SupervisorStatus};
 use crate::systemd::{self, Watchdog};
 
 /// Runs the agent until SIGTERM or SIGINT.
 ///
-/// Shutdown order: (registry withdrawal will come first), then the HTTP
-/// server stops taking requests, then turnserver is stopped. Each step gets
+/// Shutdown order: the znode is withdrawn, the HTTP server stops taking
+/// requests, the credential manager stops, then turnserver is stopped. Each step gets
 /// what is left of `agent.shutdown_timeout`.
 pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install().context("cannot install signal handlers")?;
@@ -44,7 +45,13 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let (credential_manager, credentials) = CredentialManager::new(&config);
     let credentials_task = tokio::spawn(credential_manager.run(credentials_stop.clone()));
 
+    let registry_stop = CancellationToken::new();
+    let (registry, registry_status) =
+        Registry::new(&config, status.clone(), credentials.status.clone());
+    let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
+
     let router = api::router(ApiState {
+        registry: registry_status,
         supervisor: status,
         credentials: credentials.source,
         credential_status: credentials.status,
@@ -74,6 +81,14 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     systemd::notify_stopping();
     let deadline = Instant::now() + config.agent.shutdown_timeout;
 
+    // Withdraw first, so signalling servers stop sending clients here while
+    // the API still answers those that already picked this host.
+    registry_stop.cancel();
+    if let Some(task) = registry_task {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!("registry did not withdraw in time");
+        }
+    }
     api_stop.cancel();
     if tokio::time::timeout_at(deadline, &mut api_task)
         .await

@@ -189,6 +189,30 @@ pub struct ZookeeperConfig {
     pub publish_interval: Duration,
     pub max_silence: Duration,
     pub auth_file: Option<PathBuf>,
+    /// Published in the payload for the allocator's preferences.
+    pub region: String,
+    pub isp: Vec<String>,
+}
+
+impl ZookeeperConfig {
+    /// `(hosts, chroot)` of the connect string; the chroot is `""` when absent.
+    pub fn hosts_and_chroot(&self) -> Option<(&str, &str)> {
+        let connect = self.connect.as_deref()?;
+        Some(match connect.find('/') {
+            Some(index) => (&connect[..index], &connect[index..]),
+            None => (connect, ""),
+        })
+    }
+
+    /// Full path of the parent of the host znodes, chroot included.
+    pub fn base_path(&self) -> String {
+        let chroot = self.hosts_and_chroot().map_or("", |(_, chroot)| chroot);
+        format!("{chroot}{}", self.path)
+    }
+
+    pub fn node_path(&self) -> String {
+        format!("{}/{}", self.base_path(), self.node)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +229,8 @@ pub struct TrafficConfig {
     pub capacity_mbps: f64,
     pub direction: TrafficDirection,
     pub hysteresis_percent: f64,
+    /// Weight of the previous rate in an exponential moving average (0 = none).
+    pub smoothing: f64,
 }
 
 /// Access rules, kept in their file form until the allow-list module parses them.
@@ -353,6 +379,8 @@ pub struct RawZookeeper {
     pub max_silence: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_file: Option<String>,
+    pub region: String,
+    pub isp: Vec<String>,
 }
 
 impl Default for RawZookeeper {
@@ -365,6 +393,8 @@ impl Default for RawZookeeper {
             publish_interval: "10s".into(),
             max_silence: "60s".into(),
             auth_file: None,
+            region: String::new(),
+            isp: Vec::new(),
         }
     }
 }
@@ -377,6 +407,7 @@ pub struct RawTraffic {
     pub capacity_mbps: f64,
     pub direction: TrafficDirection,
     pub hysteresis_percent: f64,
+    pub smoothing: f64,
 }
 
 impl Default for RawTraffic {
@@ -386,6 +417,7 @@ impl Default for RawTraffic {
             capacity_mbps: 1000.0,
             direction: TrafficDirection::Max,
             hysteresis_percent: 5.0,
+            smoothing: 0.0,
         }
     }
 }
@@ -1026,18 +1058,17 @@ fn validate_credentials(
 
 fn validate_zookeeper(v: &mut Validator, raw: &RawZookeeper) -> ZookeeperConfig {
     let connect = raw.connect.clone().filter(|text| !text.trim().is_empty());
-    if !raw.path.starts_with('/') || (raw.path.len() > 1 && raw.path.ends_with('/')) {
-        v.problem(
-            "zookeeper.path",
-            "must be an absolute znode path such as /turn/servers",
-        );
+    if let Some(text) = &connect {
+        if let Err(error) = crate::zookeeper::parse_connect_string(text) {
+            v.problem("zookeeper.connect", error.to_string());
+        }
+    }
+    if let Err(error) = crate::zookeeper::validate_path(&raw.path) {
+        v.problem("zookeeper.path", error.to_string());
     }
     let node = raw.node.clone().unwrap_or_else(default_host_name);
-    if node.is_empty() || node.contains('/') || node == "." || node == ".." || node.contains('\0') {
-        v.problem(
-            "zookeeper.node",
-            format!("`{node}` is not a valid znode name"),
-        );
+    if let Err(error) = crate::zookeeper::validate_node_name(&node) {
+        v.problem("zookeeper.node", error.to_string());
     }
     let session_timeout = v.positive_duration("zookeeper.session_timeout", &raw.session_timeout);
     let publish_interval = v.positive_duration("zookeeper.publish_interval", &raw.publish_interval);
@@ -1048,10 +1079,13 @@ fn validate_zookeeper(v: &mut Validator, raw: &RawZookeeper) -> ZookeeperConfig 
             "must not be less than publish_interval",
         );
     }
-    let auth_file = raw
-        .auth_file
-        .as_deref()
-        .map(|text| v.path("zookeeper.auth_file", text));
+    let auth_file = raw.auth_file.as_deref().map(|text| {
+        let path = v.path("zookeeper.auth_file", text);
+        if path.is_absolute() && !path.is_file() {
+            v.problem("zookeeper.auth_file", format!("`{text}` does not exist"));
+        }
+        path
+    });
     ZookeeperConfig {
         connect,
         path: raw.path.clone(),
@@ -1060,6 +1094,8 @@ fn validate_zookeeper(v: &mut Validator, raw: &RawZookeeper) -> ZookeeperConfig 
         publish_interval,
         max_silence,
         auth_file,
+        region: raw.region.clone(),
+        isp: raw.isp.clone(),
     }
 }
 
@@ -1070,11 +1106,17 @@ fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
     if !(raw.hysteresis_percent.is_finite() && (0.0..=100.0).contains(&raw.hysteresis_percent)) {
         v.problem("traffic.hysteresis_percent", "must be between 0 and 100");
     }
+    if !(raw.smoothing.is_finite() && (0.0..1.0).contains(&raw.smoothing)) {
+        v.problem("traffic.smoothing", "must be at least 0 and less than 1");
+    }
     if let Some(interface) = &raw.interface {
-        if interface.is_empty() || interface.contains('/') {
+        let exists = !interface.is_empty()
+            && !interface.contains('/')
+            && Path::new("/sys/class/net").join(interface).exists();
+        if !exists {
             v.problem(
                 "traffic.interface",
-                format!("`{interface}` is not an interface name"),
+                format!("no network interface named `{interface}`"),
             );
         }
     }
@@ -1083,6 +1125,7 @@ fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
         capacity_mbps: raw.capacity_mbps,
         direction: raw.direction,
         hysteresis_percent: raw.hysteresis_percent,
+        smoothing: raw.smoothing,
     }
 }
 
@@ -1337,6 +1380,45 @@ state_file = "/tmp/credential.json"
         );
         let found = problems(BASE, &[("TURN_AGENT_API_TURN_URIS", r#"["http://x"]"#)]);
         assert!(found[0].starts_with("api.turn_uris:"), "{found:?}");
+    }
+
+    #[test]
+    fn zookeeper_settings_are_checked() {
+        let ok = [
+            ("TURN_AGENT_ZOOKEEPER_CONNECT", "127.0.0.1:2181/turn"),
+            ("TURN_AGENT_API_ADVERTISE", "127.0.0.1:8086"),
+            ("TURN_AGENT_TRAFFIC_INTERFACE", "lo"),
+        ];
+        let config = validate(&parse_raw(BASE, env(&ok)).unwrap()).unwrap();
+        assert_eq!(
+            config.zookeeper.node_path(),
+            format!("/turn/turn/servers/{}", config.zookeeper.node)
+        );
+        for (key, value, named) in [
+            (
+                "TURN_AGENT_ZOOKEEPER_CONNECT",
+                "127.0.0.1",
+                "zookeeper.connect:",
+            ),
+            (
+                "TURN_AGENT_ZOOKEEPER_CONNECT",
+                "127.0.0.1:2181/a/",
+                "zookeeper.connect:",
+            ),
+            ("TURN_AGENT_ZOOKEEPER_NODE", "a/b", "zookeeper.node:"),
+            ("TURN_AGENT_ZOOKEEPER_PATH", "servers", "zookeeper.path:"),
+            (
+                "TURN_AGENT_TRAFFIC_INTERFACE",
+                "nosuchif0",
+                "traffic.interface:",
+            ),
+        ] {
+            let mut vars = ok.to_vec();
+            vars.push((key, value));
+            let found = problems(BASE, &vars);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].starts_with(named), "{found:?}");
+        }
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
+//! - [`znode`]: the host payload schema shared by registry and allocator.
+//! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
+//! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
 //! - [`secret`]: a string type that redacts itself.
 //! - [`cli`]: subcommands that talk to a running agent (`rotate`).
 //! - [`app`]: starts every task, waits for signals, shuts down in order.
 //! - [`shutdown`]: process signals turned into agent actions.
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
+//! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
 //! - [`api`]: the axum router and server.
 //! - [`systemd`]: READY/STOPPING/STATUS/WATCHDOG notifications.
 //! - [`logging`]: the tracing subscriber.
@@ -27,6 +31,8 @@ pub mod config;
 pub mod credentials;
 #[cfg(feature = "agent")]
 pub mod logging;
+#[cfg(feature = "agent")]
+pub mod registry;
 pub mod secret;
 #[cfg(feature = "agent")]
 pub mod shutdown;
@@ -34,3 +40,7 @@ pub mod shutdown;
 pub mod supervisor;
 #[cfg(feature = "agent")]
 pub mod systemd;
+#[cfg(feature = "agent")]
+pub mod traffic;
+pub mod znode;
+pub mod zookeeper;

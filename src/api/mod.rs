@@ -24,12 +24,14 @@ pub use error::ApiError;
 use crate::credentials::{
     unix_now, CredentialRequest, CredentialSource, CredentialStatus, IssuedCredential, RotateHandle,
 };
+use crate::registry::RegistryStatus;
 use crate::supervisor::SupervisorStatus;
 
 /// What the handlers read; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
     pub supervisor: watch::Receiver<SupervisorStatus>,
+    pub registry: watch::Receiver<RegistryStatus>,
     pub credentials: CredentialSource,
     pub credential_status: watch::Receiver<CredentialStatus>,
     pub rotate: RotateHandle,
@@ -86,6 +88,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         "reason": reason,
         "turnserver": turnserver,
         "credentials": credentials,
+        "registry": *state.registry.borrow(),
     });
     let status = if reason.is_none() {
         StatusCode::OK

@@ -44,7 +44,9 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
             let _ = reply.send(Ok("ta1-9-new".to_string()));
         }
     });
+    let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
     let state = ApiState {
+        registry,
         supervisor: supervisor_receiver,
         credentials: source,
         credential_status: status_receiver,

@@ -5,6 +5,8 @@
 //! to synchronise.
 #![allow(dead_code)]
 
+pub mod zookeeper;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,520 @@
+//! Publishes this host as an EPHEMERAL znode while it can serve.
+//!
+//! The node exists exactly while turnserver is ready and a valid credential
+//! exists; it is deleted within moments of either going away, re-created
+//! after a lost session, and deleted first at shutdown. Writes happen only
+//! when free traffic moved by more than the hysteresis or `max_silence`
+//! passed, to spare the ensemble.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use crate::backoff::ExponentialBackoff;
+use crate::config::{Config, TrafficConfig, ZookeeperConfig};
+use crate::credentials::CredentialStatus;
+use crate::supervisor::SupervisorStatus;
+use crate::traffic::{self, Observation, TrafficMeter};
+use crate::znode::{round_mbps, HostPayload};
+
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Capped low so a returning ensemble sees the node again within ~2 s.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Upper bound on the shutdown deletion.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` shows about the registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RegistryStatus {
+    pub enabled: bool,
+    pub connected: bool,
+    pub published: bool,
+    pub session: Option<String>,
+    pub writes: u64,
+    pub free_traffic_mbps: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+pub struct Registry {
+    zookeeper: ZookeeperConfig,
+    traffic: TrafficConfig,
+    hosts: String,
+    node_path: String,
+    base_path: String,
+    template: HostPayload,
+    supervisor: watch::Receiver<SupervisorStatus>,
+    credentials: watch::Receiver<CredentialStatus>,
+    status: watch::Sender<RegistryStatus>,
+    meter: TrafficMeter,
+    /// `None` when the platform offers no interface counters.
+    networks: Option<sysinfo::Networks>,
+    digest: Option<String>,
+    /// Sessions this process has held: a node owned by one of them is ours.
+    own_sessions: Vec<i64>,
+}
+
+/// The node as we last wrote it.
+struct Published {
+    version: i32,
+    payload: HostPayload,
+    written_at: Instant,
+}
+
+/// Why a session's publishing loop ended.
+enum SessionEnd {
+    Expired,
+    Shutdown,
+}
+
+impl Registry {
+    /// `None` when `zookeeper.connect` is unset: publishing is off.
+    pub fn new(
+        config: &Config,
+        supervisor: watch::Receiver<SupervisorStatus>,
+        credentials: watch::Receiver<CredentialStatus>,
+    ) -> (Option<Registry>, watch::Receiver<RegistryStatus>) {
+        let (status, receiver) = watch::channel(RegistryStatus::default());
+        let zookeeper = config.zookeeper.clone();
+        let Some((hosts, _)) = zookeeper.hosts_and_chroot() else {
+            return (None, receiver);
+        };
+        let hosts = hosts.to_string();
+        let rest_addr = config
+            .api
+            .advertise
+            .unwrap_or(config.api.listen)
+            .to_string();
+        let template = HostPayload {
+            free_traffic: round_mbps(config.traffic.capacity_mbps),
+            rest_addr,
+            turn_uris: config.api.turn_uris.clone(),
+            realm: config.turnserver.realm.clone(),
+            capacity_mbps: config.traffic.capacity_mbps,
+            region: zookeeper.region.clone(),
+            isp: zookeeper.isp.clone(),
+            updated_at: String::new(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            restarts: 0,
+        };
+        status.send_modify(|s| s.enabled = true);
+        let registry = Registry {
+            node_path: zookeeper.node_path(),
+            base_path: zookeeper.base_path(),
+            hosts,
+            zookeeper,
+            traffic: config.traffic.clone(),
+            template,
+            supervisor,
+            credentials,
+            status,
+            meter: TrafficMeter::new(config.traffic.smoothing),
+            networks: sysinfo::Networks::new_with_refreshed_list().ok(),
+            digest: None,
+            own_sessions: Vec::new(),
+        };
+        (Some(registry), receiver)
+    }
+
+    #[tracing::instrument(name = "registry", skip_all, fields(node = %self.node_path))]
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.digest = match &self.zookeeper.auth_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.trim().to_string()),
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "cannot read zookeeper.auth_file; connecting without auth");
+                    None
+                }
+            },
+            None => None,
+        };
+        self.sample_traffic();
+        let mut backoff = ExponentialBackoff::new(RECONNECT_MIN, RECONNECT_MAX)
+            .expect("constant bounds are valid");
+        loop {
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.open_session() => result,
+            };
+            let client = match connected {
+                Ok(client) => client,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach ZooKeeper");
+                    self.set_error(format!("cannot reach ZooKeeper: {error}"));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            match self.publish_loop(&client, &shutdown).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Expired => {
+                    tracing::warn!("ZooKeeper session expired; opening a new one");
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.published = false;
+                    });
+                }
+            }
+        }
+    }
+
+    /// A new session with the parent path in place.
+    async fn open_session(&mut self) -> Result<zk::Client, zk::Error> {
+        let client = crate::zookeeper::connect(
+            &self.hosts,
+            self.zookeeper.session_timeout,
+            self.digest.as_deref(),
+        )
+        .await?;
+        let acls = self.acls();
+        client
+            .mkdir(
+                &self.base_path,
+                &zk::CreateMode::Persistent.with_acls(acls.as_acls()),
+            )
+            .await?;
+        let session = client.session_id().0;
+        self.own_sessions.push(session);
+        tracing::info!(session = %format!("{session:#x}"), "ZooKeeper session established");
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.session = Some(format!("{session:#x}"));
+            s.last_error = None;
+        });
+        Ok(client)
+    }
+
+    fn acls(&self) -> NodeAcls {
+        if self.digest.is_some() {
+            NodeAcls::CreatorWritesAnyoneReads
+        } else {
+            NodeAcls::Open
+        }
+    }
+
+    async fn publish_loop(
+        &mut self,
+        client: &zk::Client,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let mut session_state = client.state_watcher();
+        let mut published: Option<Published> = None;
+        let mut tick = tokio::time::interval(self.zookeeper.publish_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.tick().await;
+        // Set after a failed operation, so the next attempt waits a little.
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let can_serve =
+                self.supervisor.borrow().is_ready() && self.credentials.borrow().available;
+            let retry_due = retry_at.is_none_or(|at| Instant::now() >= at);
+            if retry_due {
+                let outcome = if can_serve {
+                    self.publish(client, &mut published).await
+                } else {
+                    self.withdraw(client, &mut published).await
+                };
+                match outcome {
+                    Ok(()) => retry_at = None,
+                    Err(error) => {
+                        tracing::warn!(%error, "ZooKeeper operation failed; will retry");
+                        self.set_error(error);
+                        retry_at = Some(Instant::now() + Duration::from_millis(200));
+                    }
+                }
+            }
+            self.status.send_if_modified(|s| {
+                let changed = s.published != published.is_some();
+                s.published = published.is_some();
+                changed
+            });
+
+            let retry_sleep = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.withdraw_on_shutdown(client, &mut published).await;
+                    return SessionEnd::Shutdown;
+                }
+                state = session_state.changed() => match state {
+                    zk::SessionState::Expired | zk::SessionState::AuthFailed | zk::SessionState::Closed => {
+                        return SessionEnd::Expired;
+                    }
+                    zk::SessionState::Disconnected => {
+                        tracing::warn!("disconnected from ZooKeeper; the client reconnects");
+                        self.status.send_modify(|s| s.connected = false);
+                    }
+                    other => {
+                        tracing::info!(state = ?other, "ZooKeeper connection restored");
+                        self.status.send_modify(|s| s.connected = true);
+                        // A reconnect may follow a server-side loss of the
+                        // node; check it on the next pass.
+                        if published.is_some() {
+                            let still_ours = matches!(
+                                client.check_stat(&self.node_path).await,
+                                Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0
+                            );
+                            if !still_ours {
+                                published = None;
+                            }
+                        }
+                    }
+                },
+                _ = self.supervisor.changed() => {}
+                _ = self.credentials.changed() => {}
+                _ = tick.tick() => self.sample_traffic(),
+                _ = retry_sleep => {}
+            }
+        }
+    }
+
+    /// Creates the node or refreshes it when its content moved enough.
+    async fn publish(
+        &mut self,
+        client: &zk::Client,
+        published: &mut Option<Published>,
+    ) -> Result<(), String> {
+        let payload = self.payload();
+        match published {
+            None => {
+                let version = self.create(client, &payload).await?;
+                tracing::info!(free_traffic = payload.free_traffic, "published");
+                *published = Some(Published {
+                    version,
+                    payload,
+                    written_at: Instant::now(),
+                });
+                self.status.send_modify(|s| s.writes += 1);
+            }
+            Some(current) => {
+                let silent_too_long = current.written_at.elapsed() >= self.zookeeper.max_silence;
+                let traffic_moved = traffic::changed_enough(
+                    current.payload.free_traffic,
+                    payload.free_traffic,
+                    self.traffic.capacity_mbps,
+                    self.traffic.hysteresis_percent,
+                );
+                let other_fields_changed = HostPayload {
+                    free_traffic: current.payload.free_traffic,
+                    updated_at: current.payload.updated_at.clone(),
+                    ..payload.clone()
+                } != current.payload;
+                if !(silent_too_long || traffic_moved || other_fields_changed) {
+                    return Ok(());
+                }
+                match client
+                    .set_data(&self.node_path, &payload.to_json(), Some(current.version))
+                    .await
+                {
+                    Ok(stat) => {
+                        current.version = stat.version;
+                        current.payload = payload;
+                        current.written_at = Instant::now();
+                        self.status.send_modify(|s| s.writes += 1);
+                    }
+                    Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
+                        // Someone removed or changed it: create it afresh.
+                        *published = None;
+                        return Err("the published node changed under us; re-creating it".into());
+                    }
+                    Err(error) => return Err(format!("cannot update the node: {error}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the EPHEMERAL node, replacing one left by our own earlier
+    /// session. Returns its version.
+    async fn create(&mut self, client: &zk::Client, payload: &HostPayload) -> Result<i32, String> {
+        let acls = self.acls();
+        let options = zk::CreateMode::Ephemeral.with_acls(acls.as_acls());
+        let data = payload.to_json();
+        match client.create(&self.node_path, &data, &options).await {
+            Ok((stat, _)) => return Ok(stat.version),
+            Err(zk::Error::NodeExists) => {}
+            Err(error) => return Err(format!("cannot create the node: {error}")),
+        }
+        let (existing, stat) = match client.get_data(&self.node_path).await {
+            Ok(found) => found,
+            // Gone in between: the next attempt creates it.
+            Err(error) => return Err(format!("the node exists but cannot be read: {error}")),
+        };
+        let session = client.session_id().0;
+        if stat.ephemeral_owner == session {
+            let stat = client
+                .set_data(&self.node_path, &data, Some(stat.version))
+                .await
+                .map_err(|error| format!("cannot update our own node: {error}"))?;
+            return Ok(stat.version);
+        }
+        let same_host = HostPayload::parse(&existing)
+            .map(|theirs| theirs.rest_addr == payload.rest_addr)
+            .unwrap_or(false);
+        if self.own_sessions.contains(&stat.ephemeral_owner) || same_host {
+            tracing::info!(
+                owner = %format!("{:#x}", stat.ephemeral_owner),
+                "replacing the node left by an earlier session of this host"
+            );
+            match client.delete(&self.node_path, Some(stat.version)).await {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(error) => return Err(format!("cannot delete the stale node: {error}")),
+            }
+            let (stat, _) = client
+                .create(&self.node_path, &data, &options)
+                .await
+                .map_err(|error| format!("cannot create the node: {error}"))?;
+            return Ok(stat.version);
+        }
+        tracing::error!(
+            owner = %format!("{:#x}", stat.ephemeral_owner),
+            "znode is held by another live session with a different restAddr: \
+             two hosts share zookeeper.node; not touching it"
+        );
+        Err(format!(
+            "{} is owned by another live session ({:#x})",
+            self.node_path, stat.ephemeral_owner
+        ))
+    }
+
+    async fn withdraw(
+        &mut self,
+        client: &zk::Client,
+        published: &mut Option<Published>,
+    ) -> Result<(), String> {
+        let Some(current) = published.as_ref() else {
+            return Ok(());
+        };
+        match client.delete(&self.node_path, Some(current.version)).await {
+            Ok(()) | Err(zk::Error::NoNode) => {
+                tracing::info!("withdrawn: this host cannot serve right now");
+                *published = None;
+                Ok(())
+            }
+            Err(zk::Error::BadVersion) => {
+                // Changed by someone else; delete it only if it is still ours.
+                match client.check_stat(&self.node_path).await {
+                    Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
+                        if let Some(current) = published.as_mut() {
+                            current.version = stat.version;
+                        }
+                        Err("node version moved; retrying the withdrawal".into())
+                    }
+                    _ => {
+                        *published = None;
+                        Ok(())
+                    }
+                }
+            }
+            Err(error) => Err(format!("cannot withdraw the node: {error}")),
+        }
+    }
+
+    async fn withdraw_on_shutdown(
+        &mut self,
+        client: &zk::Client,
+        published: &mut Option<Published>,
+    ) {
+        if published.is_none() {
+            return;
+        }
+        match tokio::time::timeout(WITHDRAW_TIMEOUT, self.withdraw(client, published)).await {
+            Ok(Ok(())) => tracing::info!("node deleted for shutdown"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot delete the node at shutdown; it goes with the session")
+            }
+            Err(_) => {
+                tracing::warn!("deleting the node at shutdown timed out; it goes with the session")
+            }
+        }
+        self.status.send_modify(|s| s.published = false);
+    }
+
+    fn sample_traffic(&mut self) {
+        let Some(interface) = self.traffic.interface.clone() else {
+            return;
+        };
+        let counters = self
+            .networks
+            .as_mut()
+            .and_then(|networks| traffic::read_counters(networks, &interface));
+        match counters {
+            Some(sample) => match self.meter.observe(sample, Instant::now()) {
+                Observation::CounterReset => {
+                    tracing::warn!(
+                        interface,
+                        "interface counters went backwards; starting a new baseline"
+                    )
+                }
+                Observation::Baseline | Observation::Rate(_) => {}
+            },
+            None => {
+                tracing::warn!(
+                    interface,
+                    "interface is missing; publishing full capacity until it returns"
+                );
+                self.meter.interface_missing();
+            }
+        }
+    }
+
+    fn payload(&self) -> HostPayload {
+        let used = self
+            .meter
+            .rate()
+            .map_or(0.0, |rate| rate.used(self.traffic.direction));
+        let free = round_mbps(traffic::free_mbps(self.traffic.capacity_mbps, used));
+        self.status.send_if_modified(|s| {
+            let changed = s.free_traffic_mbps != Some(free);
+            s.free_traffic_mbps = Some(free);
+            changed
+        });
+        HostPayload {
+            free_traffic: free,
+            restarts: self.supervisor.borrow().restarts,
+            updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            ..self.template.clone()
+        }
+    }
+
+    fn set_error(&self, error: String) {
+        self.status.send_modify(|s| s.last_error = Some(error));
+    }
+}
+
+/// Who may do what to the nodes the agent creates.
+#[derive(Debug, Clone, Copy)]
+enum NodeAcls {
+    /// No auth configured: anyone may read and write.
+    Open,
+    /// `auth_file` configured: only that identity writes, anyone reads.
+    CreatorWritesAnyoneReads,
+}
+
+static CREATOR_ALL_ANYONE_READ: std::sync::LazyLock<[zk::Acl; 2]> =
+    std::sync::LazyLock::new(|| {
+        [
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("auth", "")),
+            zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
+        ]
+    });
+
+impl NodeAcls {
+    fn as_acls(self) -> zk::Acls<'static> {
+        match self {
+            NodeAcls::Open => zk::Acls::anyone_all(),
+            NodeAcls::CreatorWritesAnyoneReads => zk::Acls::new(&CREATOR_ALL_ANYONE_READ[..]),
+        }
+    }
+}

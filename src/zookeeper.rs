@@ -1,0 +1,140 @@
+//! ZooKeeper plumbing shared by the registry (writer) and the allocator
+//! (reader): connect strings, znode paths, sessions.
+
+use std::time::Duration;
+
+use zookeeper_client as zk;
+
+/// Why a connect string or path is not usable; names no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidZookeeperSetting(pub String);
+
+/// Splits `host:port,host:port/chroot` into the hosts and the chroot
+/// (`""` without one), checking each part.
+pub fn parse_connect_string(text: &str) -> Result<(String, String), InvalidZookeeperSetting> {
+    let text = text.trim();
+    let (hosts, chroot) = match text.find('/') {
+        Some(index) => (&text[..index], &text[index..]),
+        None => (text, ""),
+    };
+    if hosts.is_empty() {
+        return Err(InvalidZookeeperSetting("no hosts before the chroot".into()));
+    }
+    for host in hosts.split(',') {
+        let host = host.trim();
+        let Some((name, port)) = host.rsplit_once(':') else {
+            return Err(InvalidZookeeperSetting(format!(
+                "`{host}` is not host:port"
+            )));
+        };
+        let name = name.trim_start_matches("tcp://");
+        if name.is_empty()
+            || name.contains(char::is_whitespace)
+            || port.parse::<u16>().map_or(true, |p| p == 0)
+        {
+            return Err(InvalidZookeeperSetting(format!(
+                "`{host}` is not host:port"
+            )));
+        }
+    }
+    if !chroot.is_empty() {
+        validate_path(chroot)
+            .map_err(|error| InvalidZookeeperSetting(format!("chroot: {error}")))?;
+    }
+    Ok((hosts.to_string(), chroot.to_string()))
+}
+
+/// An absolute znode path without empty, `.` or `..` components.
+pub fn validate_path(path: &str) -> Result<(), InvalidZookeeperSetting> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(InvalidZookeeperSetting(format!(
+            "`{path}` must start with /"
+        )));
+    };
+    if rest.is_empty() {
+        return Err(InvalidZookeeperSetting("the root / cannot be used".into()));
+    }
+    for component in rest.split('/') {
+        validate_node_name(component)
+            .map_err(|_| InvalidZookeeperSetting(format!("`{path}` is not a valid znode path")))?;
+    }
+    Ok(())
+}
+
+/// One path component.
+pub fn validate_node_name(name: &str) -> Result<(), InvalidZookeeperSetting> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name == "zookeeper"
+        || name.chars().any(|c| c == '/' || c.is_control());
+    if bad {
+        Err(InvalidZookeeperSetting(format!(
+            "`{name}` is not a valid znode name"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens a session to `hosts`, failing fast when no host answers so the
+/// caller can back off on its own schedule.
+pub async fn connect(
+    hosts: &str,
+    session_timeout: Duration,
+    digest: Option<&str>,
+) -> Result<zk::Client, zk::Error> {
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_connection_timeout(Duration::from_secs(1).min(session_timeout))
+        .with_fail_eagerly();
+    if let Some(digest) = digest {
+        connector = connector.with_auth("digest", digest.as_bytes());
+    }
+    match tokio::time::timeout(session_timeout, connector.connect(hosts)).await {
+        Ok(result) => result,
+        Err(_) => Err(zk::Error::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_strings() {
+        assert_eq!(
+            parse_connect_string("zk1:2181,zk2:2181/turn").unwrap(),
+            ("zk1:2181,zk2:2181".to_string(), "/turn".to_string())
+        );
+        assert_eq!(
+            parse_connect_string("127.0.0.1:2181").unwrap(),
+            ("127.0.0.1:2181".to_string(), String::new())
+        );
+        for bad in [
+            "",
+            "/turn",
+            "zk1",
+            "zk1:notaport",
+            "zk1:0",
+            "zk1:2181/",
+            "zk1:2181//a",
+            "zk1:2181/a/../b",
+        ] {
+            assert!(parse_connect_string(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_and_names() {
+        assert!(validate_path("/turn/servers").is_ok());
+        for bad in ["turn", "/", "/a//b", "/a/", "/zookeeper"] {
+            assert!(validate_path(bad).is_err(), "{bad}");
+        }
+        assert!(validate_node_name("turn-1.example.org").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\nb"] {
+            assert!(validate_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

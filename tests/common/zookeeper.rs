@@ -1,0 +1,173 @@
+//! A real ZooKeeper server (Debian's jar, started with java directly) on a
+//! free loopback port in a temp dir, and an independent client to read it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_tcp_port, wait_for};
+
+pub struct ZooKeeper {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl ZooKeeper {
+    /// Starts a standalone server; `tick_ms` bounds session timeouts to
+    /// [2, 20] ticks.
+    pub async fn start(tick_ms: u32) -> ZooKeeper {
+        let mut server = ZooKeeper::prepare(tick_ms);
+        server.spawn().await;
+        server
+    }
+
+    /// Writes the configuration and picks the port, without starting.
+    pub fn prepare(tick_ms: u32) -> ZooKeeper {
+        let dir = tempfile::Builder::new()
+            .prefix("turn-agent-zk-")
+            .tempdir()
+            .unwrap();
+        let port = free_tcp_port();
+        let d = dir.path().display();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(
+            dir.path().join("zoo.cfg"),
+            format!(
+                "tickTime={tick_ms}\ndataDir={d}/data\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=srvr,mntr,ruok,cons,dump,conf,stat\n\
+                 minSessionTimeout={}\n",
+                tick_ms * 2
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("log4j.properties"),
+            format!(
+                "log4j.rootLogger=INFO, file\nlog4j.appender.file=org.apache.log4j.FileAppender\n\
+                 log4j.appender.file.File={d}/zookeeper.log\nlog4j.appender.file.layout=org.apache.log4j.PatternLayout\n\
+                 log4j.appender.file.layout.ConversionPattern=%d %p %c{{1}}: %m%n\n"
+            ),
+        )
+        .unwrap();
+        ZooKeeper {
+            dir,
+            port,
+            child: None,
+        }
+    }
+
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn spawn(&mut self) {
+        let d = self.dir.path();
+        let classpath = format!(
+            "{}:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
+            d.display()
+        );
+        let child = Command::new("java")
+            .args([
+                "-Xmx64m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+                &classpath,
+            ])
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(d.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("java must be installed (scripts/install-deps.sh)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            Duration::from_secs(20),
+            "ZooKeeper to serve",
+            || async move {
+                four_letter(port, "srvr")
+                    .filter(|answer| answer.contains("Mode:"))
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILLs the server (sessions stay in its data until it returns).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("zookeeper.log")
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A four-letter-word command; `None` if the server does not answer.
+pub fn four_letter(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(command.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// An independent reader: its own session through the zookeeper-client
+/// crate (not the agent's code).
+pub struct Reader {
+    pub client: zookeeper_client::Client,
+}
+
+impl Reader {
+    pub async fn connect(server: &ZooKeeper) -> Reader {
+        let connect = server.connect_string();
+        let client = wait_for(Duration::from_secs(10), "a reader session", || {
+            let connect = connect.clone();
+            async move {
+                zookeeper_client::Client::connector()
+                    .with_session_timeout(Duration::from_secs(10))
+                    .with_fail_eagerly()
+                    .connect(&connect)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        Reader { client }
+    }
+
+    /// The node's JSON and version, or `None` when it does not exist (or the
+    /// server cannot be asked).
+    pub async fn node(&self, path: &str) -> Option<(serde_json::Value, zookeeper_client::Stat)> {
+        let (data, stat) = self.client.get_data(path).await.ok()?;
+        Some((serde_json::from_slice(&data).ok()?, stat))
+    }
+
+    pub async fn exists(&self, path: &str) -> Option<bool> {
+        match self.client.check_stat(path).await {
+            Ok(stat) => Some(stat.is_some()),
+            Err(_) => None,
+        }
+    }
+}

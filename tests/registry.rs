@@ -1,0 +1,262 @@
+//! The ZooKeeper registry against a real ZooKeeper, checked through an
+//! independent client session (and ZooKeeper's own `dump`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::zookeeper::{four_letter, Reader, ZooKeeper};
+use common::*;
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+const BASE: &str = "/turn/servers";
+
+fn options(zookeeper: &ZooKeeper, zookeeper_extra: &str, turnserver_extra: &str) -> AgentOptions {
+    AgentOptions {
+        extra: format!(
+            "[zookeeper]\nconnect = \"{}\"\npath = \"{BASE}\"\nnode = \"host-a\"\n{zookeeper_extra}\n\
+             [traffic]\ninterface = \"lo\"\ncapacity_mbps = 1000.0\n",
+            zookeeper.connect_string()
+        ),
+        turnserver_extra: turnserver_extra.to_string(),
+        ..AgentOptions::default()
+    }
+}
+
+fn node() -> String {
+    format!("{BASE}/host-a")
+}
+
+async fn wait_present(
+    reader: &Reader,
+    timeout: Duration,
+    what: &str,
+) -> (serde_json::Value, zookeeper_client::Stat) {
+    let path = node();
+    wait_for(timeout, what, || reader.node(&path)).await
+}
+
+async fn wait_absent(reader: &Reader, timeout: Duration, what: &str) {
+    wait_for(timeout, what, || async {
+        (reader.exists(&node()).await == Some(false)).then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn node_is_published_with_a_valid_payload_and_deleted_on_sigterm() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let mut agent = Agent::start(options(&zookeeper, "", ""));
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let ready_at = Instant::now();
+    let (payload, stat) = wait_present(
+        &reader,
+        Duration::from_secs(1),
+        "the node within 1 s of ready",
+    )
+    .await;
+    eprintln!("ready -> node visible: {:?}", ready_at.elapsed());
+
+    assert_ne!(stat.ephemeral_owner, 0, "the node must be EPHEMERAL");
+    assert_eq!(payload["restAddr"], agent.files.api.to_string());
+    let free = payload["freeTraffic"].as_f64().unwrap();
+    assert!((0.0..=1000.0).contains(&free), "{payload}");
+    assert_eq!(free, (free * 10.0).round() / 10.0, "one decimal");
+    assert_eq!(payload["capacityMbps"], 1000.0);
+    assert_eq!(payload["realm"], agent.files.realm);
+    assert_eq!(
+        payload["turnUris"][0],
+        format!("turn:127.0.0.1:{}?transport=udp", agent.files.turn_port)
+    );
+    assert_eq!(payload["version"], env!("CARGO_PKG_VERSION"));
+    assert!(humantime::parse_rfc3339(payload["updatedAt"].as_str().unwrap()).is_ok());
+    // ZooKeeper itself lists the node under the agent's session.
+    let dump = four_letter(zookeeper.port, "dump").unwrap();
+    assert!(dump.contains(&node()), "{dump}");
+    let (_, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(body["registry"]["published"], true, "{body}");
+
+    agent.signal(Signal::SIGTERM);
+    let stopped = Instant::now();
+    wait_absent(
+        &reader,
+        Duration::from_secs(1),
+        "the node to go within 1 s of SIGTERM",
+    )
+    .await;
+    eprintln!("SIGTERM -> node gone: {:?}", stopped.elapsed());
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn sigkill_of_the_agent_removes_the_node_with_its_session() {
+    let zookeeper = ZooKeeper::start(200).await;
+    let mut agent = Agent::start(options(&zookeeper, "session_timeout = \"2s\"", ""));
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    wait_present(&reader, Duration::from_secs(2), "the node").await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    // Session timeout plus one tick, plus a little for the reader.
+    wait_absent(
+        &reader,
+        Duration::from_millis(2000 + 200 + 300),
+        "the node to expire",
+    )
+    .await;
+    eprintln!("agent SIGKILL -> node gone: {:?}", killed.elapsed());
+}
+
+#[tokio::test]
+async fn node_is_withdrawn_while_turnserver_is_down() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(
+        &zookeeper,
+        "",
+        "restart_delay_min = \"2s\"\nrestart_delay_max = \"2s\"",
+    ));
+    let reader = Reader::connect(&zookeeper).await;
+    let pid = agent.wait_ready(Duration::from_secs(5)).await;
+    wait_present(&reader, Duration::from_secs(2), "the node").await;
+
+    signal_pid(pid, Signal::SIGKILL);
+    let killed = Instant::now();
+    wait_absent(
+        &reader,
+        Duration::from_secs(1),
+        "the node to be withdrawn within 1 s",
+    )
+    .await;
+    eprintln!(
+        "turnserver SIGKILL -> node withdrawn: {:?}",
+        killed.elapsed()
+    );
+    let new_pid = agent.wait_ready(Duration::from_secs(5)).await;
+    assert_ne!(new_pid, pid);
+    let ready_again = Instant::now();
+    let (payload, _) = wait_present(
+        &reader,
+        Duration::from_secs(1),
+        "the node after turnserver is back",
+    )
+    .await;
+    eprintln!("ready again -> node back: {:?}", ready_again.elapsed());
+    assert_eq!(payload["restarts"], 1);
+}
+
+#[tokio::test]
+async fn short_zookeeper_outage_keeps_the_node() {
+    let mut zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(&zookeeper, "session_timeout = \"10s\"", ""));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    {
+        let reader = Reader::connect(&zookeeper).await;
+        wait_present(&reader, Duration::from_secs(2), "the node").await;
+    }
+    zookeeper.restart().await;
+    let reader = Reader::connect(&zookeeper).await;
+    let (payload, _) = wait_present(
+        &reader,
+        Duration::from_secs(5),
+        "the node after a short outage",
+    )
+    .await;
+    assert_eq!(payload["restAddr"], agent.files.api.to_string());
+}
+
+#[tokio::test]
+async fn long_zookeeper_outage_recreates_the_node_within_two_seconds_of_its_return() {
+    let mut zookeeper = ZooKeeper::start(200).await;
+    let agent = Agent::start(options(&zookeeper, "session_timeout = \"2s\"", ""));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let first_owner = {
+        let reader = Reader::connect(&zookeeper).await;
+        wait_present(&reader, Duration::from_secs(2), "the node")
+            .await
+            .1
+            .ephemeral_owner
+    };
+    zookeeper.stop();
+    // The outage itself: longer than the session timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(
+        body["status"], "ready",
+        "a ZooKeeper outage does not make the host unready"
+    );
+    zookeeper.spawn().await;
+    let back = Instant::now();
+    let reader = Reader::connect(&zookeeper).await;
+    let (_, stat) = wait_for(
+        Duration::from_secs(2),
+        "the node re-created by a new session",
+        || async {
+            reader
+                .node(&node())
+                .await
+                .filter(|(_, stat)| stat.ephemeral_owner != first_owner)
+        },
+    )
+    .await;
+    eprintln!(
+        "ZooKeeper back after expiry -> node back: {:?}",
+        back.elapsed()
+    );
+    assert_ne!(stat.ephemeral_owner, first_owner);
+}
+
+#[tokio::test]
+async fn agent_started_while_zookeeper_is_down_serves_and_publishes_later() {
+    let mut zookeeper = ZooKeeper::prepare(2000);
+    let agent = Agent::start(options(&zookeeper, "", ""));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_credential(Duration::from_secs(5)).await;
+    let (_, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(body["registry"]["connected"], false, "{body}");
+    assert!(
+        body["registry"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("ZooKeeper"),
+        "{body}"
+    );
+
+    zookeeper.spawn().await;
+    let reader = Reader::connect(&zookeeper).await;
+    wait_present(
+        &reader,
+        Duration::from_secs(3),
+        "the node once ZooKeeper is up",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn steady_traffic_writes_at_most_once_per_max_silence() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(AgentOptions {
+        extra: format!(
+            "[zookeeper]\nconnect = \"{}\"\npath = \"{BASE}\"\nnode = \"host-a\"\npublish_interval = \"100ms\"\nmax_silence = \"1s\"\n\
+             [traffic]\ninterface = \"lo\"\ncapacity_mbps = 100000.0\nhysteresis_percent = 50.0\n",
+            zookeeper.connect_string()
+        ),
+        ..AgentOptions::default()
+    });
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let (_, first) = wait_present(&reader, Duration::from_secs(2), "the node").await;
+    let started = Instant::now();
+    let window = Duration::from_millis(3500);
+    tokio::time::sleep_until(started + window).await;
+    let (payload, last) = reader.node(&node()).await.unwrap();
+    let writes = last.version - first.version;
+    eprintln!("{writes} writes in {window:?} with max_silence 1s and publish_interval 100ms");
+    // One per max_silence, plus one for a window boundary.
+    assert!((3..=4).contains(&writes), "{writes} writes: {payload}");
+}
