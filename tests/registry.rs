@@ -260,3 +260,97 @@ async fn steady_traffic_writes_at_most_once_per_max_silence() {
     // One per max_silence, plus one for a window boundary.
     assert!((3..=4).contains(&writes), "{writes} writes: {payload}");
 }
+
+/// lo's received bytes (on lo, rx always equals tx).
+fn lo_bytes() -> u64 {
+    std::fs::read_to_string("/sys/class/net/lo/statistics/rx_bytes")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn relayed_traffic_lowers_free_traffic_by_the_measured_amount() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let capacity = 100.0;
+    let agent = Agent::start(AgentOptions {
+        extra: format!(
+            "[zookeeper]\nconnect = \"{}\"\npath = \"{BASE}\"\nnode = \"host-a\"\npublish_interval = \"1s\"\nmax_silence = \"1s\"\n\
+             [traffic]\ninterface = \"lo\"\ncapacity_mbps = {capacity:.1}\nhysteresis_percent = 0.0\n",
+            zookeeper.connect_string()
+        ),
+        ..AgentOptions::default()
+    });
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    wait_present(&reader, Duration::from_secs(2), "the node").await;
+    let served = agent.wait_credential(Duration::from_secs(5)).await;
+
+    // coturn's own client relays a steady ~10 Mbps through turnserver.
+    let _traffic = tokio::process::Command::new("turnutils_uclient")
+        .args([
+            "-y",
+            "-n",
+            "3000",
+            "-l",
+            "1200",
+            "-m",
+            "4",
+            "-z",
+            "5",
+            "-c",
+            "-u",
+            &served.userid,
+            "-w",
+            &served.password,
+            "-p",
+        ])
+        .arg(agent.files.turn_port.to_string())
+        .arg("127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut last = (Instant::now(), lo_bytes());
+    wait_for(Duration::from_secs(15), "relayed traffic to flow", || {
+        let now = (Instant::now(), lo_bytes());
+        let seconds = (now.0 - last.0).as_secs_f64();
+        let mbps = (now.1 - last.1) as f64 * 8.0 / 1e6 / seconds;
+        let flowing = seconds >= 0.5 && mbps > 4.0;
+        if seconds >= 0.5 {
+            last = now;
+        }
+        async move { flowing.then_some(()) }
+    })
+    .await;
+
+    // Over the same six seconds: what lo carried, and what the agent published.
+    let window_start = (Instant::now(), lo_bytes());
+    let mut published_used = Vec::new();
+    let mut last_version = None;
+    while window_start.0.elapsed() < Duration::from_secs(6) {
+        if let Some((payload, stat)) = reader.node(&node()).await {
+            if last_version != Some(stat.version) {
+                last_version = Some(stat.version);
+                published_used.push(capacity - payload["freeTraffic"].as_f64().unwrap());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let measured =
+        (lo_bytes() - window_start.1) as f64 * 8.0 / 1e6 / window_start.0.elapsed().as_secs_f64();
+    // The first value read describes the second before the window.
+    let samples = &published_used[1..];
+    let published = samples.iter().sum::<f64>() / samples.len() as f64;
+    eprintln!(
+        "lo carried {measured:.2} Mbps; the agent published {published:.2} Mbps used ({samples:?})"
+    );
+    assert!(samples.len() >= 4, "{published_used:?}");
+    assert!(measured > 4.0);
+    assert!(
+        (published - measured).abs() <= measured * 0.2,
+        "published {published:.2} Mbps used, lo carried {measured:.2} Mbps"
+    );
+}
