@@ -133,3 +133,29 @@ fn help_and_version() {
     assert_eq!(code, 0);
     assert!(stdout.contains("check-config"));
 }
+
+#[test]
+fn bad_zookeeper_and_traffic_settings_exit_2() {
+    let zookeeper = [
+        ("TURN_AGENT_ZOOKEEPER_CONNECT", "127.0.0.1:2181/turn"),
+        ("TURN_AGENT_TRAFFIC_INTERFACE", "lo"),
+        ("TURN_AGENT_API_ADVERTISE", "127.0.0.1:8086"),
+    ];
+    for (key, value, expected) in [
+        (
+            "TURN_AGENT_ZOOKEEPER_CONNECT",
+            "zk1:2181,zk2",
+            "zookeeper.connect: `zk2` is not host:port",
+        ),
+        ("TURN_AGENT_ZOOKEEPER_NODE", "a/b", "zookeeper.node:"),
+        (
+            "TURN_AGENT_TRAFFIC_INTERFACE",
+            "nosuchif0",
+            "traffic.interface: no network interface named `nosuchif0`",
+        ),
+    ] {
+        let mut env = zookeeper.to_vec();
+        env.push((key, value));
+        assert_rejected("", &env, expected);
+    }
+}

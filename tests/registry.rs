@@ -354,3 +354,50 @@ async fn relayed_traffic_lowers_free_traffic_by_the_measured_amount() {
         "published {published:.2} Mbps used, lo carried {measured:.2} Mbps"
     );
 }
+
+#[tokio::test]
+async fn killing_the_ensemble_leader_keeps_the_node_published() {
+    use common::zookeeper::Ensemble;
+    let mut ensemble = Ensemble::start(3).await;
+    let agent = Agent::start(AgentOptions {
+        extra: format!(
+            "[zookeeper]\nconnect = \"{}\"\npath = \"{BASE}\"\nnode = \"host-a\"\nsession_timeout = \"4s\"\n\
+             [traffic]\ninterface = \"lo\"\n",
+            ensemble.connect_string()
+        ),
+        ..AgentOptions::default()
+    });
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let reader = Reader::connect_to(ensemble.connect_string()).await;
+    let (_, before) =
+        wait_present(&reader, Duration::from_secs(5), "the node on the ensemble").await;
+
+    let leader = ensemble.leader().expect("a leader");
+    ensemble.kill(leader);
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(10), "a new leader", || {
+        let elected = ensemble.leader().is_some();
+        async move { elected.then_some(()) }
+    })
+    .await;
+    eprintln!("new leader after {:?}", killed.elapsed());
+    // Watch for a while past the election: the node must stay, owned by the
+    // same session.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        if let Some((_, stat)) = reader.node(&node()).await {
+            assert_eq!(stat.czxid, before.czxid, "the node was re-created");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, after) = wait_present(
+        &reader,
+        Duration::from_secs(2),
+        "the node after the election",
+    )
+    .await;
+    assert_eq!(
+        (after.czxid, after.ephemeral_owner),
+        (before.czxid, before.ephemeral_owner)
+    );
+}

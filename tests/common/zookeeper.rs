@@ -141,7 +141,10 @@ pub struct Reader {
 
 impl Reader {
     pub async fn connect(server: &ZooKeeper) -> Reader {
-        let connect = server.connect_string();
+        Reader::connect_to(server.connect_string()).await
+    }
+
+    pub async fn connect_to(connect: String) -> Reader {
         let client = wait_for(Duration::from_secs(10), "a reader session", || {
             let connect = connect.clone();
             async move {
@@ -170,4 +173,122 @@ impl Reader {
             Err(_) => None,
         }
     }
+}
+
+/// A 3-node ensemble on loopback.
+pub struct Ensemble {
+    pub dir: tempfile::TempDir,
+    pub client_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl Ensemble {
+    pub async fn start(size: usize) -> Ensemble {
+        let dir = tempfile::Builder::new()
+            .prefix("turn-agent-zk-ensemble-")
+            .tempdir()
+            .unwrap();
+        let client_ports: Vec<u16> = (0..size).map(|_| free_tcp_port()).collect();
+        let peers: Vec<(u16, u16)> = (0..size)
+            .map(|_| (free_tcp_port(), free_tcp_port()))
+            .collect();
+        let servers: String = peers
+            .iter()
+            .enumerate()
+            .map(|(index, (peer, election))| {
+                format!("server.{}=127.0.0.1:{peer}:{election}\n", index + 1)
+            })
+            .collect();
+        let mut children = Vec::new();
+        for (index, port) in client_ports.iter().enumerate() {
+            let node_dir = dir.path().join(format!("node{}", index + 1));
+            std::fs::create_dir_all(node_dir.join("data")).unwrap();
+            std::fs::write(node_dir.join("data/myid"), format!("{}\n", index + 1)).unwrap();
+            std::fs::write(
+                node_dir.join("zoo.cfg"),
+                format!(
+                    "tickTime=200\ninitLimit=50\nsyncLimit=25\ndataDir={}/data\nclientPort={port}\n\
+                     clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+                     4lw.commands.whitelist=srvr,mntr,ruok,cons,dump,conf,stat\n{servers}",
+                    node_dir.display()
+                ),
+            )
+            .unwrap();
+            children.push(Some(spawn_java(&node_dir)));
+        }
+        let ensemble = Ensemble {
+            dir,
+            client_ports,
+            children,
+        };
+        for port in ensemble.client_ports.clone() {
+            wait_for(
+                Duration::from_secs(30),
+                "the ensemble's quorum",
+                || async move {
+                    four_letter(port, "srvr")
+                        .filter(|answer| {
+                            answer.contains("Mode: leader") || answer.contains("Mode: follower")
+                        })
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+        ensemble
+    }
+
+    pub fn connect_string(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Index of the current leader.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.client_ports.len()).find(|&index| {
+            self.children[index].is_some()
+                && four_letter(self.client_ports[index], "srvr")
+                    .is_some_and(|answer| answer.contains("Mode: leader"))
+        })
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Ensemble {
+    fn drop(&mut self) {
+        for index in 0..self.children.len() {
+            self.kill(index);
+        }
+    }
+}
+
+fn spawn_java(dir: &std::path::Path) -> Child {
+    let classpath = format!(
+        "{}:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
+        dir.display()
+    );
+    Command::new("java")
+        .args([
+            "-Xmx64m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+            &classpath,
+        ])
+        .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+        .arg(dir.join("zoo.cfg"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("java must be installed (scripts/install-deps.sh)")
 }
