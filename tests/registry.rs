@@ -401,3 +401,118 @@ async fn killing_the_ensemble_leader_keeps_the_node_published() {
         (before.czxid, before.ephemeral_owner)
     );
 }
+
+#[tokio::test]
+async fn a_fast_restart_replaces_the_node_left_by_the_previous_session() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let options = options(&zookeeper, "session_timeout = \"20s\"", "");
+    let mut agent = Agent::start(options_clone(&options));
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let (_, old) = wait_present(&reader, Duration::from_secs(2), "the node").await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(2)).await;
+
+    // The old session lives on for 20 s; the new agent must not wait for it.
+    let agent = Agent::start_with(agent.take_files(), &options);
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let (_, new) = wait_for(
+        Duration::from_secs(5),
+        "the node owned by the new session",
+        || async {
+            reader
+                .node(&node())
+                .await
+                .filter(|(_, stat)| stat.ephemeral_owner != old.ephemeral_owner)
+        },
+    )
+    .await;
+    assert_ne!(new.czxid, old.czxid);
+}
+
+fn options_clone(options: &AgentOptions) -> AgentOptions {
+    AgentOptions {
+        extra: options.extra.clone(),
+        turnserver_extra: options.turnserver_extra.clone(),
+        ..AgentOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_node_held_by_another_live_host_is_never_overwritten() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let other = Reader::connect(&zookeeper).await;
+    let options =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    other.client.mkdir(BASE, &options).await.unwrap();
+    let theirs = br#"{"freeTraffic":1.0,"restAddr":"192.0.2.99:8086"}"#;
+    let ephemeral =
+        zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+    other
+        .client
+        .create(&node(), theirs, &ephemeral)
+        .await
+        .unwrap();
+
+    let agent = Agent::start(options_for_conflict(&zookeeper));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "a loud log line about the conflict",
+        || {
+            let logged = agent.log().contains("another live session");
+            async move { logged.then_some(()) }
+        },
+    )
+    .await;
+    let (data, _) = other.client.get_data(&node()).await.unwrap();
+    assert_eq!(data, theirs, "the other host's node was overwritten");
+
+    // Once the other host's node goes, the agent publishes.
+    other.client.delete(&node(), None).await.unwrap();
+    let reader = Reader::connect(&zookeeper).await;
+    let (payload, _) = wait_present(&reader, Duration::from_secs(3), "the agent's node").await;
+    assert_eq!(payload["restAddr"], agent.files.api.to_string());
+}
+
+fn options_for_conflict(zookeeper: &ZooKeeper) -> AgentOptions {
+    options(zookeeper, "publish_interval = \"200ms\"", "")
+}
+
+#[tokio::test]
+async fn with_an_auth_file_only_the_agent_writes_and_anyone_reads() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let secret_dir = tempfile::tempdir().unwrap();
+    let auth_file = secret_dir.path().join("zookeeper.auth");
+    std::fs::write(&auth_file, "turn-agent:s3cret\n").unwrap();
+    let agent = Agent::start(options(
+        &zookeeper,
+        &format!("auth_file = \"{}\"", auth_file.display()),
+        "",
+    ));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let reader = Reader::connect(&zookeeper).await;
+    wait_present(&reader, Duration::from_secs(3), "the node").await;
+
+    let (acls, _) = reader.client.get_acl(&node()).await.unwrap();
+    let described: Vec<String> = acls
+        .iter()
+        .map(|acl| format!("{}:{}:{}", acl.scheme(), acl.id(), acl.permission()))
+        .collect();
+    assert!(
+        described
+            .iter()
+            .any(|acl| acl.starts_with("digest:turn-agent:")),
+        "{described:?}"
+    );
+    assert!(
+        described.iter().any(|acl| acl.starts_with("world:anyone:")),
+        "{described:?}"
+    );
+    let denied = reader.client.set_data(&node(), b"{}", None).await;
+    assert!(
+        matches!(denied, Err(zookeeper_client::Error::NoAuth)),
+        "{denied:?}"
+    );
+    assert!(!agent.log().contains("s3cret"));
+}
