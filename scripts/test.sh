@@ -8,6 +8,8 @@ bash scripts/install-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The allocator library alone, as signalling servers embed it.
+cargo clippy --locked --no-default-features --features allocator -- -D warnings
 cargo build --all-targets --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --profile ci

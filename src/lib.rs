@@ -1,6 +1,7 @@
 //! turn-agent: a sidecar that runs beside coturn on every TURN host.
 //!
 //! # Layout
+//! - [`allocator`]: hands out TURN hosts from ZooKeeper (library; `allocator` feature).
 //! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
@@ -18,6 +19,8 @@
 //! - [`logging`]: the tracing subscriber.
 #![deny(rust_2018_idioms, unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "allocator")]
+pub mod allocator;
 #[cfg(feature = "agent")]
 pub mod api;
 #[cfg(feature = "agent")]
@@ -43,4 +46,5 @@ pub mod systemd;
 #[cfg(feature = "agent")]
 pub mod traffic;
 pub mod znode;
+#[cfg(feature = "allocator")]
 pub mod zookeeper;

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use turn_agent::allocator::service as allocator_service;
+use turn_agent::allocator::{AllocatorSettings, Preference};
 use turn_agent::config::{self, Config, RawConfig};
 
 /// Exit code for a configuration that cannot be used.
@@ -36,6 +38,28 @@ enum Command {
     Rotate {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Run the allocator service (HTTP front for signalling servers).
+    Allocator {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Pick one TURN host from ZooKeeper and print it as JSON.
+    Allocate {
+        /// Connect string with optional chroot, e.g. zk1:2181,zk2:2181/turn
+        #[arg(long, value_name = "CONNECT")]
+        zookeeper: String,
+        #[arg(long, default_value = "/turn/servers")]
+        path: String,
+        #[arg(long)]
+        isp: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// round-robin, most-free, weighted or random
+        #[arg(long, default_value = "round-robin")]
+        strategy: String,
+        #[arg(long, default_value_t = 1.0)]
+        min_free_mbps: f64,
     },
 }
 
@@ -78,6 +102,43 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Allocator { config } => {
+            let loaded = match allocator_service::load(&config) {
+                Ok(loaded) => loaded,
+                Err(error) => return config_error(&config, &error),
+            };
+            turn_agent::logging::init(&loaded.log_level, config::LogFormat::Text);
+            run_async(allocator_service::run(loaded))
+        }
+        Command::Allocate {
+            zookeeper,
+            path,
+            isp,
+            region,
+            strategy,
+            min_free_mbps,
+        } => {
+            let strategy = match strategy.parse() {
+                Ok(strategy) => strategy,
+                Err(message) => {
+                    eprintln!("turn-agent: --strategy: {message}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            if let Err(error) = turn_agent::zookeeper::parse_connect_string(&zookeeper) {
+                eprintln!("turn-agent: --zookeeper: {error}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            let mut settings = AllocatorSettings::new(zookeeper, path);
+            settings.strategy = strategy;
+            settings.min_free_mbps = min_free_mbps;
+            let preference = Preference { isp, region };
+            run_async(async move {
+                let line = allocator_service::allocate_once(settings, preference).await?;
+                println!("{line}");
+                Ok(())
+            })
+        }
         Command::CheckConfig { config } => match load(&config) {
             Ok((raw, _)) => {
                 print!("{}", config::render_effective(&raw));
@@ -89,11 +150,31 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<(RawConfig, Config), ExitCode> {
-    config::load(path).map_err(|error| {
-        eprintln!("turn-agent: invalid configuration in {}:", path.display());
-        for problem in &error.problems {
-            eprintln!("{problem}");
+    config::load(path).map_err(|error| config_error(path, &error))
+}
+
+fn config_error(path: &Path, error: &config::ConfigError) -> ExitCode {
+    eprintln!("turn-agent: invalid configuration in {}:", path.display());
+    for problem in &error.problems {
+        eprintln!("{problem}");
+    }
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+/// Runs `future` on a fresh runtime; errors exit 1.
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("turn-agent: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
         }
-        ExitCode::from(EXIT_BAD_CONFIG)
-    })
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("turn-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
