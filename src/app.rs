@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{self, Config, RawConfig};
-use crate::credentials::CredentialManager;
+use crate::credentials::{CredentialManager, CredentialStatus};
 use crate::registry::Registry;
 use crate::shutdown::{AgentSignal, Signals};
 use crate::supervisor::{Supervisor, SupervisorStatus};
@@ -39,11 +39,14 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     )
     .context("cannot start the supervisor")?;
     let mut supervisor_task = tokio::spawn(supervisor.run(supervisor_stop.clone()));
-    tokio::spawn(report_to_systemd(status.clone()));
 
     let credentials_stop = CancellationToken::new();
     let (credential_manager, credentials) = CredentialManager::new(&config);
     let credentials_task = tokio::spawn(credential_manager.run(credentials_stop.clone()));
+    tokio::spawn(report_to_systemd(
+        status.clone(),
+        credentials.status.clone(),
+    ));
 
     let registry_stop = CancellationToken::new();
     let (registry, registry_status) =
@@ -143,19 +146,32 @@ fn reload(path: &std::path::Path, current: &mut RawConfig) {
     }
 }
 
-/// READY=1 once turnserver first answers (the API already listens by then),
-/// and STATUS= on every change, for `systemctl status`.
-async fn report_to_systemd(mut status: watch::Receiver<SupervisorStatus>) {
+/// READY=1 once the host can first serve (turnserver answers STUN and a
+/// credential exists; the API already listens by then), and STATUS= on
+/// every change, for `systemctl status`.
+async fn report_to_systemd(
+    mut supervisor: watch::Receiver<SupervisorStatus>,
+    mut credentials: watch::Receiver<CredentialStatus>,
+) {
     let mut announced_ready = false;
     loop {
-        let current = status.borrow_and_update().clone();
-        systemd::notify_status(&current.reason());
-        if current.is_ready() && !announced_ready {
-            systemd::notify_ready();
-            announced_ready = true;
+        let reason = api::not_ready_reason(
+            &supervisor.borrow_and_update(),
+            &credentials.borrow_and_update(),
+        );
+        match reason {
+            Some(reason) => systemd::notify_status(&reason),
+            None => {
+                systemd::notify_status("ready: turnserver answers and a credential is served");
+                if !announced_ready {
+                    systemd::notify_ready();
+                    announced_ready = true;
+                }
+            }
         }
-        if status.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = supervisor.changed() => if changed.is_err() { return },
+            changed = credentials.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -213,7 +213,8 @@ impl Registry {
         let mut retry_at: Option<Instant> = None;
         loop {
             let can_serve =
-                self.supervisor.borrow().is_ready() && self.credentials.borrow().available;
+                crate::api::not_ready_reason(&self.supervisor.borrow(), &self.credentials.borrow())
+                    .is_none();
             let retry_due = retry_at.is_none_or(|at| Instant::now() >= at);
             if retry_due {
                 let outcome = if can_serve {

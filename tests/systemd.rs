@@ -81,12 +81,10 @@ async fn agent_notifies_ready_watchdog_and_stopping() {
         },
     )
     .await;
-    // READY=1 comes only once turnserver answers.
-    assert_eq!(agent.get("/readyz").await.unwrap().0, 200);
-    assert!(
-        received.contains("STATUS=turnserver is ready"),
-        "{received}"
-    );
+    // READY=1 comes only once turnserver answers and a credential exists.
+    let (status, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}\n{received}");
+    assert!(received.contains("STATUS=ready"), "{received}");
 
     agent.signal(Signal::SIGTERM);
     assert_eq!(

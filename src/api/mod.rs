@@ -73,16 +73,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<ApiState>) -> Response {
     let turnserver = state.supervisor.borrow().clone();
     let credentials = state.credential_status.borrow().clone();
-    let reason = if !turnserver.is_ready() {
-        Some(turnserver.reason())
-    } else if !credentials.available {
-        Some(match &credentials.last_error {
-            Some(error) => format!("no valid credential: {error}"),
-            None => "no valid credential yet".to_string(),
-        })
-    } else {
-        None
-    };
+    let reason = not_ready_reason(&turnserver, &credentials);
     let body = json!({
         "status": if reason.is_none() { "ready" } else { "not-ready" },
         "reason": reason,
@@ -96,6 +87,25 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// Why this host cannot serve, or `None` when it can: turnserver answers
+/// STUN and a valid credential exists. `/readyz`, systemd's READY=1 and the
+/// registry all use this one definition.
+pub fn not_ready_reason(
+    turnserver: &SupervisorStatus,
+    credentials: &CredentialStatus,
+) -> Option<String> {
+    if !turnserver.is_ready() {
+        Some(turnserver.reason())
+    } else if !credentials.available {
+        Some(match &credentials.last_error {
+            Some(error) => format!("no valid credential: {error}"),
+            None => "no valid credential yet".to_string(),
+        })
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,9 @@ use super::{
 use crate::backoff::ExponentialBackoff;
 use crate::config::{Config, CredentialMode, CredentialsConfig};
 
-const RETRY_MIN: Duration = Duration::from_secs(1);
+/// turnadmin can find the database locked while turnserver initialises it,
+/// so the first retry comes soon.
+const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct CredentialManager {
@@ -356,7 +358,7 @@ impl CredentialManager {
                 }
             }
         }
-        self.deletion_retry_at = failed.then(|| Instant::now() + RETRY_MIN * 5);
+        self.deletion_retry_at = failed.then(|| Instant::now() + RETRY_MIN * 20);
     }
 
     /// A long-term credential past its expiry is no longer served, and its

@@ -128,6 +128,17 @@ impl Supervisor {
     async fn spawn(&mut self) -> std::io::Result<Child> {
         let mut command = Command::new(&self.config.binary);
         command.args(command::turnserver_args(&self.config, self.mode));
+        // turnserver speaks sd_notify itself; its READY=1 must not be taken
+        // for the agent's, nor its watchdog settings for ours.
+        for variable in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+        ] {
+            command.env_remove(variable);
+        }
         let mut child = self.spawner.spawn(command).await?;
         let pid = child.id().unwrap_or_default();
         if let Some(stdout) = child.stdout.take() {
