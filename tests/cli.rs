@@ -159,3 +159,30 @@ fn bad_zookeeper_and_traffic_settings_exit_2() {
         assert_rejected("", &env, expected);
     }
 }
+
+#[test]
+fn allocator_config_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("allocator.toml");
+    std::fs::write(
+        &path,
+        "[allocator]\nconnect = \"zk1\"\nstrategy = \"fastest\"\nmax_staleness = \"later\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) =
+        run_agent_cli(&["allocator", "--config", &path.display().to_string()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    for key in [
+        "allocator.connect:",
+        "allocator.strategy:",
+        "allocator.max_staleness:",
+    ] {
+        assert!(
+            stderr.lines().any(|line| line.starts_with(key)),
+            "{key} missing in {stderr}"
+        );
+    }
+    let (code, _, stderr) = run_agent_cli(&["allocate", "--zookeeper", "zk1", "--path", "/x"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--zookeeper"), "{stderr}");
+}
