@@ -98,15 +98,35 @@ fn agent_router() -> (
     let (_, credential_status) = watch::channel(status);
     let (rotate, requests) = RotateHandle::detached();
     let (_, registry) = watch::channel(turn_agent::registry::RegistryStatus::default());
-    let router = api::router(ApiState {
-        registry,
-        supervisor,
-        credentials: CredentialSource::fixed_long_term(Some(credential)),
-        credential_status,
-        rotate,
-        turn_uris: vec!["turn:127.0.0.1:3478?transport=udp".into()],
-    });
+    let router = api::router(
+        ApiState {
+            registry,
+            supervisor,
+            credentials: CredentialSource::fixed_long_term(Some(credential)),
+            credential_status,
+            rotate,
+            turn_uris: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+        },
+        api::guard::Guard::new(&loopback_admin()),
+    );
     (router, requests)
+}
+
+/// The default access policy (loopback is admin), without a rate limit:
+/// the benchmark measures the guard's cost, not its refusals.
+fn loopback_admin() -> turn_agent::config::AccessConfig {
+    use turn_agent::access::{builtin_roles, AccessPolicy, AddrPattern};
+    turn_agent::config::AccessConfig {
+        policy: AccessPolicy {
+            allow: vec![(AddrPattern::parse("127.0.0.1").unwrap(), 0)],
+            roles: builtin_roles(),
+            tokens: Vec::new(),
+            trusted_proxies: Vec::new(),
+        },
+        rate_limit_per_second: 0.0,
+        rate_limit_burst: 1,
+        token_files: Vec::new(),
+    }
 }
 
 fn baseline_router() -> Router {

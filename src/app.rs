@@ -53,14 +53,18 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         Registry::new(&config, status.clone(), credentials.status.clone());
     let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
 
-    let router = api::router(ApiState {
-        registry: registry_status,
-        supervisor: status,
-        credentials: credentials.source,
-        credential_status: credentials.status,
-        rotate: credentials.rotate,
-        turn_uris: config.api.turn_uris.clone(),
-    });
+    warn_about_loose_secret_files(&config);
+    let router = api::router(
+        ApiState {
+            registry: registry_status,
+            supervisor: status,
+            credentials: credentials.source,
+            credential_status: credentials.status,
+            rotate: credentials.rotate,
+            turn_uris: config.api.turn_uris.clone(),
+        },
+        api::guard::Guard::new(&config.access),
+    );
     let mut api_task: JoinHandle<std::io::Result<()>> =
         tokio::spawn(api::serve(listener, router, api_stop.clone()));
 
@@ -120,6 +124,25 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Token and auth files readable by group or others are reported: they
+/// hold secrets.
+fn warn_about_loose_secret_files(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let files = config
+        .access
+        .token_files
+        .iter()
+        .chain(config.zookeeper.auth_file.iter());
+    for path in files {
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "secret file is readable by group or others; chmod 600 it");
+            }
+        }
+    }
 }
 
 /// Re-reads the file on SIGHUP and logs what changed; a bad file is

@@ -20,6 +20,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, AccessPolicy, AddrPattern, Permission, Role};
+use crate::secret::Secret;
+
 /// Prefix of the environment variables that override file keys.
 pub const ENV_PREFIX: &str = "TURN_AGENT_";
 
@@ -233,14 +236,16 @@ pub struct TrafficConfig {
     pub smoothing: f64,
 }
 
-/// Access rules, kept in their file form until the allow-list module parses them.
+/// Who may call the API, validated into an [`AccessPolicy`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessConfig {
-    pub default_role: String,
-    pub allow: Vec<RawAllowEntry>,
-    pub trusted_proxies: Vec<String>,
-    pub roles: Vec<RawRole>,
-    pub tokens: Vec<RawToken>,
+    pub policy: AccessPolicy,
+    /// Requests per second per client address on `/turncredential` and
+    /// `/ice`; 0 turns the limit off.
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
+    /// Files holding secrets, checked for loose permissions at start.
+    pub token_files: Vec<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------
@@ -452,6 +457,8 @@ pub struct RawAccess {
     pub trusted_proxies: Vec<String>,
     pub roles: Vec<RawRole>,
     pub tokens: Vec<RawToken>,
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: i64,
 }
 
 impl Default for RawAccess {
@@ -471,6 +478,8 @@ impl Default for RawAccess {
             trusted_proxies: Vec::new(),
             roles: Vec::new(),
             tokens: Vec::new(),
+            rate_limit_per_second: 20.0,
+            rate_limit_burst: 40,
         }
     }
 }
@@ -1130,20 +1139,102 @@ fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
 }
 
 fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
-    if raw.default_role.is_empty() {
-        v.problem("access.default_role", "must not be empty");
-    }
-    for (index, entry) in raw.allow.iter().enumerate() {
-        if entry.addr.trim().is_empty() {
-            v.problem(&format!("access.allow[{index}].addr"), "must not be empty");
+    let mut roles = access::builtin_roles();
+    for (index, raw_role) in raw.roles.iter().enumerate() {
+        if raw_role.name.trim().is_empty() {
+            v.problem(&format!("access.roles[{index}].name"), "must not be empty");
+            continue;
+        }
+        let mut permissions = std::collections::BTreeSet::new();
+        for name in &raw_role.permissions {
+            match Permission::parse(name) {
+                Some(permission) => {
+                    permissions.insert(permission);
+                }
+                None => v.problem(
+                    &format!("access.roles[{index}].permissions"),
+                    format!(
+                        "unknown permission `{name}`, expected credential, ice, metrics, status or rotate"
+                    ),
+                ),
+            }
+        }
+        let role = Role {
+            name: raw_role.name.clone(),
+            permissions,
+        };
+        match roles.iter_mut().find(|existing| existing.name == role.name) {
+            Some(existing) => *existing = role,
+            None => roles.push(role),
         }
     }
+    let role_index = |name: &str| roles.iter().position(|role| role.name == name);
+    if role_index(&raw.default_role).is_none() {
+        v.problem(
+            "access.default_role",
+            format!("unknown role `{}`", raw.default_role),
+        );
+    }
+    let mut allow = Vec::new();
+    for (index, entry) in raw.allow.iter().enumerate() {
+        let role_name = entry.role.as_deref().unwrap_or(&raw.default_role);
+        match (AddrPattern::parse(&entry.addr), role_index(role_name)) {
+            (Ok(pattern), Some(role)) => allow.push((pattern, role)),
+            (Err(message), _) => v.problem(&format!("access.allow[{index}].addr"), message),
+            (_, None) => v.problem(
+                &format!("access.allow[{index}].role"),
+                format!("unknown role `{role_name}`"),
+            ),
+        }
+    }
+    let mut tokens = Vec::new();
+    let mut token_files = Vec::new();
+    for (index, token) in raw.tokens.iter().enumerate() {
+        let key = format!("access.tokens[{index}].token_file");
+        let path = v.path(&key, &token.token_file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.trim().len() >= 16 => match role_index(&token.role) {
+                Some(role) => tokens.push((Secret::new(text.trim()), role)),
+                None => v.problem(
+                    &format!("access.tokens[{index}].role"),
+                    format!("unknown role `{}`", token.role),
+                ),
+            },
+            Ok(_) => v.problem(&key, "the token must be at least 16 characters"),
+            Err(error) => v.problem(&key, format!("cannot read `{}`: {error}", token.token_file)),
+        }
+        token_files.push(path);
+    }
+    let mut trusted_proxies = Vec::new();
+    for (index, text) in raw.trusted_proxies.iter().enumerate() {
+        match AddrPattern::parse(text) {
+            Ok(pattern) => trusted_proxies.push(pattern),
+            Err(message) => v.problem(&format!("access.trusted_proxies[{index}]"), message),
+        }
+    }
+    if !(raw.rate_limit_per_second.is_finite() && raw.rate_limit_per_second >= 0.0) {
+        v.problem(
+            "access.rate_limit_per_second",
+            "must be a number of at least 0 (0 turns the limit off)",
+        );
+    }
+    let rate_limit_burst = match u32::try_from(raw.rate_limit_burst) {
+        Ok(burst) if burst >= 1 => burst,
+        _ => {
+            v.problem("access.rate_limit_burst", "must be at least 1");
+            1
+        }
+    };
     AccessConfig {
-        default_role: raw.default_role.clone(),
-        allow: raw.allow.clone(),
-        trusted_proxies: raw.trusted_proxies.clone(),
-        roles: raw.roles.clone(),
-        tokens: raw.tokens.clone(),
+        policy: AccessPolicy {
+            allow,
+            roles,
+            tokens,
+            trusted_proxies,
+        },
+        rate_limit_per_second: raw.rate_limit_per_second,
+        rate_limit_burst,
+        token_files,
     }
 }
 
@@ -1418,6 +1509,49 @@ state_file = "/tmp/credential.json"
             let found = problems(BASE, &vars);
             assert_eq!(found.len(), 1, "{found:?}");
             assert!(found[0].starts_with(named), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn access_entries_are_checked_and_named() {
+        let text = format!(
+            "{BASE}\n[access]\ndefault_role = \"user\"\nallow = [{{ addr = \"10.0.0.0/33\" }}, {{ addr = \"10.1.0.0/16\", role = \"ops\" }}, {{ addr = \"192.168.2.1-255\" }}]\n\
+             [[access.roles]]\nname = \"watcher\"\npermissions = [\"metrics\", \"dance\"]\n"
+        );
+        let found = problems(&text, &[]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("access.roles[0].permissions: unknown permission `dance`"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("access.allow[0].addr: `10.0.0.0/33`"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("access.allow[1].role: unknown role `ops`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn default_access_is_loopback_admin_only() {
+        let config = validate(&parse_raw(BASE, env(&[])).unwrap()).unwrap();
+        let policy = &config.access.policy;
+        use crate::access::Decision;
+        for permission in Permission::ALL {
+            assert_eq!(
+                policy.decide("127.0.0.1".parse().unwrap(), None, permission),
+                Decision::Allowed
+            );
+            assert_eq!(
+                policy.decide("::1".parse().unwrap(), None, permission),
+                Decision::Allowed
+            );
+            assert_eq!(
+                policy.decide("192.0.2.1".parse().unwrap(), None, permission),
+                Decision::Unknown
+            );
         }
     }
 

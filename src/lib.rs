@@ -1,6 +1,7 @@
 //! turn-agent: a sidecar that runs beside coturn on every TURN host.
 //!
 //! # Layout
+//! - [`access`]: allow list, roles and bearer tokens (pure).
 //! - [`allocator`]: hands out TURN hosts from ZooKeeper (library; `allocator` feature).
 //! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
@@ -19,6 +20,8 @@
 //! - [`logging`]: the tracing subscriber.
 #![deny(rust_2018_idioms, unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "agent")]
+pub mod access;
 #[cfg(feature = "allocator")]
 pub mod allocator;
 #[cfg(feature = "agent")]

@@ -5,10 +5,11 @@
 //! listener and a shutdown token.
 
 mod error;
+pub mod guard;
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,7 +39,8 @@ pub struct ApiState {
     pub turn_uris: Vec<String>,
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The agent's routes behind the access guard.
+pub fn router(state: ApiState, guard: guard::Guard) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -46,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ice", get(ice))
         .route("/rotate", post(rotate))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
@@ -190,16 +193,8 @@ async fn ice(
     Ok(no_store(Json(body).into_response()))
 }
 
-/// Rotation on demand. Loopback callers only until the allow list lands.
-async fn rotate(
-    State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Result<Response, ApiError> {
-    if !peer.ip().is_loopback() {
-        return Err(ApiError::Forbidden(
-            "rotation is allowed from loopback only".into(),
-        ));
-    }
+/// Rotation on demand (permission `rotate`).
+async fn rotate(State(state): State<ApiState>) -> Result<Response, ApiError> {
     match state.rotate.rotate().await {
         Ok(credential) => Ok(no_store(
             Json(json!({ "rotated": true, "credential": credential })).into_response(),

@@ -56,11 +56,31 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
             "turn:192.0.2.1:3478?transport=tcp".into(),
         ],
     };
-    let app = router(state).layer(MockConnectInfo(SocketAddr::from((peer, 40000))));
+    let app = router(state, guard::Guard::new(&access(0.0)))
+        .layer(MockConnectInfo(SocketAddr::from((peer, 40000))));
     Fixture {
         app,
         supervisor,
         credential_status,
+    }
+}
+
+/// Loopback is admin, 10.0.0.0/8 is user; rate limit as given (0 = off).
+fn access(rate_limit_per_second: f64) -> crate::config::AccessConfig {
+    use crate::access::{builtin_roles, AccessPolicy, AddrPattern};
+    crate::config::AccessConfig {
+        policy: AccessPolicy {
+            allow: vec![
+                (AddrPattern::parse("127.0.0.1").unwrap(), 0),
+                (AddrPattern::parse("10.0.0.0/8").unwrap(), 1),
+            ],
+            roles: builtin_roles(),
+            tokens: Vec::new(),
+            trusted_proxies: Vec::new(),
+        },
+        rate_limit_per_second,
+        rate_limit_burst: 2,
+        token_files: Vec::new(),
     }
 }
 
@@ -194,17 +214,64 @@ async fn bad_query_is_400() {
 }
 
 #[tokio::test]
-async fn rotate_is_loopback_only() {
+async fn rotate_needs_the_rotate_permission() {
     let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
     let (status, _, body) = call(&f.app, "POST", "/rotate").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["credential"], "ta1-9-new");
-    let f = fixture(long_term(far_future()), [192, 0, 2, 9]);
+
+    let f = fixture(long_term(far_future()), [10, 1, 2, 3]);
     let (status, _, body) = call(&f.app, "POST", "/rotate").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "forbidden");
-    let (status, _, _) = call(&f.app, "GET", "/rotate").await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = call(&f.app, "GET", "/turncredential").await;
+    assert_eq!(status, StatusCode::OK, "a user may fetch credentials");
+
+    let f = fixture(long_term(far_future()), [192, 0, 2, 9]);
+    let (status, headers, body) = call(&f.app, "POST", "/rotate").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "unauthorized");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, _) = call(&f.app, "GET", "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "liveness stays open");
+}
+
+#[tokio::test]
+async fn credential_endpoints_are_rate_limited_per_address() {
+    let (supervisor, supervisor_receiver) = watch::channel(SupervisorStatus::default());
+    let (_, status_receiver) = watch::channel(status(CredentialMode::LongTerm, true));
+    let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
+    let (rotate, _requests) = RotateHandle::detached();
+    let state = ApiState {
+        registry,
+        supervisor: supervisor_receiver,
+        credentials: long_term(far_future()),
+        credential_status: status_receiver,
+        rotate,
+        turn_uris: Vec::new(),
+    };
+    let app = router(state, guard::Guard::new(&access(1.0)));
+    let from = |peer: [u8; 4]| {
+        app.clone()
+            .layer(MockConnectInfo(SocketAddr::from((peer, 1))))
+    };
+    let limited = from([10, 0, 0, 1]);
+    for _ in 0..2 {
+        assert_eq!(
+            call(&limited, "GET", "/turncredential").await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, headers, body) = call(&limited, "GET", "/ice").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], "too_many_requests");
+    assert_eq!(headers["retry-after"], "1");
+    // Another address has its own budget.
+    assert_eq!(
+        call(&from([10, 0, 0, 2]), "GET", "/turncredential").await.0,
+        StatusCode::OK
+    );
+    drop(supervisor);
 }
 
 #[tokio::test]

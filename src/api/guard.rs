@@ -1,0 +1,114 @@
+//! The access middleware: who is calling, may they, and not too often.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::ApiError;
+use crate::access::{AccessPolicy, Decision, Permission};
+use crate::config::AccessConfig;
+
+/// Keys kept by the rate limiter before idle ones are dropped.
+const LIMITER_KEYS_BEFORE_SWEEP: usize = 10_000;
+
+#[derive(Clone)]
+pub struct Guard {
+    policy: Arc<AccessPolicy>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+}
+
+impl Guard {
+    pub fn new(access: &AccessConfig) -> Guard {
+        let limiter = (access.rate_limit_per_second > 0.0)
+            .then(|| {
+                Quota::with_period(Duration::from_secs_f64(1.0 / access.rate_limit_per_second))
+            })
+            .flatten()
+            .map(|quota| {
+                let burst = NonZeroU32::new(access.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
+                Arc::new(RateLimiter::keyed(quota.allow_burst(burst)))
+            });
+        Guard {
+            policy: Arc::new(access.policy.clone()),
+            limiter,
+        }
+    }
+}
+
+/// The permission a path needs; `None` for the open liveness probe.
+fn required_permission(path: &str) -> Option<Permission> {
+    match path {
+        "/healthz" => None,
+        "/turncredential" => Some(Permission::Credential),
+        "/ice" => Some(Permission::Ice),
+        "/rotate" => Some(Permission::Rotate),
+        "/metrics" => Some(Permission::Metrics),
+        // /readyz and anything unknown: only callers who may see status
+        // learn even that a path does not exist.
+        _ => Some(Permission::Status),
+    }
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+pub async fn guard(
+    State(guard): State<Guard>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(permission) = required_permission(request.uri().path()) else {
+        return Ok(next.run(request).await);
+    };
+    let forwarded = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok());
+    let client = guard.policy.client_address(peer.ip(), forwarded);
+    match guard.policy.decide(client, bearer(&request), permission) {
+        Decision::Allowed => {}
+        Decision::Unknown => {
+            return Err(ApiError::Unauthorized(format!(
+                "{client} is not allowed to use this API"
+            )))
+        }
+        Decision::Forbidden => {
+            return Err(ApiError::Forbidden(format!(
+                "the caller's role lacks the `{}` permission",
+                permission.name()
+            )))
+        }
+    }
+    if matches!(permission, Permission::Credential | Permission::Ice) {
+        if let Some(limiter) = &guard.limiter {
+            if let Err(not_until) = limiter.check_key(&client) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                });
+            }
+            if limiter.len() > LIMITER_KEYS_BEFORE_SWEEP {
+                limiter.retain_recent();
+            }
+        }
+    }
+    Ok(next.run(request).await)
+}
