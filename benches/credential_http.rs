@@ -32,7 +32,12 @@ struct Figures {
 async fn serve(router: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(api::serve(listener, router, CancellationToken::new()));
+    tokio::spawn(api::serve(
+        listener,
+        router,
+        api::ServerLimits::default(),
+        CancellationToken::new(),
+    ));
     addr
 }
 

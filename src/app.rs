@@ -65,8 +65,12 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         },
         api::guard::Guard::new(&config.access),
     );
-    let mut api_task: JoinHandle<std::io::Result<()>> =
-        tokio::spawn(api::serve(listener, router, api_stop.clone()));
+    let mut api_task: JoinHandle<std::io::Result<()>> = tokio::spawn(api::serve(
+        listener,
+        router,
+        config.api.limits,
+        api_stop.clone(),
+    ));
 
     let mut current_raw = raw;
     let reason = loop {

@@ -120,6 +120,7 @@ pub struct ApiConfig {
     pub advertise: Option<SocketAddr>,
     /// TURN URIs handed to clients in `/ice` and published in ZooKeeper.
     pub turn_uris: Vec<String>,
+    pub limits: crate::api::ServerLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +278,10 @@ pub struct RawApi {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     pub turn_uris: Vec<String>,
+    pub max_connections: i64,
+    pub max_header_bytes: i64,
+    pub header_read_timeout: String,
+    pub request_timeout: String,
 }
 
 impl Default for RawApi {
@@ -285,6 +290,10 @@ impl Default for RawApi {
             listen: "0.0.0.0:8086".into(),
             advertise: None,
             turn_uris: Vec::new(),
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: "5s".into(),
+            request_timeout: "10s".into(),
         }
     }
 }
@@ -871,10 +880,32 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     } else {
         raw.api.turn_uris.clone()
     };
+    let max_connections = match usize::try_from(raw.api.max_connections) {
+        Ok(count) if count >= 1 => count,
+        _ => {
+            v.problem("api.max_connections", "must be at least 1");
+            1
+        }
+    };
+    let max_header_bytes = match usize::try_from(raw.api.max_header_bytes) {
+        Ok(bytes) if (8192..=1 << 20).contains(&bytes) => bytes,
+        _ => {
+            v.problem("api.max_header_bytes", "must be between 8192 and 1048576");
+            8192
+        }
+    };
+    let limits = crate::api::ServerLimits {
+        max_connections,
+        max_header_bytes,
+        header_read_timeout: v
+            .positive_duration("api.header_read_timeout", &raw.api.header_read_timeout),
+        request_timeout: v.positive_duration("api.request_timeout", &raw.api.request_timeout),
+    };
     let api = ApiConfig {
         listen,
         advertise,
         turn_uris,
+        limits,
     };
     let credentials = validate_credentials(&mut v, &raw.credentials, &turnserver);
     let zookeeper = validate_zookeeper(&mut v, &raw.zookeeper);

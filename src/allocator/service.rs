@@ -209,6 +209,7 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(crate::api::serve(
         listener,
         router(allocator, config.ice_attempts, config.ice_timeout),
+        crate::api::ServerLimits::default(),
         stop.clone(),
     ));
     loop {

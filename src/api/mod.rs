@@ -6,8 +6,7 @@
 
 mod error;
 pub mod guard;
-
-use std::net::SocketAddr;
+pub mod server;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -16,9 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
@@ -51,20 +48,7 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-}
+pub use server::{serve, ServerLimits};
 
 /// 200 while the agent's HTTP server runs: liveness, not readiness.
 async fn healthz() -> Json<serde_json::Value> {
