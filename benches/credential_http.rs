@@ -36,6 +36,7 @@ async fn serve(router: Router) -> SocketAddr {
         listener,
         router,
         api::ServerLimits::default(),
+        None,
         CancellationToken::new(),
     ));
     addr

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the agent and its tests need on Debian: coturn (turnserver,
-# turnadmin, turnutils_*), ZooKeeper (brings Java), systemd-analyze.
+# turnadmin, turnutils_*), ZooKeeper (brings Java), systemd-analyze, curl and
+# openssl.
 # Does nothing when everything is already there. Needs root for apt-get.
 set -euo pipefail
 
@@ -10,6 +11,9 @@ for tool in turnserver turnadmin turnutils_uclient turnutils_stunclient; do
 done
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1 || missing+=(zookeeper)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# Independent clients used by the tests: curl (HTTPS) and openssl (test certificates).
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

@@ -65,10 +65,15 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         },
         api::guard::Guard::new(&config.access),
     );
+    let tls = match &config.api.tls {
+        Some(files) => Some(api::tls::TlsReloader::new(files.clone()).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let mut api_task: JoinHandle<std::io::Result<()>> = tokio::spawn(api::serve(
         listener,
         router,
         config.api.limits,
+        tls.clone(),
         api_stop.clone(),
     ));
 
@@ -77,7 +82,15 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         tokio::select! {
             signal = signals.next() => match signal {
                 AgentSignal::Terminate(name) => break name,
-                AgentSignal::Reload => reload(&config_path, &mut current_raw),
+                AgentSignal::Reload => {
+                    reload(&config_path, &mut current_raw);
+                    if let Some(tls) = &tls {
+                        match tls.reload() {
+                            Ok(()) => tracing::info!("TLS certificates re-read"),
+                            Err(error) => tracing::error!(%error, "keeping the previous TLS certificates"),
+                        }
+                    }
+                }
             },
             result = &mut supervisor_task => {
                 anyhow::bail!("supervisor ended unexpectedly: {result:?}");

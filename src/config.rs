@@ -121,6 +121,8 @@ pub struct ApiConfig {
     /// TURN URIs handed to clients in `/ice` and published in ZooKeeper.
     pub turn_uris: Vec<String>,
     pub limits: crate::api::ServerLimits,
+    /// Serve HTTPS with these files; re-read on SIGHUP.
+    pub tls: Option<crate::api::tls::TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,6 +284,15 @@ pub struct RawApi {
     pub max_header_bytes: i64,
     pub header_read_timeout: String,
     pub request_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 impl Default for RawApi {
@@ -294,6 +305,7 @@ impl Default for RawApi {
             max_header_bytes: 16 * 1024,
             header_read_timeout: "5s".into(),
             request_timeout: "10s".into(),
+            tls: None,
         }
     }
 }
@@ -901,11 +913,25 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             .positive_duration("api.header_read_timeout", &raw.api.header_read_timeout),
         request_timeout: v.positive_duration("api.request_timeout", &raw.api.request_timeout),
     };
+    let tls = raw.api.tls.as_ref().and_then(|raw_tls| {
+        let files = crate::api::tls::TlsFiles {
+            cert: v.path("api.tls.cert", &raw_tls.cert),
+            key: v.path("api.tls.key", &raw_tls.key),
+        };
+        match crate::api::tls::load(&files) {
+            Ok(_) => Some(files),
+            Err(message) => {
+                v.problem("api.tls", message);
+                None
+            }
+        }
+    });
     let api = ApiConfig {
         listen,
         advertise,
         turn_uris,
         limits,
+        tls,
     };
     let credentials = validate_credentials(&mut v, &raw.credentials, &turnserver);
     let zookeeper = validate_zookeeper(&mut v, &raw.zookeeper);

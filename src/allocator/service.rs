@@ -210,6 +210,7 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
         listener,
         router(allocator, config.ice_attempts, config.ice_timeout),
         crate::api::ServerLimits::default(),
+        None,
         stop.clone(),
     ));
     loop {

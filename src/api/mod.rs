@@ -7,6 +7,7 @@
 mod error;
 pub mod guard;
 pub mod server;
+pub mod tls;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};

@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+use super::tls::TlsReloader;
+
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ServerLimits {
@@ -44,6 +46,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    tls: Option<TlsReloader>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -90,12 +93,30 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             tower_service.clone().oneshot(request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.as_ref().map(TlsReloader::acceptor);
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let _ = connection.await;
+            match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    // The handshake gets the same deadline as a request head.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(connection.into_owned()).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }

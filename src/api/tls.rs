@@ -1,0 +1,73 @@
+//! Optional TLS for the API (rustls), with certificates re-read on SIGHUP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+/// Where the certificate chain and key live (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Reads and checks the files into a rustls configuration. Errors name the
+/// file, never key material.
+pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|error| format!("cannot read {}: {error}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|error| {
+            format!(
+                "{} is not a PEM certificate chain: {error}",
+                files.cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|error| format!("{} is not a PEM private key: {error}", files.key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|error| format!("certificate and key do not fit: {error}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The live TLS configuration; [`TlsReloader::reload`] swaps in new
+/// certificates for the next handshakes, keeping the old ones on error.
+#[derive(Clone)]
+pub struct TlsReloader {
+    files: TlsFiles,
+    current: Arc<ArcSwap<ServerConfig>>,
+}
+
+impl TlsReloader {
+    pub fn new(files: TlsFiles) -> Result<TlsReloader, String> {
+        let config = load(&files)?;
+        Ok(TlsReloader {
+            files,
+            current: Arc::new(ArcSwap::new(config)),
+        })
+    }
+
+    pub fn reload(&self) -> Result<(), String> {
+        let config = load(&self.files)?;
+        self.current.store(config);
+        Ok(())
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
