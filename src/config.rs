@@ -1195,6 +1195,20 @@ fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
     }
 }
 
+/// Validates an `[access]` section on its own, for the allocator service,
+/// which shares the agent's access format.
+pub fn validate_access_section(raw: &RawAccess) -> Result<AccessConfig, Vec<ConfigProblem>> {
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+    let access = validate_access(&mut v, raw);
+    if v.problems.is_empty() {
+        Ok(access)
+    } else {
+        Err(v.problems)
+    }
+}
+
 fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
     let mut roles = access::builtin_roles();
     for (index, raw_role) in raw.roles.iter().enumerate() {

@@ -158,3 +158,21 @@ async fn a_flooding_address_is_limited_while_others_get_prompt_answers() {
     assert!(limited > 0);
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 }
+
+#[tokio::test]
+async fn a_token_file_readable_by_others_is_reported_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, token) = token_file();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let agent = Agent::start(access_options(&token, ""));
+    wait_for(
+        Duration::from_secs(5),
+        "the loose-permissions warning",
+        || {
+            let warned = agent.log().contains("readable by group or others");
+            async move { warned.then_some(()) }
+        },
+    )
+    .await;
+    assert!(!agent.log().contains(TOKEN));
+}

@@ -211,7 +211,8 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
     std::fs::write(
         &config,
         format!(
-            "[allocator]\nlisten = \"{listen}\"\nconnect = \"{}\"\npath = \"{BASE}\"\nice_attempts = 3\n",
+            "[allocator]\nlisten = \"{listen}\"\nconnect = \"{}\"\npath = \"{BASE}\"\nice_attempts = 3\n\
+             [access]\nallow = [{{ addr = \"127.0.0.1\", role = \"admin\" }}, {{ addr = \"127.0.0.2\" }}]\n",
             zookeeper.connect_string()
         ),
     )
@@ -272,6 +273,42 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
         "{allocated}"
     );
     assert!(allocated["restAddr"].is_string() && allocated["freeTraffic"].is_number());
+
+    // Its own access rules: a user may allocate but not list hosts; an
+    // unknown address may do neither.
+    let from = |source: &str| {
+        reqwest::Client::builder()
+            .local_address(source.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let user = from("127.0.0.2");
+    assert_eq!(
+        user.get(format!("http://{listen}/allocate"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        user.get(format!("http://{listen}/hosts"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let stranger = from("127.0.0.3");
+    assert_eq!(
+        stranger
+            .get(format!("http://{listen}/ice"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
     let connect = zookeeper.connect_string();
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {

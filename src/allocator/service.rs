@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Allocator, AllocatorSettings, Host, Preference, Strategy};
 use crate::api::ApiError;
-use crate::config::{parse_duration, ConfigError, ConfigProblem};
+use crate::config::{parse_duration, AccessConfig, ConfigError, ConfigProblem, RawAccess};
 
 /// `[allocator]` of the allocator service's file.
 #[derive(Debug, Clone)]
@@ -29,12 +29,16 @@ pub struct ServiceConfig {
     pub ice_attempts: usize,
     pub ice_timeout: Duration,
     pub log_level: String,
+    pub access: AccessConfig,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     allocator: RawService,
+    /// Same format as the agent's; the default admits loopback only.
+    #[serde(default)]
+    access: RawAccess,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +97,15 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
                 .join(" "),
         )],
     })?;
-    let raw = raw.allocator;
     let mut problems = Vec::new();
+    let access = match crate::config::validate_access_section(&raw.access) {
+        Ok(access) => Some(access),
+        Err(access_problems) => {
+            problems.extend(access_problems);
+            None
+        }
+    };
+    let raw = raw.allocator;
     let mut duration = |key: &str, text: &str| match parse_duration(text) {
         Ok(duration) if !duration.is_zero() => duration,
         Ok(_) => {
@@ -152,10 +163,11 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         },
         None => None,
     };
-    if !problems.is_empty() {
+    let Some(access) = access.filter(|_| problems.is_empty()) else {
         return Err(ConfigError { problems });
-    }
+    };
     Ok(ServiceConfig {
+        access,
         listen,
         settings: AllocatorSettings {
             connect: raw.connect,
@@ -179,7 +191,14 @@ struct ServiceState {
     ice_attempts: usize,
 }
 
-pub fn router(allocator: Arc<Allocator>, ice_attempts: usize, ice_timeout: Duration) -> Router {
+/// The allocator's routes behind the same access guard as the agent's:
+/// `/allocate` and `/ice` need `ice`, `/hosts` needs `status`.
+pub fn router(
+    allocator: Arc<Allocator>,
+    ice_attempts: usize,
+    ice_timeout: Duration,
+    guard: crate::api::guard::Guard,
+) -> Router {
     let http = reqwest::Client::builder()
         .timeout(ice_timeout)
         .build()
@@ -197,6 +216,10 @@ pub fn router(allocator: Arc<Allocator>, ice_attempts: usize, ice_timeout: Durat
             http,
             ice_attempts,
         })
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::api::guard::guard,
+        ))
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -208,7 +231,12 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(crate::api::serve(
         listener,
-        router(allocator, config.ice_attempts, config.ice_timeout),
+        router(
+            allocator,
+            config.ice_attempts,
+            config.ice_timeout,
+            crate::api::guard::Guard::new(&config.access),
+        ),
         crate::api::ServerLimits::default(),
         None,
         stop.clone(),

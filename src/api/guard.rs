@@ -48,7 +48,8 @@ fn required_permission(path: &str) -> Option<Permission> {
     match path {
         "/healthz" => None,
         "/turncredential" => Some(Permission::Credential),
-        "/ice" => Some(Permission::Ice),
+        // The allocator service's /allocate hands out a host for /ice.
+        "/ice" | "/allocate" => Some(Permission::Ice),
         "/rotate" => Some(Permission::Rotate),
         "/metrics" => Some(Permission::Metrics),
         // /readyz and anything unknown: only callers who may see status
