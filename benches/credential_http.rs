@@ -92,14 +92,8 @@ fn agent_router() -> (
     };
     let (_, supervisor) = watch::channel(SupervisorStatus::default());
     let status = CredentialStatus {
-        mode: CredentialMode::LongTerm,
         available: true,
-        username: None,
-        expires_at: None,
-        next_rotation_at: None,
-        rotations: 0,
-        consecutive_failures: 0,
-        last_error: None,
+        ..CredentialStatus::new(CredentialMode::LongTerm)
     };
     let (_, credential_status) = watch::channel(status);
     let (rotate, requests) = RotateHandle::detached();

@@ -23,14 +23,8 @@ struct Fixture {
 
 fn status(mode: CredentialMode, available: bool) -> CredentialStatus {
     CredentialStatus {
-        mode,
         available,
-        username: None,
-        expires_at: None,
-        next_rotation_at: None,
-        rotations: 0,
-        consecutive_failures: 0,
-        last_error: None,
+        ..CredentialStatus::new(mode)
     }
 }
 

@@ -159,7 +159,8 @@ pub struct CredentialStatus {
 }
 
 impl CredentialStatus {
-    fn new(mode: CredentialMode) -> Self {
+    /// Nothing available yet, no rotation so far.
+    pub fn new(mode: CredentialMode) -> Self {
         CredentialStatus {
             mode,
             available: false,

@@ -65,27 +65,7 @@ impl ZooKeeper {
     }
 
     pub async fn spawn(&mut self) {
-        let d = self.dir.path();
-        let classpath = format!(
-            "{}:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
-            d.display()
-        );
-        let child = Command::new("java")
-            .args([
-                "-Xmx64m",
-                "-XX:+UseSerialGC",
-                "-XX:TieredStopAtLevel=1",
-                "-cp",
-                &classpath,
-            ])
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-            .arg(d.join("zoo.cfg"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("java must be installed (scripts/install-deps.sh)");
-        self.child = Some(child);
+        self.child = Some(spawn_java(self.dir.path()));
         let port = self.port;
         wait_for(
             Duration::from_secs(20),
