@@ -98,8 +98,16 @@ fn agent_router() -> (
     let (_, credential_status) = watch::channel(status);
     let (rotate, requests) = RotateHandle::detached();
     let (_, registry) = watch::channel(turn_agent::registry::RegistryStatus::default());
+    let metrics = turn_agent::metrics::AgentMetrics::new(
+        supervisor.clone(),
+        credential_status.clone(),
+        registry.clone(),
+        Default::default(),
+        1000.0,
+    );
     let router = api::router(
         ApiState {
+            metrics,
             registry,
             supervisor,
             credentials: CredentialSource::fixed_long_term(Some(credential)),

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::{self, Config, RawConfig};
 use crate::credentials::{CredentialManager, CredentialStatus};
+use crate::metrics::AgentMetrics;
 use crate::registry::Registry;
 use crate::shutdown::{AgentSignal, Signals};
 use crate::supervisor::{Supervisor, SupervisorStatus};
@@ -38,6 +39,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         Watchdog::from_env(),
     )
     .context("cannot start the supervisor")?;
+    let probe_latency = supervisor.probe_latency();
     let mut supervisor_task = tokio::spawn(supervisor.run(supervisor_stop.clone()));
 
     let credentials_stop = CancellationToken::new();
@@ -54,8 +56,16 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
 
     warn_about_loose_secret_files(&config);
+    let metrics = AgentMetrics::new(
+        status.clone(),
+        credentials.status.clone(),
+        registry_status.clone(),
+        probe_latency,
+        config.traffic.capacity_mbps,
+    );
     let router = api::router(
         ApiState {
+            metrics,
             registry: registry_status,
             supervisor: status,
             credentials: credentials.source,

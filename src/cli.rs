@@ -45,3 +45,99 @@ pub fn rotate(config: &Config) -> anyhow::Result<String> {
         }
     })
 }
+
+/// `GET URL/status`, rendered for people.
+pub fn status(url: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("{}/status", url.trim_end_matches('/'));
+    let body: serde_json::Value = runtime.block_on(async {
+        let mut request = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{status}: {}",
+                body["reason"].as_str().unwrap_or("no reason given")
+            );
+        }
+        Ok(body)
+    })?;
+    Ok(render_status(&body))
+}
+
+/// One line per part: what an operator checks first.
+pub fn render_status(body: &serde_json::Value) -> String {
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let turnserver = &body["turnserver"];
+    let credentials = &body["credentials"];
+    let registry = &body["registry"];
+    let mut lines = vec![format!(
+        "ready:       {}{}",
+        text(&body["ready"]),
+        body["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )];
+    lines.push(format!(
+        "turnserver:  {} pid {} restarts {} last exit {}",
+        text(&turnserver["phase"]),
+        text(&turnserver["pid"]),
+        text(&turnserver["restarts"]),
+        text(&turnserver["last_exit"])
+    ));
+    lines.push(format!(
+        "credentials: {} {} user {} expires {} rotations {} failures {}",
+        text(&credentials["mode"]),
+        if credentials["available"] == true {
+            "available"
+        } else {
+            "unavailable"
+        },
+        text(&credentials["username"]),
+        text(&credentials["expires_at"]),
+        text(&credentials["rotations"]),
+        text(&credentials["consecutive_failures"])
+    ));
+    if registry["enabled"] == true {
+        lines.push(format!(
+            "zookeeper:   {} {} writes {} free {} Mbps{}",
+            if registry["connected"] == true {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            if registry["published"] == true {
+                "published"
+            } else {
+                "not published"
+            },
+            text(&registry["writes"]),
+            text(&registry["free_traffic_mbps"]),
+            registry["last_error"]
+                .as_str()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    } else {
+        lines.push("zookeeper:   publishing off".to_string());
+    }
+    lines.push(format!("version:     {}", text(&body["version"])));
+    lines.join("\n")
+}

@@ -15,6 +15,7 @@
 //! - [`shutdown`]: process signals turned into agent actions.
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
 //! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
+//! - [`metrics`]: Prometheus exposition read from the status channels at scrape time.
 //! - [`api`]: the axum router and server.
 //! - [`systemd`]: READY/STOPPING/STATUS/WATCHDOG notifications.
 //! - [`logging`]: the tracing subscriber.
@@ -37,6 +38,8 @@ pub mod config;
 pub mod credentials;
 #[cfg(feature = "agent")]
 pub mod logging;
+#[cfg(feature = "agent")]
+pub mod metrics;
 #[cfg(feature = "agent")]
 pub mod registry;
 pub mod secret;

@@ -39,6 +39,15 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a running agent's status readably (GET URL/status).
+    Status {
+        /// The agent's API, e.g. http://127.0.0.1:8086
+        #[arg(long)]
+        url: String,
+        /// A file holding a bearer token, for callers outside the allow list.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
     /// Run the allocator service (HTTP front for signalling servers).
     Allocator {
         #[arg(short, long, value_name = "FILE")]
@@ -98,6 +107,25 @@ fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("turn-agent: rotation failed: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { url, token_file } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(token) => token.map(|t| t.trim().to_string()),
+                Err(error) => {
+                    eprintln!("turn-agent: --token-file: {error}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match turn_agent::cli::status(&url, token.as_deref()) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("turn-agent: {error:#}");
                     ExitCode::FAILURE
                 }
             }

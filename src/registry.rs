@@ -35,6 +35,10 @@ pub struct RegistryStatus {
     pub published: bool,
     pub session: Option<String>,
     pub writes: u64,
+    /// Deletions while the agent ran (turnserver down, no credential).
+    pub withdrawals: u64,
+    /// Unix seconds of the last create or update.
+    pub last_write_unix: Option<u64>,
     pub free_traffic_mbps: Option<f64>,
     pub last_error: Option<String>,
 }
@@ -296,7 +300,10 @@ impl Registry {
                     payload,
                     written_at: Instant::now(),
                 });
-                self.status.send_modify(|s| s.writes += 1);
+                self.status.send_modify(|s| {
+                    s.writes += 1;
+                    s.last_write_unix = Some(crate::credentials::unix_now().as_secs());
+                });
             }
             Some(current) => {
                 let silent_too_long = current.written_at.elapsed() >= self.zookeeper.max_silence;
@@ -322,7 +329,10 @@ impl Registry {
                         current.version = stat.version;
                         current.payload = payload;
                         current.written_at = Instant::now();
-                        self.status.send_modify(|s| s.writes += 1);
+                        self.status.send_modify(|s| {
+                            s.writes += 1;
+                            s.last_write_unix = Some(crate::credentials::unix_now().as_secs());
+                        });
                     }
                     Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
                         // Someone removed or changed it: create it afresh.
@@ -399,8 +409,9 @@ impl Registry {
         };
         match client.delete(&self.node_path, Some(current.version)).await {
             Ok(()) | Err(zk::Error::NoNode) => {
-                tracing::info!("withdrawn: this host cannot serve right now");
+                tracing::info!("withdrawn");
                 *published = None;
+                self.status.send_modify(|s| s.withdrawals += 1);
                 Ok(())
             }
             Err(zk::Error::BadVersion) => {

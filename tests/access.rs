@@ -51,12 +51,11 @@ async fn role_by_endpoint_matrix_over_real_connections() {
 
     // (source, bearer token, expected status per endpoint)
     // Endpoints: GET /turncredential, GET /ice, GET /readyz, POST /rotate, GET /metrics.
-    // "ok" means the guard let it through (metrics has no route yet: 404).
     let table: &[(&str, Option<&str>, [u16; 5])] = &[
-        ("127.0.0.1", None, [200, 200, 200, 200, 404]),
+        ("127.0.0.1", None, [200, 200, 200, 200, 200]),
         ("127.0.0.2", None, [200, 200, 403, 403, 403]),
-        ("127.0.0.3", None, [403, 403, 200, 403, 404]),
-        ("127.0.0.4", None, [403, 403, 200, 403, 404]),
+        ("127.0.0.3", None, [403, 403, 200, 403, 200]),
+        ("127.0.0.4", None, [403, 403, 200, 403, 200]),
         ("127.0.0.5", None, [401, 401, 401, 401, 401]),
         ("127.0.0.5", Some(TOKEN), [200, 200, 403, 403, 403]),
         (

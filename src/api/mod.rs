@@ -23,6 +23,7 @@ pub use error::ApiError;
 use crate::credentials::{
     unix_now, CredentialRequest, CredentialSource, CredentialStatus, IssuedCredential, RotateHandle,
 };
+use crate::metrics::{AgentMetrics, HttpLabels};
 use crate::registry::RegistryStatus;
 use crate::supervisor::SupervisorStatus;
 
@@ -35,6 +36,7 @@ pub struct ApiState {
     pub credential_status: watch::Receiver<CredentialStatus>,
     pub rotate: RotateHandle,
     pub turn_uris: Vec<String>,
+    pub metrics: AgentMetrics,
 }
 
 /// The agent's routes behind the access guard.
@@ -45,8 +47,14 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .route("/turncredential", get(turn_credential))
         .route("/ice", get(ice))
         .route("/rotate", post(rotate))
-        .with_state(state)
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_requests,
+        ))
+        .with_state(state)
 }
 
 pub use server::{serve, ServerLimits};
@@ -186,6 +194,54 @@ async fn rotate(State(state): State<ApiState>) -> Result<Response, ApiError> {
         )),
         Err(error) => Err(ApiError::Unavailable(error)),
     }
+}
+
+/// Prometheus text exposition (permission `metrics`).
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Everything `/readyz` knows, always 200 (permission `status`).
+async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let turnserver = state.supervisor.borrow().clone();
+    let credentials = state.credential_status.borrow().clone();
+    let reason = not_ready_reason(&turnserver, &credentials);
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": reason.is_none(),
+        "reason": reason,
+        "turnserver": turnserver,
+        "credentials": credentials,
+        "registry": *state.registry.borrow(),
+    }))
+}
+
+/// Counts every answered request by route and status, refusals included.
+async fn count_requests(
+    State(metrics): State<AgentMetrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let response = next.run(request).await;
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 /// Credentials must not sit in any cache.

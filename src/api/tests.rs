@@ -39,7 +39,15 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
         }
     });
     let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
+    let metrics = crate::metrics::AgentMetrics::new(
+        supervisor_receiver.clone(),
+        status_receiver.clone(),
+        registry.clone(),
+        Default::default(),
+        1000.0,
+    );
     let state = ApiState {
+        metrics,
         registry,
         supervisor: supervisor_receiver,
         credentials: source,
@@ -236,7 +244,15 @@ async fn credential_endpoints_are_rate_limited_per_address() {
     let (_, status_receiver) = watch::channel(status(CredentialMode::LongTerm, true));
     let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
     let (rotate, _requests) = RotateHandle::detached();
+    let metrics = crate::metrics::AgentMetrics::new(
+        supervisor_receiver.clone(),
+        status_receiver.clone(),
+        registry.clone(),
+        Default::default(),
+        1000.0,
+    );
     let state = ApiState {
+        metrics,
         registry,
         supervisor: supervisor_receiver,
         credentials: long_term(far_future()),
@@ -299,5 +315,40 @@ async fn readyz_needs_turnserver_and_a_credential() {
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ok"))
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_status_need_their_permissions() {
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    call(&f.app, "GET", "/turncredential").await;
+    let response = f
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.contains("turn_agent_turnserver_up 0"), "{text}");
+    assert!(
+        text.contains("turn_agent_http_requests_total{route=\"/turncredential\",status=\"200\"} 1"),
+        "{text}"
+    );
+    let (status, _, body) = call(&f.app, "GET", "/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ready"], false);
+
+    let user = fixture(long_term(far_future()), [10, 0, 0, 1]);
+    assert_eq!(
+        call(&user.app, "GET", "/metrics").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&user.app, "GET", "/status").await.0,
+        StatusCode::FORBIDDEN
     );
 }

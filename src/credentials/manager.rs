@@ -426,12 +426,18 @@ impl CredentialManager {
         let available = self.published.load().is_some();
         let current = self.state.current.clone();
         let next_rotation_at = self.reconciled.then(|| self.rotation_due());
+        let live_in_database = match self.config.mode {
+            CredentialMode::LongTerm => self.state.served.len() + usize::from(current.is_some()),
+            CredentialMode::RestApi => self.state.secrets.len(),
+        };
         self.status.send_if_modified(|status| {
             let before = status.clone();
             status.available = available;
             status.username = current.as_ref().map(|c| c.username.clone());
+            status.issued_at = current.as_ref().map(|c| c.issued_at);
             status.expires_at = current.as_ref().map(|c| c.expires_at);
             status.next_rotation_at = next_rotation_at;
+            status.live_in_database = live_in_database;
             *status != before
         });
     }

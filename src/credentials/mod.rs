@@ -150,8 +150,11 @@ pub struct CredentialStatus {
     pub available: bool,
     /// Long-term mode: the served username.
     pub username: Option<String>,
-    /// Unix seconds: expiry of the served long-term credential.
+    /// Unix seconds: creation and expiry of the served long-term credential.
+    pub issued_at: Option<u64>,
     pub expires_at: Option<u64>,
+    /// Agent users (long-term) or secrets (REST API) in coturn's database.
+    pub live_in_database: usize,
     pub next_rotation_at: Option<u64>,
     pub rotations: u64,
     pub consecutive_failures: u32,
@@ -165,7 +168,9 @@ impl CredentialStatus {
             mode,
             available: false,
             username: None,
+            issued_at: None,
             expires_at: None,
+            live_in_database: 0,
             next_rotation_at: None,
             rotations: 0,
             consecutive_failures: 0,

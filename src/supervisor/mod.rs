@@ -9,6 +9,8 @@ pub mod lifecycle;
 pub mod probe;
 pub mod process;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -34,6 +36,10 @@ pub struct Supervisor {
     lifecycle: Lifecycle,
     status: watch::Sender<SupervisorStatus>,
     watchdog: Watchdog,
+    /// Round trip of the last answered probe, in microseconds, for metrics
+    /// (kept out of the status channel so every probe does not wake its
+    /// subscribers).
+    probe_latency_micros: Arc<AtomicU64>,
 }
 
 /// Why a child's run ended.
@@ -68,8 +74,14 @@ impl Supervisor {
             lifecycle,
             status,
             watchdog,
+            probe_latency_micros: Arc::new(AtomicU64::new(0)),
         };
         Ok((supervisor, receiver))
+    }
+
+    /// The last probe's round trip in microseconds, updated as probes answer.
+    pub fn probe_latency(&self) -> Arc<AtomicU64> {
+        self.probe_latency_micros.clone()
     }
 
     /// Runs until `shutdown` is cancelled, then stops turnserver gracefully.
@@ -175,6 +187,7 @@ impl Supervisor {
                     let was_ready = self.lifecycle.status().is_ready();
                     match result {
                         Ok(rtt) => {
+                            self.probe_latency_micros.store(rtt.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
                             self.lifecycle.probe_succeeded(now);
                             if !was_ready {
                                 tracing::info!(rtt_ms = rtt.as_secs_f64() * 1000.0, "turnserver is ready");

@@ -1,0 +1,261 @@
+//! Prometheus metrics (`GET /metrics`), read from the status channels the
+//! tasks already publish, at scrape time: nothing is counted twice, and a
+//! scrape never blocks a task.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::credentials::{unix_now, CredentialStatus};
+use crate::registry::RegistryStatus;
+use crate::supervisor::SupervisorStatus;
+
+/// HTTP requests by route and status code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+/// The agent's metrics registry plus the live counters it owns.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Arc<Registry>,
+    pub http_requests: Family<HttpLabels, Counter>,
+}
+
+impl AgentMetrics {
+    pub fn new(
+        supervisor: watch::Receiver<SupervisorStatus>,
+        credentials: watch::Receiver<CredentialStatus>,
+        registry_status: watch::Receiver<RegistryStatus>,
+        probe_latency_micros: Arc<AtomicU64>,
+        capacity_mbps: f64,
+    ) -> AgentMetrics {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "turn_agent_http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register_collector(Box::new(StatusCollector {
+            supervisor,
+            credentials,
+            registry_status,
+            probe_latency_micros,
+            capacity_mbps,
+        }));
+        AgentMetrics {
+            registry: Arc::new(registry),
+            http_requests,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[derive(Debug)]
+struct StatusCollector {
+    supervisor: watch::Receiver<SupervisorStatus>,
+    credentials: watch::Receiver<CredentialStatus>,
+    registry_status: watch::Receiver<RegistryStatus>,
+    probe_latency_micros: Arc<AtomicU64>,
+    capacity_mbps: f64,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// The number in `exit status: 255` or `signal: 9 (SIGKILL)`, also at the
+/// end of a longer description (`hung: …; signal: 9 (SIGKILL)`).
+fn exit_number(how: &str) -> Option<f64> {
+    how.rsplit(": ")
+        .next()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn flag(value: bool) -> f64 {
+    if value {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let turnserver = self.supervisor.borrow().clone();
+        let credentials = self.credentials.borrow().clone();
+        let registry = self.registry_status.borrow().clone();
+        let now = unix_now().as_secs();
+        let e = &mut encoder;
+
+        gauge(
+            e,
+            "turn_agent_turnserver_up",
+            "1 while turnserver answers STUN",
+            flag(turnserver.is_ready()),
+        )?;
+        counter(
+            e,
+            "turn_agent_turnserver_restarts",
+            "turnserver spawns after the first",
+            turnserver.restarts,
+        )?;
+        gauge(
+            e,
+            "turn_agent_turnserver_crash_loop",
+            "1 while turnserver keeps failing to start",
+            flag(turnserver.crash_loop),
+        )?;
+        let exit_code = turnserver
+            .last_exit
+            .as_deref()
+            .and_then(exit_number)
+            .unwrap_or(0.0);
+        gauge(
+            e,
+            "turn_agent_turnserver_last_exit_code",
+            "exit code or signal number of the last turnserver exit (0 if none)",
+            exit_code,
+        )?;
+        let latency = self.probe_latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        gauge(
+            e,
+            "turn_agent_turnserver_probe_latency_seconds",
+            "round trip of the last STUN probe",
+            latency,
+        )?;
+
+        counter(
+            e,
+            "turn_agent_credential_rotations",
+            "successful credential rotations",
+            credentials.rotations,
+        )?;
+        gauge(
+            e,
+            "turn_agent_credential_consecutive_failures",
+            "credential operations failed in a row",
+            credentials.consecutive_failures as f64,
+        )?;
+        gauge(
+            e,
+            "turn_agent_credential_available",
+            "1 while a valid credential can be served",
+            flag(credentials.available),
+        )?;
+        if let Some(issued_at) = credentials.issued_at {
+            gauge(
+                e,
+                "turn_agent_credential_age_seconds",
+                "age of the served credential",
+                now.saturating_sub(issued_at) as f64,
+            )?;
+        }
+        gauge(
+            e,
+            "turn_agent_credentials_in_database",
+            "agent users or secrets currently in coturn's database",
+            credentials.live_in_database as f64,
+        )?;
+
+        gauge(
+            e,
+            "turn_agent_zookeeper_connected",
+            "1 while the ZooKeeper session is connected",
+            flag(registry.connected),
+        )?;
+        gauge(
+            e,
+            "turn_agent_zookeeper_published",
+            "1 while this host's znode exists",
+            flag(registry.published),
+        )?;
+        counter(
+            e,
+            "turn_agent_zookeeper_writes",
+            "znode creations and updates",
+            registry.writes,
+        )?;
+        counter(
+            e,
+            "turn_agent_zookeeper_withdrawals",
+            "znode deletions while running",
+            registry.withdrawals,
+        )?;
+        if let Some(at) = registry.last_write_unix {
+            gauge(
+                e,
+                "turn_agent_zookeeper_last_publish_age_seconds",
+                "time since the znode was last written",
+                now.saturating_sub(at) as f64,
+            )?;
+        }
+        if let Some(free) = registry.free_traffic_mbps {
+            gauge(
+                e,
+                "turn_agent_traffic_free_mbps",
+                "capacity minus measured traffic",
+                free,
+            )?;
+            gauge(
+                e,
+                "turn_agent_traffic_used_mbps",
+                "measured traffic on the configured interface",
+                (self.capacity_mbps - free).max(0.0),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_numbers() {
+        assert_eq!(exit_number("exit status: 255"), Some(255.0));
+        assert_eq!(exit_number("signal: 9 (SIGKILL)"), Some(9.0));
+        assert_eq!(
+            exit_number("hung: 3 STUN probes failed; signal: 9 (SIGKILL)"),
+            Some(9.0)
+        );
+        assert_eq!(exit_number("spawn failed: No such file"), None);
+    }
+}
