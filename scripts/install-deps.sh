@@ -14,6 +14,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # Independent clients used by the tests: curl (HTTPS) and openssl (test certificates).
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Headless browser for the fleet page test.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

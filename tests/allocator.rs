@@ -332,3 +332,127 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
     assert!(picked["node"].is_string(), "{stdout}");
     service.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn fleet_page_renders_the_view_in_headless_chromium() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    {
+        let writer = writer(&zookeeper).await;
+        put(
+            &writer,
+            "turn-north-1",
+            br#"{"freeTraffic":750.0,"restAddr":"127.0.0.1:1","capacityMbps":1000.0,"region":"north","isp":["telecom"]}"#,
+        )
+        .await;
+        put(
+            &writer,
+            "turn-south-1",
+            br#"{"freeTraffic":0.5,"restAddr":"127.0.0.1:2","capacityMbps":1000.0,"region":"south"}"#,
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
+    let config = dir.path().join("allocator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[allocator]\nlisten = \"{listen}\"\nconnect = \"{}\"\npath = \"{BASE}\"\n",
+            zookeeper.connect_string()
+        ),
+    )
+    .unwrap();
+    let _service = tokio::process::Command::new(AGENT_BIN)
+        .args(["allocator", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    wait_for(Duration::from_secs(10), "the allocator's view", || async {
+        let body: serde_json::Value = http
+            .get(format!("http://{listen}/hosts"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["hosts"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    let _ = http
+        .get(format!("http://{listen}/allocate"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = http
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("turn_allocator_view_hosts 2"), "{metrics}");
+    assert!(
+        metrics.contains("turn_allocator_picks_total{endpoint=\"allocate\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+
+    // A real browser renders the page.
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("fleet-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = |extra: &[String]| {
+        let mut command = std::process::Command::new("chromium");
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1200,600",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("http://{listen}/"));
+        command
+    };
+    let dom = tokio::task::spawn_blocking({
+        let mut command = chromium(&["--dump-dom".to_string()]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("data-node=\"turn-north-1\"") && dom.contains("data-node=\"turn-south-1\""),
+        "{dom}"
+    );
+    assert!(dom.contains("2 hosts, 1 eligible"), "{dom}");
+    let status = tokio::task::spawn_blocking({
+        let mut command = chromium(&[format!("--screenshot={}", screenshot.display())]);
+        move || {
+            command
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    let size = std::fs::metadata(&screenshot).unwrap().len();
+    assert!(size > 1000, "screenshot too small: {size} bytes");
+    eprintln!("fleet page screenshot: {}", screenshot.display());
+}

@@ -19,6 +19,8 @@
 //! ```
 
 #[cfg(feature = "agent")]
+pub mod fleet_page;
+#[cfg(feature = "agent")]
 pub mod service;
 pub mod strategy;
 mod watcher;
@@ -103,6 +105,7 @@ impl View {
 }
 
 /// A running allocator. Dropping it stops its watcher.
+#[derive(Debug)]
 pub struct Allocator {
     view: Arc<ArcSwap<View>>,
     selector: Selector,

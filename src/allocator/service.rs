@@ -16,7 +16,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Allocator, AllocatorSettings, Host, Preference, Strategy};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::{AllocError, Allocator, AllocatorSettings, Host, Preference, Strategy};
 use crate::api::ApiError;
 use crate::config::{parse_duration, AccessConfig, ConfigError, ConfigProblem, RawAccess};
 
@@ -189,6 +195,57 @@ struct ServiceState {
     allocator: Arc<Allocator>,
     http: reqwest::Client,
     ice_attempts: usize,
+    picks: Family<PickLabels, Counter>,
+    metrics: Arc<prometheus_client::registry::Registry>,
+}
+
+/// Picks by endpoint and outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PickLabels {
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+impl ServiceState {
+    /// Picks and counts the outcome.
+    fn pick(&self, endpoint: &'static str, preference: &Preference) -> Result<Host, ApiError> {
+        let result = self.allocator.pick(preference);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AllocError::NoView) => "no_view",
+            Err(AllocError::Stale { .. }) => "stale",
+            Err(AllocError::NoHost { .. }) => "no_host",
+        };
+        self.picks
+            .get_or_create(&PickLabels { endpoint, outcome })
+            .inc();
+        result.map_err(|error| ApiError::Unavailable(error.to_string()))
+    }
+}
+
+/// View size and age, read from the allocator at scrape time.
+#[derive(Debug)]
+struct ViewCollector(Arc<Allocator>);
+
+impl Collector for ViewCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let view = self.0.snapshot();
+        let size = ConstGauge::new(view.hosts.len() as f64);
+        size.encode(encoder.encode_descriptor(
+            "turn_allocator_view_hosts",
+            "hosts in the allocator's view",
+            None,
+            size.metric_type(),
+        )?)?;
+        let age = ConstGauge::new(view.age().as_secs_f64());
+        age.encode(encoder.encode_descriptor(
+            "turn_allocator_view_age_seconds",
+            "how long ZooKeeper has been unreachable (0 while connected)",
+            None,
+            age.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// The allocator's routes behind the same access guard as the agent's:
@@ -203,6 +260,14 @@ pub fn router(
         .timeout(ice_timeout)
         .build()
         .unwrap_or_default();
+    let picks = Family::<PickLabels, Counter>::default();
+    let mut metrics = prometheus_client::registry::Registry::default();
+    metrics.register(
+        "turn_allocator_picks",
+        "picks by endpoint and outcome",
+        picks.clone(),
+    );
+    metrics.register_collector(Box::new(ViewCollector(allocator.clone())));
     Router::new()
         .route(
             "/healthz",
@@ -211,10 +276,14 @@ pub fn router(
         .route("/allocate", get(allocate))
         .route("/ice", get(ice))
         .route("/hosts", get(hosts))
+        .route("/", get(fleet_page))
+        .route("/metrics", get(metrics_text))
         .with_state(ServiceState {
             allocator,
             http,
             ice_attempts,
+            picks,
+            metrics: Arc::new(metrics),
         })
         .layer(axum::middleware::from_fn_with_state(
             guard,
@@ -314,10 +383,7 @@ async fn allocate(
     raw: Result<Query<PickQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let request = query(raw)?;
-    let host = state
-        .allocator
-        .pick(&request.preference())
-        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    let host = state.pick("allocate", &request.preference())?;
     Ok(Json(Allocated::from(&host)).into_response())
 }
 
@@ -331,10 +397,7 @@ async fn ice(
     let preference = request.preference();
     let mut failures = Vec::new();
     for _ in 0..state.ice_attempts {
-        let host = state
-            .allocator
-            .pick(&preference)
-            .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+        let host = state.pick("ice", &preference)?;
         let mut url = format!("http://{}/ice", host.payload.rest_addr);
         if let Some(user) = request
             .username
@@ -367,6 +430,34 @@ async fn ice(
         "no host answered /ice: {}",
         failures.join("; ")
     )))
+}
+
+/// The fleet page (permission `status`).
+async fn fleet_page(State(state): State<ServiceState>) -> Response {
+    let html = super::fleet_page::render(
+        &state.allocator.snapshot(),
+        state.allocator.settings().min_free_mbps,
+        std::time::SystemTime::now(),
+    );
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(html),
+    )
+        .into_response()
+}
+
+/// Prometheus text (permission `metrics`).
+async fn metrics_text(State(state): State<ServiceState>) -> Response {
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &state.metrics);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn hosts(State(state): State<ServiceState>) -> Json<serde_json::Value> {
