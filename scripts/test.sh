@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# The packaging test builds the .deb with cargo-deb.
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
