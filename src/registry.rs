@@ -18,7 +18,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::config::{Config, TrafficConfig, ZookeeperConfig};
 use crate::credentials::CredentialStatus;
 use crate::supervisor::SupervisorStatus;
-use crate::traffic::{self, Observation, TrafficMeter};
+use crate::traffic::{self, CounterSample, Observation, TrafficMeter};
 use crate::znode::{round_mbps, HostPayload};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -54,11 +54,20 @@ pub struct Registry {
     credentials: watch::Receiver<CredentialStatus>,
     status: watch::Sender<RegistryStatus>,
     meter: TrafficMeter,
-    /// `None` when the platform offers no interface counters.
-    networks: Option<sysinfo::Networks>,
+    traffic_source: TrafficSource,
     digest: Option<String>,
     /// Sessions this process has held: a node owned by one of them is ours.
     own_sessions: Vec<i64>,
+}
+
+/// Where byte counters come from.
+pub enum TrafficSource {
+    /// `traffic.interface` through sysinfo; `None` when the platform offers
+    /// no interface counters.
+    Interface(Option<sysinfo::Networks>),
+    /// Counters from the caller: fleet simulations and benchmarks run the
+    /// real registry with synthetic traffic.
+    Synthetic(Box<dyn FnMut() -> Option<CounterSample> + Send>),
 }
 
 /// The node as we last wrote it.
@@ -116,11 +125,19 @@ impl Registry {
             credentials,
             status,
             meter: TrafficMeter::new(config.traffic.smoothing),
-            networks: sysinfo::Networks::new_with_refreshed_list().ok(),
+            traffic_source: TrafficSource::Interface(
+                sysinfo::Networks::new_with_refreshed_list().ok(),
+            ),
             digest: None,
             own_sessions: Vec::new(),
         };
         (Some(registry), receiver)
+    }
+
+    /// Replaces the interface counters with `source`.
+    pub fn with_traffic_source(mut self, source: TrafficSource) -> Registry {
+        self.traffic_source = source;
+        self
     }
 
     #[tracing::instrument(name = "registry", skip_all, fields(node = %self.node_path))]
@@ -454,13 +471,14 @@ impl Registry {
     }
 
     fn sample_traffic(&mut self) {
-        let Some(interface) = self.traffic.interface.clone() else {
-            return;
+        let interface = self.traffic.interface.clone().unwrap_or_default();
+        let counters = match &mut self.traffic_source {
+            TrafficSource::Interface(_) if interface.is_empty() => return,
+            TrafficSource::Interface(networks) => networks
+                .as_mut()
+                .and_then(|networks| traffic::read_counters(networks, &interface)),
+            TrafficSource::Synthetic(next) => next(),
         };
-        let counters = self
-            .networks
-            .as_mut()
-            .and_then(|networks| traffic::read_counters(networks, &interface));
         match counters {
             Some(sample) => match self.meter.observe(sample, Instant::now()) {
                 Observation::CounterReset => {

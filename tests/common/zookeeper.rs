@@ -164,6 +164,11 @@ pub struct Ensemble {
 
 impl Ensemble {
     pub async fn start(size: usize) -> Ensemble {
+        Ensemble::start_with(size, "").await
+    }
+
+    /// With extra `zoo.cfg` lines (e.g. `maxClientCnxns=0` for many sessions).
+    pub async fn start_with(size: usize, extra_config: &str) -> Ensemble {
         let dir = tempfile::Builder::new()
             .prefix("turn-agent-zk-ensemble-")
             .tempdir()
@@ -189,7 +194,7 @@ impl Ensemble {
                 format!(
                     "tickTime=200\ninitLimit=50\nsyncLimit=25\ndataDir={}/data\nclientPort={port}\n\
                      clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
-                     4lw.commands.whitelist=srvr,mntr,ruok,cons,dump,conf,stat\n{servers}",
+                     4lw.commands.whitelist=srvr,mntr,ruok,cons,dump,conf,stat\n{extra_config}\n{servers}",
                     node_dir.display()
                 ),
             )
