@@ -167,6 +167,12 @@ impl Collector for StatusCollector {
             "successful credential rotations",
             credentials.rotations,
         )?;
+        counter(
+            e,
+            "turn_agent_credential_failures",
+            "failed credential reconciliations and rotations",
+            credentials.failures,
+        )?;
         gauge(
             e,
             "turn_agent_credential_consecutive_failures",

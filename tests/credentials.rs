@@ -342,6 +342,19 @@ async fn turnadmin_faults_keep_the_previous_credential_and_recover() {
                 .unwrap()
                 >= 1
         );
+        let metrics = reqwest::get(agent.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let failures: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("turn_agent_credential_failures_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(failures >= 1.0, "{metrics}");
         let during = agent
             .credential("")
             .await

@@ -418,6 +418,7 @@ impl CredentialManager {
         tracing::error!(error = %message, retry_in_ms = delay.as_millis() as u64, "credential operation failed");
         self.status.send_modify(|status| {
             status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            status.failures = status.failures.saturating_add(1);
             status.last_error = Some(message);
         });
     }

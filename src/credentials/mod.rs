@@ -157,6 +157,8 @@ pub struct CredentialStatus {
     pub live_in_database: usize,
     pub next_rotation_at: Option<u64>,
     pub rotations: u64,
+    /// Failed reconciliations and rotations since start.
+    pub failures: u64,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
 }
@@ -173,6 +175,7 @@ impl CredentialStatus {
             live_in_database: 0,
             next_rotation_at: None,
             rotations: 0,
+            failures: 0,
             consecutive_failures: 0,
             last_error: None,
         }
