@@ -186,3 +186,51 @@ fn allocator_config_is_validated() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--zookeeper"), "{stderr}");
 }
+
+#[test]
+fn every_key_is_documented_in_the_example_config() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/turn-agent.toml"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[api]\nadvertise = \"127.0.0.1:1\"\n[zookeeper]\nnode = \"n\"\nauth_file = \"/etc/hostname\"\n");
+    let (code, stdout, stderr) = run_agent_cli(&["check-config", "--config", &config], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let effective: toml::Table = stdout.parse().unwrap();
+    let mut missing = Vec::new();
+    for (section, keys) in &effective {
+        assert!(
+            example.contains(&format!("[{section}]")),
+            "section [{section}] undocumented"
+        );
+        for key in keys.as_table().unwrap().keys() {
+            let documented = example.lines().any(|line| {
+                line.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))
+            });
+            if !documented {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    // Optional keys without a default appear commented out with an example.
+    for key in [
+        "config_file",
+        "listening_ip",
+        "relay_ip",
+        "realm",
+        "connect",
+        "tls",
+    ] {
+        let documented = example.lines().any(|line| {
+            line.trim_start_matches(['#', ' '])
+                .starts_with(&format!("{key} ="))
+        });
+        if !documented {
+            missing.push(key.to_string());
+        }
+    }
+    assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+}
