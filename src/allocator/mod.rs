@@ -4,8 +4,10 @@
 //! [`Allocator::start`] opens a session and keeps an in-memory view of every
 //! host, driven by a persistent recursive watch and fully re-listed after
 //! every reconnect (watch events can be lost across one). [`Allocator::pick`]
-//! is a lock-free read of that view. During a ZooKeeper outage the last view
-//! keeps serving until it is older than `max_staleness`.
+//! is a lock-free read of that view that allocates nothing but the returned
+//! host (the weighted strategy also takes a short mutex on its running
+//! weights, and grows them once per new host). During a ZooKeeper outage the
+//! last view keeps serving until it is older than `max_staleness`.
 //!
 //! Usable without the agent: `default-features = false, features = ["allocator"]`.
 //!
