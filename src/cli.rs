@@ -141,3 +141,43 @@ pub fn render_status(body: &serde_json::Value) -> String {
     lines.push(format!("version:     {}", text(&body["version"])));
     lines.join("\n")
 }
+
+/// `turn-agent selfcheck`: fetches a credential from the local agent and
+/// allocates (then releases) a relay on its turnserver with it.
+pub fn selfcheck(config: &Config) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("http://{}/turncredential", local_api_addr(config));
+    runtime.block_on(async {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the agent at {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{status}: {}",
+                body["reason"].as_str().unwrap_or("no reason given")
+            );
+        }
+        let username = body["userid"].as_str().unwrap_or_default().to_string();
+        let password = crate::secret::Secret::new(body["password"].as_str().unwrap_or_default());
+        let server = config.turnserver.probe_addr();
+        let took = crate::turn_check::allocate_and_release(
+            server,
+            &username,
+            &password,
+            Duration::from_secs(5),
+        )
+        .await?;
+        Ok(format!(
+            "ok: {username} allocated and released a relay on {server} in {:.1} ms",
+            took.as_secs_f64() * 1000.0
+        ))
+    })
+}

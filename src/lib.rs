@@ -8,6 +8,7 @@
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
+//! - [`turn_check`]: a real TURN Allocate/release against our turnserver with a served credential.
 //! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
 //! - [`secret`]: a string type that redacts itself.
 //! - [`cli`]: subcommands that talk to a running agent (`rotate`).
@@ -51,6 +52,8 @@ pub mod supervisor;
 pub mod systemd;
 #[cfg(feature = "agent")]
 pub mod traffic;
+#[cfg(feature = "agent")]
+pub mod turn_check;
 pub mod znode;
 #[cfg(feature = "allocator")]
 pub mod zookeeper;

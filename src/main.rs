@@ -39,6 +39,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Allocate and release a relay on the local turnserver with the
+    /// credential the local agent serves: exit 0 if clients can relay.
+    Selfcheck {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Print a running agent's status readably (GET URL/status).
     Status {
         /// The agent's API, e.g. http://127.0.0.1:8086
@@ -107,6 +113,22 @@ fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("turn-agent: rotation failed: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Selfcheck { config } => {
+            let (_, loaded) = match load(&config) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            match turn_agent::cli::selfcheck(&loaded) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("turn-agent: selfcheck failed: {error:#}");
                     ExitCode::FAILURE
                 }
             }
