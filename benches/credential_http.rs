@@ -102,11 +102,13 @@ fn agent_router() -> (
         supervisor.clone(),
         credential_status.clone(),
         registry.clone(),
+        watch::channel(turn_agent::self_check::HealthStatus::default()).1,
         Default::default(),
         1000.0,
     );
     let router = api::router(
         ApiState {
+            health: watch::channel(turn_agent::self_check::HealthStatus::default()).1,
             metrics,
             registry,
             supervisor,

@@ -95,7 +95,8 @@ fn start_agent(index: usize, connect: &str, hysteresis_percent: f64) -> Simulate
         available: true,
         ..CredentialStatus::new(CredentialMode::LongTerm)
     });
-    let (registry, status) = Registry::new(&config, supervisor, credentials);
+    let (health_tx, health) = watch::channel(turn_agent::self_check::HealthStatus::default());
+    let (registry, status) = Registry::new(&config, supervisor, credentials, health);
     let registry = registry
         .expect("zookeeper.connect is set")
         .with_traffic_source(synthetic_traffic(300.0, 20.0));
@@ -104,7 +105,7 @@ fn start_agent(index: usize, connect: &str, hysteresis_percent: f64) -> Simulate
         let stop = stop.clone();
         async move {
             // Keep the status senders alive as long as the registry runs.
-            let _senders = (supervisor_tx, credentials_tx);
+            let _senders = (supervisor_tx, credentials_tx, health_tx);
             registry.run(stop).await
         }
     });

@@ -15,6 +15,7 @@ use crate::config::{self, Config, RawConfig};
 use crate::credentials::{CredentialManager, CredentialStatus};
 use crate::metrics::AgentMetrics;
 use crate::registry::Registry;
+use crate::self_check::{HealthStatus, SelfCheck};
 use crate::shutdown::{AgentSignal, Signals};
 use crate::supervisor::{Supervisor, SupervisorStatus};
 use crate::systemd::{self, Watchdog};
@@ -45,14 +46,30 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let credentials_stop = CancellationToken::new();
     let (credential_manager, credentials) = CredentialManager::new(&config);
     let credentials_task = tokio::spawn(credential_manager.run(credentials_stop.clone()));
+
+    let self_check_stop = CancellationToken::new();
+    let (self_check, health) = SelfCheck::new(
+        config.health.clone(),
+        config.turnserver.probe_addr(),
+        credentials.source.clone(),
+        status.clone(),
+        credentials.status.clone(),
+        credentials.rotate.clone(),
+    );
+    let self_check_task = tokio::spawn(self_check.run(self_check_stop.clone()));
     tokio::spawn(report_to_systemd(
         status.clone(),
         credentials.status.clone(),
+        health.clone(),
     ));
 
     let registry_stop = CancellationToken::new();
-    let (registry, registry_status) =
-        Registry::new(&config, status.clone(), credentials.status.clone());
+    let (registry, registry_status) = Registry::new(
+        &config,
+        status.clone(),
+        credentials.status.clone(),
+        health.clone(),
+    );
     let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
 
     warn_about_loose_secret_files(&config);
@@ -60,12 +77,14 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         status.clone(),
         credentials.status.clone(),
         registry_status.clone(),
+        health.clone(),
         probe_latency,
         config.traffic.capacity_mbps,
     );
     let router = api::router(
         ApiState {
             metrics,
+            health: health.clone(),
             registry: registry_status,
             supervisor: status,
             credentials: credentials.source,
@@ -140,6 +159,10 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     {
         tracing::warn!("credential manager did not stop in time");
     }
+    // No more checks once the host stops serving; a check in flight is
+    // abandoned (it only allocates and releases a relay).
+    self_check_stop.cancel();
+    self_check_task.abort();
     supervisor_stop.cancel();
     if tokio::time::timeout_at(deadline, &mut supervisor_task)
         .await
@@ -202,12 +225,14 @@ fn reload(path: &std::path::Path, current: &mut RawConfig) {
 async fn report_to_systemd(
     mut supervisor: watch::Receiver<SupervisorStatus>,
     mut credentials: watch::Receiver<CredentialStatus>,
+    mut health: watch::Receiver<HealthStatus>,
 ) {
     let mut announced_ready = false;
     loop {
         let reason = api::not_ready_reason(
             &supervisor.borrow_and_update(),
             &credentials.borrow_and_update(),
+            &health.borrow_and_update(),
         );
         match reason {
             Some(reason) => systemd::notify_status(&reason),
@@ -222,6 +247,7 @@ async fn report_to_systemd(
         tokio::select! {
             changed = supervisor.changed() => if changed.is_err() { return },
             changed = credentials.changed() => if changed.is_err() { return },
+            changed = health.changed() => if changed.is_err() { return },
         }
     }
 }

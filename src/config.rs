@@ -35,6 +35,7 @@ pub const SECTIONS: &[&str] = &[
     "zookeeper",
     "traffic",
     "access",
+    "health",
 ];
 
 /// One thing wrong with the configuration, tied to the key that caused it.
@@ -94,6 +95,16 @@ pub struct Config {
     pub zookeeper: ZookeeperConfig,
     pub traffic: TrafficConfig,
     pub access: AccessConfig,
+    pub health: HealthConfig,
+}
+
+/// The end-to-end allocation self-check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// `None`: off.
+    pub self_check_interval: Option<Duration>,
+    pub self_check_failures: u32,
+    pub self_check_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -515,6 +526,25 @@ pub struct RawConfig {
     pub zookeeper: RawZookeeper,
     pub traffic: RawTraffic,
     pub access: RawAccess,
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub self_check_interval: String,
+    pub self_check_failures: i64,
+    pub self_check_timeout: String,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            self_check_interval: "30s".into(),
+            self_check_failures: 2,
+            self_check_timeout: "3s".into(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -601,6 +631,7 @@ pub fn parse_raw(
     section(&table, "zookeeper", &mut raw.zookeeper, &mut problems);
     section(&table, "traffic", &mut raw.traffic, &mut problems);
     section(&table, "access", &mut raw.access, &mut problems);
+    section(&table, "health", &mut raw.health, &mut problems);
 
     if problems.is_empty() {
         Ok(raw)
@@ -952,6 +983,22 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         );
     }
     let access = validate_access(&mut v, &raw.access);
+    let interval = v.duration(
+        "health.self_check_interval",
+        &raw.health.self_check_interval,
+    );
+    let health = HealthConfig {
+        self_check_interval: (!interval.is_zero()).then_some(interval),
+        self_check_failures: match u32::try_from(raw.health.self_check_failures) {
+            Ok(count) if count >= 1 => count,
+            _ => {
+                v.problem("health.self_check_failures", "must be at least 1");
+                1
+            }
+        },
+        self_check_timeout: v
+            .positive_duration("health.self_check_timeout", &raw.health.self_check_timeout),
+    };
 
     if v.problems.is_empty() {
         Ok(Config {
@@ -962,6 +1009,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             zookeeper,
             traffic,
             access,
+            health,
         })
     } else {
         Err(ConfigError {

@@ -8,6 +8,7 @@
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
+//! - [`self_check`]: the periodic allocation check that gates readiness.
 //! - [`turn_check`]: a real TURN Allocate/release against our turnserver with a served credential.
 //! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
 //! - [`secret`]: a string type that redacts itself.
@@ -44,6 +45,8 @@ pub mod metrics;
 #[cfg(feature = "agent")]
 pub mod registry;
 pub mod secret;
+#[cfg(feature = "agent")]
+pub mod self_check;
 #[cfg(feature = "agent")]
 pub mod shutdown;
 #[cfg(feature = "agent")]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::credentials::{unix_now, CredentialStatus};
 use crate::registry::RegistryStatus;
+use crate::self_check::HealthStatus;
 use crate::supervisor::SupervisorStatus;
 
 /// HTTP requests by route and status code.
@@ -36,6 +37,7 @@ impl AgentMetrics {
         supervisor: watch::Receiver<SupervisorStatus>,
         credentials: watch::Receiver<CredentialStatus>,
         registry_status: watch::Receiver<RegistryStatus>,
+        health: watch::Receiver<HealthStatus>,
         probe_latency_micros: Arc<AtomicU64>,
         capacity_mbps: f64,
     ) -> AgentMetrics {
@@ -50,6 +52,7 @@ impl AgentMetrics {
             supervisor,
             credentials,
             registry_status,
+            health,
             probe_latency_micros,
             capacity_mbps,
         }));
@@ -73,6 +76,7 @@ struct StatusCollector {
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
     registry_status: watch::Receiver<RegistryStatus>,
+    health: watch::Receiver<HealthStatus>,
     probe_latency_micros: Arc<AtomicU64>,
     capacity_mbps: f64,
 }
@@ -121,6 +125,7 @@ impl Collector for StatusCollector {
         let turnserver = self.supervisor.borrow().clone();
         let credentials = self.credentials.borrow().clone();
         let registry = self.registry_status.borrow().clone();
+        let health = self.health.borrow().clone();
         let now = unix_now().as_secs();
         let e = &mut encoder;
 
@@ -244,6 +249,26 @@ impl Collector for StatusCollector {
                 "turn_agent_traffic_used_mbps",
                 "measured traffic on the configured interface",
                 (self.capacity_mbps - free).max(0.0),
+            )?;
+        }
+        if health.enabled {
+            counter(
+                e,
+                "turn_agent_self_check_runs",
+                "allocation self-checks performed",
+                health.checks,
+            )?;
+            gauge(
+                e,
+                "turn_agent_self_check_consecutive_failures",
+                "allocation self-checks failed in a row",
+                health.consecutive_failures as f64,
+            )?;
+            gauge(
+                e,
+                "turn_agent_self_check_failing",
+                "1 while failing self-checks keep the host unready",
+                flag(health.failing),
             )?;
         }
         Ok(())

@@ -17,6 +17,7 @@ use zookeeper_client as zk;
 use crate::backoff::ExponentialBackoff;
 use crate::config::{Config, TrafficConfig, ZookeeperConfig};
 use crate::credentials::CredentialStatus;
+use crate::self_check::HealthStatus;
 use crate::supervisor::SupervisorStatus;
 use crate::traffic::{self, CounterSample, Observation, TrafficMeter};
 use crate::znode::{round_mbps, HostPayload};
@@ -52,6 +53,7 @@ pub struct Registry {
     template: HostPayload,
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
+    health: watch::Receiver<HealthStatus>,
     status: watch::Sender<RegistryStatus>,
     meter: TrafficMeter,
     traffic_source: TrafficSource,
@@ -89,6 +91,7 @@ impl Registry {
         config: &Config,
         supervisor: watch::Receiver<SupervisorStatus>,
         credentials: watch::Receiver<CredentialStatus>,
+        health: watch::Receiver<HealthStatus>,
     ) -> (Option<Registry>, watch::Receiver<RegistryStatus>) {
         let (status, receiver) = watch::channel(RegistryStatus::default());
         let zookeeper = config.zookeeper.clone();
@@ -123,6 +126,7 @@ impl Registry {
             template,
             supervisor,
             credentials,
+            health,
             status,
             meter: TrafficMeter::new(config.traffic.smoothing),
             traffic_source: TrafficSource::Interface(
@@ -233,9 +237,12 @@ impl Registry {
         // Set after a failed operation, so the next attempt waits a little.
         let mut retry_at: Option<Instant> = None;
         loop {
-            let can_serve =
-                crate::api::not_ready_reason(&self.supervisor.borrow(), &self.credentials.borrow())
-                    .is_none();
+            let can_serve = crate::api::not_ready_reason(
+                &self.supervisor.borrow(),
+                &self.credentials.borrow(),
+                &self.health.borrow(),
+            )
+            .is_none();
             let retry_due = retry_at.is_none_or(|at| Instant::now() >= at);
             if retry_due {
                 let outcome = if can_serve {
@@ -293,8 +300,9 @@ impl Registry {
                         }
                     }
                 },
-                _ = self.supervisor.changed() => {}
-                _ = self.credentials.changed() => {}
+                _ = changed(&mut self.supervisor) => {}
+                _ = changed(&mut self.credentials) => {}
+                _ = changed(&mut self.health) => {}
                 _ = tick.tick() => self.sample_traffic(),
                 _ = retry_sleep => {}
             }
@@ -520,6 +528,14 @@ impl Registry {
 
     fn set_error(&self, error: String) {
         self.status.send_modify(|s| s.last_error = Some(error));
+    }
+}
+
+/// Waits for a change; a closed channel never changes again (rather than
+/// waking the loop forever).
+async fn changed<T>(receiver: &mut watch::Receiver<T>) {
+    if receiver.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

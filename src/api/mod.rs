@@ -25,6 +25,7 @@ use crate::credentials::{
 };
 use crate::metrics::{AgentMetrics, HttpLabels};
 use crate::registry::RegistryStatus;
+use crate::self_check::HealthStatus;
 use crate::supervisor::SupervisorStatus;
 
 /// What the handlers read; cheap to clone.
@@ -32,6 +33,7 @@ use crate::supervisor::SupervisorStatus;
 pub struct ApiState {
     pub supervisor: watch::Receiver<SupervisorStatus>,
     pub registry: watch::Receiver<RegistryStatus>,
+    pub health: watch::Receiver<HealthStatus>,
     pub credentials: CredentialSource,
     pub credential_status: watch::Receiver<CredentialStatus>,
     pub rotate: RotateHandle,
@@ -69,13 +71,15 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<ApiState>) -> Response {
     let turnserver = state.supervisor.borrow().clone();
     let credentials = state.credential_status.borrow().clone();
-    let reason = not_ready_reason(&turnserver, &credentials);
+    let health = state.health.borrow().clone();
+    let reason = not_ready_reason(&turnserver, &credentials, &health);
     let body = json!({
         "status": if reason.is_none() { "ready" } else { "not-ready" },
         "reason": reason,
         "turnserver": turnserver,
         "credentials": credentials,
         "registry": *state.registry.borrow(),
+        "health": health,
     });
     let status = if reason.is_none() {
         StatusCode::OK
@@ -86,11 +90,13 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 /// Why this host cannot serve, or `None` when it can: turnserver answers
-/// STUN and a valid credential exists. `/readyz`, systemd's READY=1 and the
-/// registry all use this one definition.
+/// STUN, a valid credential exists, and the allocation self-check is not
+/// failing. `/readyz`, systemd's READY=1 and the registry all use this one
+/// definition.
 pub fn not_ready_reason(
     turnserver: &SupervisorStatus,
     credentials: &CredentialStatus,
+    health: &HealthStatus,
 ) -> Option<String> {
     if !turnserver.is_ready() {
         Some(turnserver.reason())
@@ -99,6 +105,12 @@ pub fn not_ready_reason(
             Some(error) => format!("no valid credential: {error}"),
             None => "no valid credential yet".to_string(),
         })
+    } else if health.failing {
+        Some(format!(
+            "self-check failing {} time(s) in a row: {}",
+            health.consecutive_failures,
+            health.last_error.as_deref().unwrap_or("unknown")
+        ))
     } else {
         None
     }
@@ -212,7 +224,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
     let turnserver = state.supervisor.borrow().clone();
     let credentials = state.credential_status.borrow().clone();
-    let reason = not_ready_reason(&turnserver, &credentials);
+    let health = state.health.borrow().clone();
+    let reason = not_ready_reason(&turnserver, &credentials, &health);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": reason.is_none(),
@@ -220,6 +233,7 @@ async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
         "turnserver": turnserver,
         "credentials": credentials,
         "registry": *state.registry.borrow(),
+        "health": health,
     }))
 }
 

@@ -39,14 +39,17 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
         }
     });
     let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
+    let (_, health) = watch::channel(crate::self_check::HealthStatus::default());
     let metrics = crate::metrics::AgentMetrics::new(
         supervisor_receiver.clone(),
         status_receiver.clone(),
         registry.clone(),
+        health.clone(),
         Default::default(),
         1000.0,
     );
     let state = ApiState {
+        health,
         metrics,
         registry,
         supervisor: supervisor_receiver,
@@ -244,14 +247,17 @@ async fn credential_endpoints_are_rate_limited_per_address() {
     let (_, status_receiver) = watch::channel(status(CredentialMode::LongTerm, true));
     let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
     let (rotate, _requests) = RotateHandle::detached();
+    let (_, health) = watch::channel(crate::self_check::HealthStatus::default());
     let metrics = crate::metrics::AgentMetrics::new(
         supervisor_receiver.clone(),
         status_receiver.clone(),
         registry.clone(),
+        health.clone(),
         Default::default(),
         1000.0,
     );
     let state = ApiState {
+        health,
         metrics,
         registry,
         supervisor: supervisor_receiver,

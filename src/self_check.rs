@@ -1,0 +1,149 @@
+//! The periodic end-to-end check: a real TURN allocation on our own
+//! turnserver with the credential we serve.
+//!
+//! A STUN probe proves turnserver answers; only an allocation proves that
+//! clients holding our credential can relay (database readable, user
+//! present, realm right). Failing checks make the host not ready, which
+//! withdraws its znode; a rejected credential also triggers a rotation,
+//! which repairs a user deleted from under us.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthConfig;
+use crate::credentials::{
+    unix_now, CredentialRequest, CredentialSource, CredentialStatus, RotateHandle,
+};
+use crate::supervisor::SupervisorStatus;
+use crate::turn_check::{allocate_and_release, TurnCheckError};
+
+/// What `/readyz`, metrics and the registry know about the self-check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HealthStatus {
+    pub enabled: bool,
+    pub checks: u64,
+    pub consecutive_failures: u32,
+    /// `consecutive_failures` reached `self_check_failures`.
+    pub failing: bool,
+    pub last_error: Option<String>,
+    pub last_ok_unix: Option<u64>,
+}
+
+pub struct SelfCheck {
+    config: HealthConfig,
+    server: SocketAddr,
+    source: CredentialSource,
+    supervisor: watch::Receiver<SupervisorStatus>,
+    credentials: watch::Receiver<CredentialStatus>,
+    rotate: RotateHandle,
+    status: watch::Sender<HealthStatus>,
+}
+
+impl SelfCheck {
+    /// With `health.self_check_interval` 0 the check is off: [`SelfCheck::run`]
+    /// only holds the status channel open until shutdown.
+    pub fn new(
+        config: HealthConfig,
+        server: SocketAddr,
+        source: CredentialSource,
+        supervisor: watch::Receiver<SupervisorStatus>,
+        credentials: watch::Receiver<CredentialStatus>,
+        rotate: RotateHandle,
+    ) -> (SelfCheck, watch::Receiver<HealthStatus>) {
+        let enabled = config.self_check_interval.is_some();
+        let (status, receiver) = watch::channel(HealthStatus {
+            enabled,
+            ..HealthStatus::default()
+        });
+        let check = SelfCheck {
+            config,
+            server,
+            source,
+            supervisor,
+            credentials,
+            rotate,
+            status,
+        };
+        (check, receiver)
+    }
+
+    #[tracing::instrument(name = "self_check", skip_all)]
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(period) = self.config.self_check_interval else {
+            shutdown.cancelled().await;
+            return;
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // Other parts report a turnserver that is down or a missing
+            // credential; the check is about what remains.
+            if !self.supervisor.borrow().is_ready() || !self.credentials.borrow().available {
+                continue;
+            }
+            let request = CredentialRequest {
+                ttl: Some(60),
+                user: Some("self-check".into()),
+            };
+            let Ok(credential) = self.source.issue(&request, unix_now().as_secs()) else {
+                continue;
+            };
+            let outcome = allocate_and_release(
+                self.server,
+                &credential.username,
+                &credential.password,
+                self.config.self_check_timeout,
+            )
+            .await;
+            self.record(outcome).await;
+        }
+    }
+
+    async fn record(&self, outcome: Result<std::time::Duration, TurnCheckError>) {
+        match outcome {
+            Ok(_) => {
+                let recovered = self.status.borrow().failing;
+                self.status.send_modify(|s| {
+                    s.checks += 1;
+                    s.consecutive_failures = 0;
+                    s.failing = false;
+                    s.last_error = None;
+                    s.last_ok_unix = Some(unix_now().as_secs());
+                });
+                if recovered {
+                    tracing::info!("self-check passes again");
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                let threshold = self.config.self_check_failures;
+                self.status.send_modify(|s| {
+                    s.checks += 1;
+                    s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                    s.failing = s.consecutive_failures >= threshold;
+                    s.last_error = Some(reason.clone());
+                });
+                let failures = self.status.borrow().consecutive_failures;
+                tracing::error!(%reason, failures, "self-check allocation failed");
+                if let TurnCheckError::AuthRejected(_) = error {
+                    // coturn no longer accepts what we serve: a fresh user
+                    // repairs a deleted one or a rebuilt database.
+                    match self.rotate.rotate().await {
+                        Ok(user) => {
+                            tracing::warn!(%user, "rotated to repair a rejected credential")
+                        }
+                        Err(error) => tracing::error!(%error, "repair rotation failed"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The allocation self-check inside a running agent: detection, repair,
+//! withdrawal and recovery, judged through /readyz, ZooKeeper and coturn's
+//! own client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::zookeeper::{Reader, ZooKeeper};
+use common::*;
+
+fn options(zookeeper: Option<&ZooKeeper>) -> AgentOptions {
+    let mut extra = "[health]\nself_check_interval = \"300ms\"\nself_check_failures = 2\nself_check_timeout = \"1s\"\n".to_string();
+    if let Some(zookeeper) = zookeeper {
+        extra.push_str(&format!(
+            "[zookeeper]\nconnect = \"{}\"\nnode = \"checked\"\n[traffic]\ninterface = \"lo\"\n",
+            zookeeper.connect_string()
+        ));
+    }
+    AgentOptions {
+        extra,
+        ..AgentOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_served_user_deleted_by_hand_is_detected_and_repaired_by_a_rotation() {
+    let agent = Agent::start(options(None));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let served = agent.wait_credential(Duration::from_secs(5)).await;
+    wait_for(Duration::from_secs(5), "a passing self-check", || async {
+        let (_, body) = agent.get("/readyz").await?;
+        (body["health"]["last_ok_unix"].is_number()).then_some(())
+    })
+    .await;
+
+    let db = agent.userdb().display().to_string();
+    turnadmin(&[
+        "-d",
+        "-b",
+        &db,
+        "-u",
+        &served.userid,
+        "-r",
+        &agent.files.realm,
+    ]);
+    let repaired = wait_for(Duration::from_secs(5), "a repair rotation", || async {
+        agent
+            .credential("")
+            .await
+            .filter(|now| now.userid != served.userid)
+    })
+    .await;
+    assert!(agent
+        .log()
+        .contains("rotated to repair a rejected credential"));
+    let metrics = reqwest::get(agent.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("turn_agent_self_check_runs_total"),
+        "{metrics}"
+    );
+    assert!(uclient_allocates(agent.files.turn_port, &repaired.userid, &repaired.password).await);
+    wait_for(
+        Duration::from_secs(5),
+        "the check to pass again",
+        || async {
+            let (status, body) = agent.get("/readyz").await?;
+            (status == 200 && body["health"]["consecutive_failures"] == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(Some(&zookeeper)));
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_credential(Duration::from_secs(5)).await;
+    let node = "/turn/servers/checked";
+    wait_for(Duration::from_secs(5), "the node", || reader.node(node)).await;
+
+    // Overwrite the database in place (same inode, so turnserver sees it).
+    let db = agent.userdb();
+    let original = std::fs::read(&db).unwrap();
+    let garbage = vec![0x5a_u8; original.len()];
+    std::fs::write(&db, &garbage).unwrap();
+    let corrupted = tokio::time::Instant::now();
+    let body = wait_for(Duration::from_secs(5), "/readyz to say why", || async {
+        match agent.get("/readyz").await? {
+            (503, body) if body["reason"].as_str()?.contains("self-check failing") => Some(body),
+            _ => None,
+        }
+    })
+    .await;
+    eprintln!(
+        "corrupt database -> not ready after {:?}: {}",
+        corrupted.elapsed(),
+        body["reason"]
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the node to be withdrawn",
+        || async { (reader.exists(node).await == Some(false)).then_some(()) },
+    )
+    .await;
+
+    std::fs::write(&db, &original).unwrap();
+    wait_for(Duration::from_secs(10), "the host to come back", || async {
+        match agent.get("/readyz").await? {
+            (200, _) => reader.node(node).await.map(|_| ()),
+            _ => None,
+        }
+    })
+    .await;
+    let served = agent.credential("").await.unwrap();
+    assert!(uclient_allocates(agent.files.turn_port, &served.userid, &served.password).await);
+}
