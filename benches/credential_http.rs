@@ -108,6 +108,7 @@ fn agent_router() -> (
     );
     let router = api::router(
         ApiState {
+            drain: tokio::sync::mpsc::channel(1).0,
             health: watch::channel(turn_agent::self_check::HealthStatus::default()).1,
             metrics,
             registry,

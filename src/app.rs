@@ -56,6 +56,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         credentials.status.clone(),
         credentials.rotate.clone(),
     );
+    let health_sender = self_check.status_sender();
     let self_check_task = tokio::spawn(self_check.run(self_check_stop.clone()));
     tokio::spawn(report_to_systemd(
         status.clone(),
@@ -73,6 +74,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
 
     warn_about_loose_secret_files(&config);
+    let (drain_sender, mut drain_requests) = tokio::sync::mpsc::channel::<()>(1);
     let metrics = AgentMetrics::new(
         status.clone(),
         credentials.status.clone(),
@@ -83,6 +85,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     );
     let router = api::router(
         ApiState {
+            drain: drain_sender,
             metrics,
             health: health.clone(),
             registry: registry_status,
@@ -111,6 +114,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         tokio::select! {
             signal = signals.next() => match signal {
                 AgentSignal::Terminate(name) => break name,
+                AgentSignal::Drain => break drain(&config, &health_sender, &mut signals).await,
                 AgentSignal::Reload => {
                     reload(&config_path, &mut current_raw);
                     if let Some(tls) = &tls {
@@ -121,6 +125,9 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
                     }
                 }
             },
+            Some(()) = drain_requests.recv() => {
+                break drain(&config, &health_sender, &mut signals).await;
+            }
             result = &mut supervisor_task => {
                 anyhow::bail!("supervisor ended unexpectedly: {result:?}");
             }
@@ -174,6 +181,24 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Marks the host as draining (not ready: the znode goes, /readyz says
+/// "draining", credentials are still served) and waits for traffic to end.
+async fn drain(
+    config: &Config,
+    health: &watch::Sender<HealthStatus>,
+    signals: &mut Signals,
+) -> &'static str {
+    tracing::info!("draining: withdrawn from ZooKeeper, waiting for relayed traffic to end");
+    health.send_modify(|status| status.draining = true);
+    crate::drain::wait_for_quiet(
+        &config.drain,
+        config.traffic.interface.as_deref(),
+        config.traffic.direction,
+        signals,
+    )
+    .await
 }
 
 /// Token and auth files readable by group or others are reported: they

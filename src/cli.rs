@@ -181,3 +181,30 @@ pub fn selfcheck(config: &Config) -> anyhow::Result<String> {
         ))
     })
 }
+
+/// `POST /drain` on the local agent.
+pub fn drain(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("http://{}/drain", local_api_addr(config));
+    runtime.block_on(async {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .post(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the agent at {url}"))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            anyhow::bail!(
+                "{status}: {}",
+                body["reason"].as_str().unwrap_or("no reason given")
+            )
+        }
+    })
+}

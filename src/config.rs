@@ -36,6 +36,7 @@ pub const SECTIONS: &[&str] = &[
     "traffic",
     "access",
     "health",
+    "drain",
 ];
 
 /// One thing wrong with the configuration, tied to the key that caused it.
@@ -96,6 +97,15 @@ pub struct Config {
     pub traffic: TrafficConfig,
     pub access: AccessConfig,
     pub health: HealthConfig,
+    pub drain: DrainConfig,
+}
+
+/// How a drain decides that relayed traffic is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainConfig {
+    pub idle_mbps: f64,
+    pub quiet_period: Duration,
+    pub timeout: Duration,
 }
 
 /// The end-to-end allocation self-check.
@@ -527,6 +537,25 @@ pub struct RawConfig {
     pub traffic: RawTraffic,
     pub access: RawAccess,
     pub health: RawHealth,
+    pub drain: RawDrain,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDrain {
+    pub idle_mbps: f64,
+    pub quiet_period: String,
+    pub timeout: String,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        RawDrain {
+            idle_mbps: 1.0,
+            quiet_period: "30s".into(),
+            timeout: "10m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -632,6 +661,7 @@ pub fn parse_raw(
     section(&table, "traffic", &mut raw.traffic, &mut problems);
     section(&table, "access", &mut raw.access, &mut problems);
     section(&table, "health", &mut raw.health, &mut problems);
+    section(&table, "drain", &mut raw.drain, &mut problems);
 
     if problems.is_empty() {
         Ok(raw)
@@ -1000,6 +1030,15 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             .positive_duration("health.self_check_timeout", &raw.health.self_check_timeout),
     };
 
+    if !(raw.drain.idle_mbps.is_finite() && raw.drain.idle_mbps >= 0.0) {
+        v.problem("drain.idle_mbps", "must be a number of at least 0");
+    }
+    let drain = DrainConfig {
+        idle_mbps: raw.drain.idle_mbps,
+        quiet_period: v.duration("drain.quiet_period", &raw.drain.quiet_period),
+        timeout: v.positive_duration("drain.timeout", &raw.drain.timeout),
+    };
+
     if v.problems.is_empty() {
         Ok(Config {
             agent,
@@ -1010,6 +1049,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             traffic,
             access,
             health,
+            drain,
         })
     } else {
         Err(ConfigError {

@@ -8,6 +8,7 @@
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
+//! - [`drain`]: waiting for relayed traffic to end before stopping.
 //! - [`self_check`]: the periodic allocation check that gates readiness.
 //! - [`turn_check`]: a real TURN Allocate/release against our turnserver with a served credential.
 //! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
@@ -38,6 +39,8 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "agent")]
 pub mod credentials;
+#[cfg(feature = "agent")]
+pub mod drain;
 #[cfg(feature = "agent")]
 pub mod logging;
 #[cfg(feature = "agent")]

@@ -39,6 +39,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the running agent to drain (withdraw, wait for traffic to end)
+    /// and then stop; SIGUSR1 does the same.
+    Drain {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Allocate and release a relay on the local turnserver with the
     /// credential the local agent serves: exit 0 if clients can relay.
     Selfcheck {
@@ -113,6 +119,22 @@ fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("turn-agent: rotation failed: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Drain { config } => {
+            let (_, loaded) = match load(&config) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            match turn_agent::cli::drain(&loaded) {
+                Ok(()) => {
+                    println!("draining; the agent stops once relayed traffic has ended");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("turn-agent: drain failed: {error:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -8,6 +8,7 @@
 //! which repairs a user deleted from under us.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct HealthStatus {
     pub failing: bool,
     pub last_error: Option<String>,
     pub last_ok_unix: Option<u64>,
+    /// The host is draining: not ready, on purpose.
+    pub draining: bool,
 }
 
 pub struct SelfCheck {
@@ -40,7 +43,7 @@ pub struct SelfCheck {
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
     rotate: RotateHandle,
-    status: watch::Sender<HealthStatus>,
+    status: Arc<watch::Sender<HealthStatus>>,
 }
 
 impl SelfCheck {
@@ -66,9 +69,14 @@ impl SelfCheck {
             supervisor,
             credentials,
             rotate,
-            status,
+            status: Arc::new(status),
         };
         (check, receiver)
+    }
+
+    /// The sender, for marking the host as draining.
+    pub fn status_sender(&self) -> Arc<watch::Sender<HealthStatus>> {
+        self.status.clone()
     }
 
     #[tracing::instrument(name = "self_check", skip_all)]

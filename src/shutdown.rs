@@ -9,6 +9,8 @@ pub enum AgentSignal {
     Terminate(&'static str),
     /// SIGHUP: re-read the configuration.
     Reload,
+    /// SIGUSR1: drain, then stop.
+    Drain,
 }
 
 /// The signal handlers, installed before any task starts so that a signal
@@ -17,6 +19,7 @@ pub struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    user1: Signal,
 }
 
 impl Signals {
@@ -25,6 +28,7 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -33,6 +37,7 @@ impl Signals {
             _ = self.terminate.recv() => AgentSignal::Terminate("SIGTERM"),
             _ = self.interrupt.recv() => AgentSignal::Terminate("SIGINT"),
             _ = self.hangup.recv() => AgentSignal::Reload,
+            _ = self.user1.recv() => AgentSignal::Drain,
         }
     }
 }

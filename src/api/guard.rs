@@ -50,7 +50,7 @@ fn required_permission(path: &str) -> Option<Permission> {
         "/turncredential" => Some(Permission::Credential),
         // The allocator service's /allocate hands out a host for /ice.
         "/ice" | "/allocate" => Some(Permission::Ice),
-        "/rotate" => Some(Permission::Rotate),
+        "/rotate" | "/drain" => Some(Permission::Rotate),
         "/metrics" => Some(Permission::Metrics),
         // /readyz and anything unknown: only callers who may see status
         // learn even that a path does not exist.

@@ -39,6 +39,8 @@ pub struct ApiState {
     pub rotate: RotateHandle,
     pub turn_uris: Vec<String>,
     pub metrics: AgentMetrics,
+    /// Asks the agent to drain and stop.
+    pub drain: tokio::sync::mpsc::Sender<()>,
 }
 
 /// The agent's routes behind the access guard.
@@ -49,6 +51,7 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .route("/turncredential", get(turn_credential))
         .route("/ice", get(ice))
         .route("/rotate", post(rotate))
+        .route("/drain", post(drain))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
@@ -98,7 +101,9 @@ pub fn not_ready_reason(
     credentials: &CredentialStatus,
     health: &HealthStatus,
 ) -> Option<String> {
-    if !turnserver.is_ready() {
+    if health.draining {
+        Some("draining".to_string())
+    } else if !turnserver.is_ready() {
         Some(turnserver.reason())
     } else if !credentials.available {
         Some(match &credentials.last_error {
@@ -205,6 +210,19 @@ async fn rotate(State(state): State<ApiState>) -> Result<Response, ApiError> {
             Json(json!({ "rotated": true, "credential": credential })).into_response(),
         )),
         Err(error) => Err(ApiError::Unavailable(error)),
+    }
+}
+
+/// Starts a drain (permission `rotate`, an operator action); the agent
+/// exits once traffic has ended.
+async fn drain(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    match state.drain.try_send(()) {
+        Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+            Ok(Json(json!({ "draining": true })).into_response())
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => Err(ApiError::Unavailable(
+            "the agent is already stopping".into(),
+        )),
     }
 }
 

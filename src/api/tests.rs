@@ -49,6 +49,7 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
         1000.0,
     );
     let state = ApiState {
+        drain: tokio::sync::mpsc::channel(1).0,
         health,
         metrics,
         registry,
@@ -257,6 +258,7 @@ async fn credential_endpoints_are_rate_limited_per_address() {
         1000.0,
     );
     let state = ApiState {
+        drain: tokio::sync::mpsc::channel(1).0,
         health,
         metrics,
         registry,
