@@ -19,61 +19,66 @@ pub fn local_api_addr(config: &Config) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
+/// One request to an agent's API; the JSON body of a 2xx answer, or an
+/// error with the answer's reason.
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let mut request = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()?
+        .request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["reason"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(body)
+}
+
+/// Runs `future` on a small runtime of its own: the subcommands are
+/// one-shot clients.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
 /// `POST /rotate` on the local agent; returns the new credential's name.
 pub fn rotate(config: &Config) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let url = format!("http://{}/rotate", local_api_addr(config));
-    runtime.block_on(async {
-        let response = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?
-            .post(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the agent at {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if status.is_success() {
-            Ok(body["credential"].as_str().unwrap_or_default().to_string())
-        } else {
-            anyhow::bail!(
-                "{status}: {}",
-                body["reason"].as_str().unwrap_or("no reason given")
-            )
-        }
-    })
+    let body = block_on(call(
+        reqwest::Method::POST,
+        &url,
+        None,
+        Duration::from_secs(30),
+    ))?;
+    Ok(body["credential"].as_str().unwrap_or_default().to_string())
 }
 
 /// `GET URL/status`, rendered for people.
 pub fn status(url: &str, token: Option<&str>) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let url = format!("{}/status", url.trim_end_matches('/'));
-    let body: serde_json::Value = runtime.block_on(async {
-        let mut request = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?
-            .get(&url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
-            anyhow::bail!(
-                "{status}: {}",
-                body["reason"].as_str().unwrap_or("no reason given")
-            );
-        }
-        Ok(body)
-    })?;
+    let body = block_on(call(
+        reqwest::Method::GET,
+        &url,
+        token,
+        Duration::from_secs(10),
+    ))?;
     Ok(render_status(&body))
 }
 
@@ -145,26 +150,9 @@ pub fn render_status(body: &serde_json::Value) -> String {
 /// `turn-agent selfcheck`: fetches a credential from the local agent and
 /// allocates (then releases) a relay on its turnserver with it.
 pub fn selfcheck(config: &Config) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let url = format!("http://{}/turncredential", local_api_addr(config));
-    runtime.block_on(async {
-        let response = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the agent at {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
-            anyhow::bail!(
-                "{status}: {}",
-                body["reason"].as_str().unwrap_or("no reason given")
-            );
-        }
+    block_on(async {
+        let body = call(reqwest::Method::GET, &url, None, Duration::from_secs(10)).await?;
         let username = body["userid"].as_str().unwrap_or_default().to_string();
         let password = crate::secret::Secret::new(body["password"].as_str().unwrap_or_default());
         let server = config.turnserver.probe_addr();
@@ -184,27 +172,12 @@ pub fn selfcheck(config: &Config) -> anyhow::Result<String> {
 
 /// `POST /drain` on the local agent.
 pub fn drain(config: &Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let url = format!("http://{}/drain", local_api_addr(config));
-    runtime.block_on(async {
-        let response = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?
-            .post(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the agent at {url}"))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            anyhow::bail!(
-                "{status}: {}",
-                body["reason"].as_str().unwrap_or("no reason given")
-            )
-        }
-    })
+    block_on(call(
+        reqwest::Method::POST,
+        &url,
+        None,
+        Duration::from_secs(10),
+    ))?;
+    Ok(())
 }
