@@ -28,7 +28,20 @@ fn status(mode: CredentialMode, available: bool) -> CredentialStatus {
     }
 }
 
+/// The router as `peer` sees it, without a rate limit.
 fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
+    let fixture = without_peer(source, 0.0);
+    Fixture {
+        app: fixture
+            .app
+            .layer(MockConnectInfo(SocketAddr::from((peer, 40000)))),
+        ..fixture
+    }
+}
+
+/// The router with fixed statuses and the given rate limit; callers add
+/// the peer address.
+fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture {
     let (supervisor, supervisor_receiver) = watch::channel(SupervisorStatus::default());
     let (credential_status, status_receiver) =
         watch::channel(status(CredentialMode::LongTerm, true));
@@ -62,8 +75,7 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
             "turn:192.0.2.1:3478?transport=tcp".into(),
         ],
     };
-    let app = router(state, guard::Guard::new(&access(0.0)))
-        .layer(MockConnectInfo(SocketAddr::from((peer, 40000))));
+    let app = router(state, guard::Guard::new(&access(rate_limit_per_second)));
     Fixture {
         app,
         supervisor,
@@ -244,31 +256,7 @@ async fn rotate_needs_the_rotate_permission() {
 
 #[tokio::test]
 async fn credential_endpoints_are_rate_limited_per_address() {
-    let (supervisor, supervisor_receiver) = watch::channel(SupervisorStatus::default());
-    let (_, status_receiver) = watch::channel(status(CredentialMode::LongTerm, true));
-    let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
-    let (rotate, _requests) = RotateHandle::detached();
-    let (_, health) = watch::channel(crate::self_check::HealthStatus::default());
-    let metrics = crate::metrics::AgentMetrics::new(
-        supervisor_receiver.clone(),
-        status_receiver.clone(),
-        registry.clone(),
-        health.clone(),
-        Default::default(),
-        1000.0,
-    );
-    let state = ApiState {
-        drain: tokio::sync::mpsc::channel(1).0,
-        health,
-        metrics,
-        registry,
-        supervisor: supervisor_receiver,
-        credentials: long_term(far_future()),
-        credential_status: status_receiver,
-        rotate,
-        turn_uris: Vec::new(),
-    };
-    let app = router(state, guard::Guard::new(&access(1.0)));
+    let app = without_peer(long_term(far_future()), 1.0).app;
     let from = |peer: [u8; 4]| {
         app.clone()
             .layer(MockConnectInfo(SocketAddr::from((peer, 1))))
@@ -289,7 +277,6 @@ async fn credential_endpoints_are_rate_limited_per_address() {
         call(&from([10, 0, 0, 2]), "GET", "/turncredential").await.0,
         StatusCode::OK
     );
-    drop(supervisor);
 }
 
 #[tokio::test]
