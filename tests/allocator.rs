@@ -54,6 +54,63 @@ fn nodes(allocator: &Allocator) -> Vec<String> {
         .collect()
 }
 
+/// A running `turn-agent allocator` on a free port, and its address. The
+/// temp dir holding its config lives as long as the service.
+struct Service {
+    listen: String,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the allocator service on `zookeeper` with extra config lines and
+/// waits until its view holds `hosts` hosts; returns it with that view.
+async fn start_service(
+    zookeeper: &ZooKeeper,
+    extra: &str,
+    hosts: usize,
+) -> (Service, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
+    let config = dir.path().join("allocator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[allocator]\nlisten = \"{listen}\"\nconnect = \"{}\"\npath = \"{BASE}\"\n{extra}",
+            zookeeper.connect_string()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(AGENT_BIN)
+        .args(["allocator", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let view = wait_for(Duration::from_secs(10), "the allocator's view", || async {
+        let body: serde_json::Value = http
+            .get(format!("http://{listen}/hosts"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["hosts"].as_array()?.len() == hosts).then_some(body)
+    })
+    .await;
+    (
+        Service {
+            listen,
+            _child: child,
+            _dir: dir,
+        },
+        view,
+    )
+}
+
 #[tokio::test]
 async fn picks_spread_within_one_skip_low_and_malformed_hosts_and_follow_changes() {
     let zookeeper = ZooKeeper::start(2000).await;
@@ -205,40 +262,15 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
         put(&writer, "host-dead", &payload(500.0, free_tcp_port())).await;
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_tcp_port());
-    let config = dir.path().join("allocator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[allocator]\nlisten = \"{listen}\"\nconnect = \"{}\"\npath = \"{BASE}\"\nice_attempts = 3\n\
-             [access]\nallow = [{{ addr = \"127.0.0.1\", role = \"admin\" }}, {{ addr = \"127.0.0.2\" }}]\n",
-            zookeeper.connect_string()
-        ),
+    let (service, hosts) = start_service(
+        &zookeeper,
+        "ice_attempts = 3\n\
+         [access]\nallow = [{ addr = \"127.0.0.1\", role = \"admin\" }, { addr = \"127.0.0.2\" }]\n",
+        2,
     )
-    .unwrap();
-    let mut service = tokio::process::Command::new(AGENT_BIN)
-        .args(["allocator", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    .await;
+    let listen = service.listen.clone();
     let http = reqwest::Client::new();
-    let hosts: serde_json::Value =
-        wait_for(Duration::from_secs(10), "the allocator's view", || async {
-            let body: serde_json::Value = http
-                .get(format!("http://{listen}/hosts"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (body["hosts"].as_array()?.len() == 2).then_some(body)
-        })
-        .await;
     assert_eq!(hosts["synced"], true);
 
     for _ in 0..2 {
@@ -330,7 +362,7 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
     assert_eq!(code, 0, "{stderr}");
     let picked: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(picked["node"].is_string(), "{stdout}");
-    service.kill().await.unwrap();
+    drop(service);
 }
 
 #[tokio::test]
@@ -351,38 +383,9 @@ async fn fleet_page_renders_the_view_in_headless_chromium() {
         )
         .await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_tcp_port());
-    let config = dir.path().join("allocator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[allocator]\nlisten = \"{listen}\"\nconnect = \"{}\"\npath = \"{BASE}\"\n",
-            zookeeper.connect_string()
-        ),
-    )
-    .unwrap();
-    let _service = tokio::process::Command::new(AGENT_BIN)
-        .args(["allocator", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (service, _) = start_service(&zookeeper, "", 2).await;
+    let listen = service.listen.clone();
     let http = reqwest::Client::new();
-    wait_for(Duration::from_secs(10), "the allocator's view", || async {
-        let body: serde_json::Value = http
-            .get(format!("http://{listen}/hosts"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (body["hosts"].as_array()?.len() == 2).then_some(())
-    })
-    .await;
     let _ = http
         .get(format!("http://{listen}/allocate"))
         .send()
