@@ -81,7 +81,8 @@ struct StatusCollector {
     capacity_mbps: f64,
 }
 
-fn gauge(
+/// One constant gauge at scrape time; shared with the allocator's collector.
+pub(crate) fn gauge(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

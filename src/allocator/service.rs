@@ -16,11 +16,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::gauge;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{AllocError, Allocator, AllocatorSettings, Host, Preference, Strategy};
 use crate::api::ApiError;
@@ -230,21 +230,18 @@ struct ViewCollector(Arc<Allocator>);
 impl Collector for ViewCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let view = self.0.snapshot();
-        let size = ConstGauge::new(view.hosts.len() as f64);
-        size.encode(encoder.encode_descriptor(
+        gauge(
+            &mut encoder,
             "turn_allocator_view_hosts",
             "hosts in the allocator's view",
-            None,
-            size.metric_type(),
-        )?)?;
-        let age = ConstGauge::new(view.age().as_secs_f64());
-        age.encode(encoder.encode_descriptor(
+            view.hosts.len() as f64,
+        )?;
+        gauge(
+            &mut encoder,
             "turn_allocator_view_age_seconds",
             "how long ZooKeeper has been unreachable (0 while connected)",
-            None,
-            age.metric_type(),
-        )?)?;
-        Ok(())
+            view.age().as_secs_f64(),
+        )
     }
 }
 
