@@ -527,7 +527,8 @@ impl Default for RawAccess {
 }
 
 /// The file after environment overrides and defaults, before validation.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RawConfig {
     pub agent: RawAgent,
     pub api: RawApi,
@@ -590,20 +591,7 @@ pub fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
 
 /// The `section.key` names whose effective values differ between two loads.
 pub fn changed_keys(old: &RawConfig, new: &RawConfig) -> Vec<String> {
-    let flatten = |raw: &RawConfig| -> BTreeMap<String, toml::Value> {
-        let mut keys = BTreeMap::new();
-        if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(raw) {
-            for (section_name, section_value) in sections {
-                if let toml::Value::Table(section_table) = section_value {
-                    for (key, value) in section_table {
-                        keys.insert(format!("{section_name}.{key}"), value);
-                    }
-                }
-            }
-        }
-        keys
-    };
-    let (old, new) = (flatten(old), flatten(new));
+    let (old, new) = (flat_keys(old), flat_keys(new));
     let mut changed: Vec<String> = old
         .iter()
         .filter(|(key, value)| new.get(*key) != Some(*value))
@@ -612,6 +600,41 @@ pub fn changed_keys(old: &RawConfig, new: &RawConfig) -> Vec<String> {
     changed.extend(new.keys().filter(|key| !old.contains_key(*key)).cloned());
     changed.sort();
     changed
+}
+
+/// Every `section.key` of `raw` with its value; keys left unset (`None`)
+/// are absent.
+pub fn flat_keys(raw: &RawConfig) -> BTreeMap<String, toml::Value> {
+    let mut keys = BTreeMap::new();
+    if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(raw) {
+        for (section_name, section_value) in sections {
+            if let toml::Value::Table(section_table) = section_value {
+                for (key, value) in section_table {
+                    keys.insert(format!("{section_name}.{key}"), value);
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The inverse of [`flat_keys`].
+pub fn from_flat_keys(keys: BTreeMap<String, toml::Value>) -> Result<RawConfig, ConfigError> {
+    let mut sections = toml::Table::new();
+    for (name, value) in keys {
+        let Some((section, key)) = name.split_once('.') else {
+            continue;
+        };
+        if let toml::Value::Table(table) = sections
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            table.insert(key.to_string(), value);
+        }
+    }
+    toml::Value::Table(sections)
+        .try_into()
+        .map_err(|error: toml::de::Error| ConfigError::single("", error.message().to_string()))
 }
 
 /// Reads `path` and lays the `TURN_AGENT_*` variables of `env` over it.

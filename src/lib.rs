@@ -47,6 +47,7 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "agent")]
 pub mod registry;
+pub mod reload;
 pub mod secret;
 #[cfg(feature = "agent")]
 pub mod self_check;
