@@ -104,7 +104,6 @@ fn agent_router() -> (
         registry.clone(),
         watch::channel(turn_agent::self_check::HealthStatus::default()).1,
         Default::default(),
-        1000.0,
     );
     let router = api::router(
         ApiState {
@@ -116,7 +115,9 @@ fn agent_router() -> (
             credentials: CredentialSource::fixed_long_term(Some(credential)),
             credential_status,
             rotate,
-            turn_uris: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+            turn_uris: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(vec![
+                "turn:127.0.0.1:3478?transport=udp".into(),
+            ])),
         },
         api::guard::Guard::new(&loopback_admin()),
     );

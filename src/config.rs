@@ -86,6 +86,20 @@ impl ConfigError {
 // Validated configuration
 // ---------------------------------------------------------------------------
 
+/// The running configuration as the agent's tasks see it: replaced on
+/// SIGHUP (see [`crate::reload`]); each task re-reads the parts it applies
+/// live.
+pub type ConfigWatch = tokio::sync::watch::Receiver<std::sync::Arc<Config>>;
+
+/// Waits for the next configuration; never returns once the agent has
+/// dropped the sender (it only does so at exit).
+pub async fn next_config(watch: &mut ConfigWatch) -> std::sync::Arc<Config> {
+    if watch.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    watch.borrow_and_update().clone()
+}
+
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

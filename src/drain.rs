@@ -5,7 +5,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{DrainConfig, TrafficDirection};
-use crate::shutdown::{AgentSignal, Signals};
 use crate::traffic::{self, Observation, TrafficMeter};
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -60,20 +59,19 @@ impl DrainClock {
 }
 
 /// Waits until relayed traffic on `interface` is quiet (or the drain times
-/// out). A SIGTERM/SIGINT ends the wait at once. Returns why it ended.
+/// out). Returns why it ended. Callers race it against SIGTERM.
 pub async fn wait_for_quiet(
-    config: &DrainConfig,
-    interface: Option<&str>,
+    config: DrainConfig,
+    interface: Option<String>,
     direction: TrafficDirection,
-    signals: &mut Signals,
 ) -> &'static str {
-    let mut clock = DrainClock::new(config.clone(), Instant::now());
+    let mut clock = DrainClock::new(config, Instant::now());
     let mut meter = TrafficMeter::new(0.0);
     let mut networks = sysinfo::Networks::new_with_refreshed_list().ok();
     let mut last_progress = Instant::now();
     loop {
         let now = Instant::now();
-        let used = match (interface, networks.as_mut()) {
+        let used = match (interface.as_deref(), networks.as_mut()) {
             (Some(interface), Some(networks)) => {
                 match traffic::read_counters(networks, interface) {
                     Some(sample) => match meter.observe(sample, now) {
@@ -110,15 +108,7 @@ pub async fn wait_for_quiet(
             );
             last_progress = now;
         }
-        tokio::select! {
-            signal = signals.next() => {
-                if let AgentSignal::Terminate(name) = signal {
-                    tracing::warn!(signal = name, "drain interrupted");
-                    return name;
-                }
-            }
-            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
 }
 

@@ -18,6 +18,7 @@
 //! - [`shutdown`]: process signals turned into agent actions.
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
 //! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
+//! - [`reload`]: which SIGHUP changes apply at once, after a turnserver restart, or never live.
 //! - [`metrics`]: Prometheus exposition read from the status channels at scrape time.
 //! - [`api`]: the axum router and server.
 //! - [`systemd`]: READY/STOPPING/STATUS/WATCHDOG notifications.
@@ -47,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "agent")]
 pub mod registry;
+#[cfg(feature = "agent")]
 pub mod reload;
 pub mod secret;
 #[cfg(feature = "agent")]

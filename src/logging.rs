@@ -1,23 +1,56 @@
 //! Logging setup: `tracing` to stderr, which journald captures under systemd.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 
+/// Set once by [`init`] unless `RUST_LOG` chose the filter.
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the
 /// configured level so an operator can turn up one module without editing
-/// the file.
+/// the file; it also keeps winning over reloads.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = match format {
+        LogFormat::Text => output.boxed(),
+        LogFormat::Json => output.json().boxed(),
     };
     // A second init (tests) keeps the first subscriber.
-    let _ = result;
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .is_ok()
+        && !pinned
+    {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// Applies `agent.log_level` from a reloaded file. The level was validated
+/// with the file; `RUST_LOG` keeps precedence.
+pub fn set_level(level: &str) {
+    let Some(handle) = LEVEL.get() else {
+        tracing::info!("RUST_LOG is set; it keeps deciding the log level");
+        return;
+    };
+    match EnvFilter::try_new(level) {
+        Ok(filter) => {
+            if let Err(error) = handle.reload(filter) {
+                tracing::warn!(%error, "cannot change the log level");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot change the log level"),
+    }
 }

@@ -39,7 +39,6 @@ impl AgentMetrics {
         registry_status: watch::Receiver<RegistryStatus>,
         health: watch::Receiver<HealthStatus>,
         probe_latency_micros: Arc<AtomicU64>,
-        capacity_mbps: f64,
     ) -> AgentMetrics {
         let mut registry = Registry::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
@@ -54,7 +53,6 @@ impl AgentMetrics {
             registry_status,
             health,
             probe_latency_micros,
-            capacity_mbps,
         }));
         AgentMetrics {
             registry: Arc::new(registry),
@@ -78,7 +76,6 @@ struct StatusCollector {
     registry_status: watch::Receiver<RegistryStatus>,
     health: watch::Receiver<HealthStatus>,
     probe_latency_micros: Arc<AtomicU64>,
-    capacity_mbps: f64,
 }
 
 /// One constant gauge at scrape time; shared with the allocator's collector.
@@ -249,7 +246,7 @@ impl Collector for StatusCollector {
                 e,
                 "turn_agent_traffic_used_mbps",
                 "measured traffic on the configured interface",
-                (self.capacity_mbps - free).max(0.0),
+                (registry.capacity_mbps - free).max(0.0),
             )?;
         }
         if health.enabled {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use crate::backoff::ExponentialBackoff;
-use crate::config::{Config, TrafficConfig, ZookeeperConfig};
+use crate::config::{self, Config, ConfigWatch, TrafficConfig, ZookeeperConfig};
 use crate::credentials::CredentialStatus;
 use crate::self_check::HealthStatus;
 use crate::supervisor::SupervisorStatus;
@@ -41,11 +41,16 @@ pub struct RegistryStatus {
     /// Unix seconds of the last create or update.
     pub last_write_unix: Option<u64>,
     pub free_traffic_mbps: Option<f64>,
+    /// `traffic.capacity_mbps` as currently configured.
+    pub capacity_mbps: f64,
     pub last_error: Option<String>,
 }
 
 pub struct Registry {
     zookeeper: ZookeeperConfig,
+    /// Traffic settings, capacity, region, ISPs and publishing cadence
+    /// apply at once; the ensemble and node path only at an agent restart.
+    config_watch: ConfigWatch,
     traffic: TrafficConfig,
     hosts: String,
     node_path: String,
@@ -88,12 +93,13 @@ enum SessionEnd {
 impl Registry {
     /// `None` when `zookeeper.connect` is unset: publishing is off.
     pub fn new(
-        config: &Config,
+        mut config_watch: ConfigWatch,
         supervisor: watch::Receiver<SupervisorStatus>,
         credentials: watch::Receiver<CredentialStatus>,
         health: watch::Receiver<HealthStatus>,
     ) -> (Option<Registry>, watch::Receiver<RegistryStatus>) {
         let (status, receiver) = watch::channel(RegistryStatus::default());
+        let config = config_watch.borrow_and_update().clone();
         let zookeeper = config.zookeeper.clone();
         let Some((hosts, _)) = zookeeper.hosts_and_chroot() else {
             return (None, receiver);
@@ -116,12 +122,16 @@ impl Registry {
             version: env!("CARGO_PKG_VERSION").to_string(),
             restarts: 0,
         };
-        status.send_modify(|s| s.enabled = true);
+        status.send_modify(|s| {
+            s.enabled = true;
+            s.capacity_mbps = config.traffic.capacity_mbps;
+        });
         let registry = Registry {
             node_path: zookeeper.node_path(),
             base_path: zookeeper.base_path(),
             hosts,
             zookeeper,
+            config_watch,
             traffic: config.traffic.clone(),
             template,
             supervisor,
@@ -304,6 +314,13 @@ impl Registry {
                 _ = changed(&mut self.credentials) => {}
                 _ = changed(&mut self.health) => {}
                 _ = tick.tick() => self.sample_traffic(),
+                latest = config::next_config(&mut self.config_watch) => {
+                    if self.apply(&latest) {
+                        tick = tokio::time::interval(self.zookeeper.publish_interval);
+                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        tick.tick().await;
+                    }
+                }
                 _ = retry_sleep => {}
             }
         }
@@ -476,6 +493,30 @@ impl Registry {
             }
         }
         self.status.send_modify(|s| s.published = false);
+    }
+
+    /// Takes a reloaded configuration; true when the publishing interval
+    /// changed. The next pass writes the node if its content moved.
+    fn apply(&mut self, latest: &Config) -> bool {
+        let new_meter = latest.traffic.interface != self.traffic.interface
+            || latest.traffic.smoothing != self.traffic.smoothing;
+        let interval_changed = latest.zookeeper.publish_interval != self.zookeeper.publish_interval;
+        self.traffic = latest.traffic.clone();
+        if new_meter {
+            self.meter = TrafficMeter::new(self.traffic.smoothing);
+        }
+        self.zookeeper.publish_interval = latest.zookeeper.publish_interval;
+        self.zookeeper.max_silence = latest.zookeeper.max_silence;
+        self.zookeeper.region = latest.zookeeper.region.clone();
+        self.zookeeper.isp = latest.zookeeper.isp.clone();
+        self.template.capacity_mbps = latest.traffic.capacity_mbps;
+        self.status
+            .send_modify(|s| s.capacity_mbps = latest.traffic.capacity_mbps);
+        self.template.turn_uris = latest.api.turn_uris.clone();
+        self.template.realm = latest.turnserver.realm.clone();
+        self.template.region = latest.zookeeper.region.clone();
+        self.template.isp = latest.zookeeper.isp.clone();
+        interval_changed
     }
 
     fn sample_traffic(&mut self) {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HealthConfig;
+use crate::config::{self, ConfigWatch, HealthConfig};
 use crate::credentials::{
     unix_now, CredentialRequest, CredentialSource, CredentialStatus, RotateHandle,
 };
@@ -34,10 +34,15 @@ pub struct HealthStatus {
     pub last_ok_unix: Option<u64>,
     /// The host is draining: not ready, on purpose.
     pub draining: bool,
+    /// turnserver is being replaced for a new configuration: not ready, on
+    /// purpose, and not checked.
+    pub reconfiguring: bool,
 }
 
 pub struct SelfCheck {
     config: HealthConfig,
+    config_watch: ConfigWatch,
+    /// turnserver's address, which a reload may move.
     server: SocketAddr,
     source: CredentialSource,
     supervisor: watch::Receiver<SupervisorStatus>,
@@ -50,13 +55,16 @@ impl SelfCheck {
     /// With `health.self_check_interval` 0 the check is off: [`SelfCheck::run`]
     /// only holds the status channel open until shutdown.
     pub fn new(
-        config: HealthConfig,
-        server: SocketAddr,
+        mut config_watch: ConfigWatch,
         source: CredentialSource,
         supervisor: watch::Receiver<SupervisorStatus>,
         credentials: watch::Receiver<CredentialStatus>,
         rotate: RotateHandle,
     ) -> (SelfCheck, watch::Receiver<HealthStatus>) {
+        let (config, server) = {
+            let current = config_watch.borrow_and_update();
+            (current.health.clone(), current.turnserver.probe_addr())
+        };
         let enabled = config.self_check_interval.is_some();
         let (status, receiver) = watch::channel(HealthStatus {
             enabled,
@@ -64,6 +72,7 @@ impl SelfCheck {
         });
         let check = SelfCheck {
             config,
+            config_watch,
             server,
             source,
             supervisor,
@@ -80,21 +89,50 @@ impl SelfCheck {
     }
 
     #[tracing::instrument(name = "self_check", skip_all)]
-    pub async fn run(self, shutdown: CancellationToken) {
-        let Some(period) = self.config.self_check_interval else {
-            shutdown.cancelled().await;
-            return;
-        };
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let Some(period) = self.config.self_check_interval else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    latest = config::next_config(&mut self.config_watch) => {
+                        self.apply(&latest);
+                        continue;
+                    }
+                }
+            };
+            if !self.run_every(period, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Checks every `period` until shutdown (false) or a new interval
+    /// (true).
+    async fn run_every(
+        &mut self,
+        period: std::time::Duration,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return false,
+                latest = config::next_config(&mut self.config_watch) => {
+                    if self.apply(&latest) {
+                        return true;
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             // Other parts report a turnserver that is down or a missing
-            // credential; the check is about what remains.
-            if !self.supervisor.borrow().is_ready() || !self.credentials.borrow().available {
+            // credential; the check is about what remains. A turnserver
+            // being replaced is not checked at all.
+            if !self.supervisor.borrow().is_ready()
+                || !self.credentials.borrow().available
+                || self.status.borrow().reconfiguring
+            {
                 continue;
             }
             let request = CredentialRequest {
@@ -113,6 +151,24 @@ impl SelfCheck {
             .await;
             self.record(outcome).await;
         }
+    }
+
+    /// Takes a reloaded configuration; true when the interval changed.
+    fn apply(&mut self, latest: &config::Config) -> bool {
+        let interval_changed = latest.health.self_check_interval != self.config.self_check_interval;
+        self.config = latest.health.clone();
+        self.server = latest.turnserver.probe_addr();
+        let enabled = self.config.self_check_interval.is_some();
+        self.status.send_if_modified(|s| {
+            let changed = s.enabled != enabled;
+            s.enabled = enabled;
+            if !enabled {
+                s.failing = false;
+                s.consecutive_failures = 0;
+            }
+            changed
+        });
+        interval_changed
     }
 
     async fn record(&self, outcome: Result<std::time::Duration, TurnCheckError>) {

@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -19,14 +20,33 @@ use crate::config::AccessConfig;
 /// Keys kept by the rate limiter before idle ones are dropped.
 const LIMITER_KEYS_BEFORE_SWEEP: usize = 10_000;
 
+/// Cheap to clone; every clone sees a [`Guard::replace`].
 #[derive(Clone)]
 pub struct Guard {
-    policy: Arc<AccessPolicy>,
-    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    rules: Arc<ArcSwap<Rules>>,
+}
+
+struct Rules {
+    policy: AccessPolicy,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl Guard {
     pub fn new(access: &AccessConfig) -> Guard {
+        Guard {
+            rules: Arc::new(ArcSwap::from_pointee(Rules::new(access))),
+        }
+    }
+
+    /// New rules from a reloaded configuration, for every request from now
+    /// on. The rate limiter starts afresh.
+    pub fn replace(&self, access: &AccessConfig) {
+        self.rules.store(Arc::new(Rules::new(access)));
+    }
+}
+
+impl Rules {
+    fn new(access: &AccessConfig) -> Rules {
         let limiter = (access.rate_limit_per_second > 0.0)
             .then(|| {
                 Quota::with_period(Duration::from_secs_f64(1.0 / access.rate_limit_per_second))
@@ -34,10 +54,10 @@ impl Guard {
             .flatten()
             .map(|quota| {
                 let burst = NonZeroU32::new(access.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
-                Arc::new(RateLimiter::keyed(quota.allow_burst(burst)))
+                RateLimiter::keyed(quota.allow_burst(burst))
             });
-        Guard {
-            policy: Arc::new(access.policy.clone()),
+        Rules {
+            policy: access.policy.clone(),
             limiter,
         }
     }
@@ -79,6 +99,7 @@ pub async fn guard(
     let Some(permission) = required_permission(request.uri().path()) else {
         return Ok(next.run(request).await);
     };
+    let guard = guard.rules.load();
     let forwarded = request
         .headers()
         .get("x-forwarded-for")

@@ -9,6 +9,9 @@ pub mod guard;
 pub mod server;
 pub mod tls;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +40,8 @@ pub struct ApiState {
     pub credentials: CredentialSource,
     pub credential_status: watch::Receiver<CredentialStatus>,
     pub rotate: RotateHandle,
-    pub turn_uris: Vec<String>,
+    /// Swapped whole on a reload.
+    pub turn_uris: Arc<ArcSwap<Vec<String>>>,
     pub metrics: AgentMetrics,
     /// Asks the agent to drain and stop.
     pub drain: tokio::sync::mpsc::Sender<()>,
@@ -103,6 +107,8 @@ pub fn not_ready_reason(
 ) -> Option<String> {
     if health.draining {
         Some("draining".to_string())
+    } else if health.reconfiguring {
+        Some("restarting turnserver for a new configuration".to_string())
     } else if !turnserver.is_ready() {
         Some(turnserver.reason())
     } else if !credentials.available {
@@ -191,9 +197,10 @@ async fn ice(
     let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let credential = issue(&state, query)?;
     let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(credential.expires_at);
+    let turn_uris = state.turn_uris.load();
     let body = IceBody {
         ice_servers: [IceServer {
-            urls: &state.turn_uris,
+            urls: &turn_uris,
             username: &credential.username,
             credential: credential.password.expose(),
         }],

@@ -59,7 +59,6 @@ fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture
         registry.clone(),
         health.clone(),
         Default::default(),
-        1000.0,
     );
     let state = ApiState {
         drain: tokio::sync::mpsc::channel(1).0,
@@ -70,10 +69,10 @@ fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture
         credentials: source,
         credential_status: status_receiver,
         rotate,
-        turn_uris: vec![
+        turn_uris: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(vec![
             "turn:192.0.2.1:3478?transport=udp".into(),
             "turn:192.0.2.1:3478?transport=tcp".into(),
-        ],
+        ])),
     };
     let app = router(state, guard::Guard::new(&access(rate_limit_per_second)));
     Fixture {

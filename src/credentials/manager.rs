@@ -22,7 +22,7 @@ use super::{
     RotateHandle, RotateReply,
 };
 use crate::backoff::ExponentialBackoff;
-use crate::config::{Config, CredentialMode, CredentialsConfig};
+use crate::config::{self, Config, ConfigWatch, CredentialMode, CredentialsConfig};
 
 /// turnadmin can find the database locked while turnserver initialises it,
 /// so the first retry comes soon.
@@ -32,6 +32,12 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 pub struct CredentialManager {
     config: CredentialsConfig,
     realm: String,
+    /// Timing applies at once; a new realm, mode or database retires every
+    /// agent entry and starts afresh (the agent sends those only once
+    /// turnserver is being replaced).
+    config_watch: ConfigWatch,
+    /// The configuration last applied, to compare the next one with.
+    applied: Arc<Config>,
     turnadmin: Turnadmin,
     published: Arc<ArcSwapOption<Published>>,
     status: watch::Sender<CredentialStatus>,
@@ -51,17 +57,21 @@ pub struct CredentialHandles {
 }
 
 impl CredentialManager {
-    pub fn new(config: &Config) -> (CredentialManager, CredentialHandles) {
+    pub fn new(mut config_watch: ConfigWatch) -> (CredentialManager, CredentialHandles) {
+        let config = config_watch.borrow_and_update().clone();
         let credentials = config.credentials.clone();
         let published = Arc::new(ArcSwapOption::empty());
-        let (status, status_receiver) = watch::channel(CredentialStatus::new(credentials.mode));
+        let (status, status_receiver) = watch::channel(CredentialStatus {
+            realm: config.turnserver.realm.clone(),
+            ..CredentialStatus::new(credentials.mode)
+        });
         let (requests, rotate_requests) = mpsc::channel(8);
         let source = CredentialSource {
             published: published.clone(),
-            default_ttl: credentials.lifetime.as_secs(),
-            max_ttl: credentials.max_ttl.as_secs(),
         };
         let manager = CredentialManager {
+            config_watch,
+            applied: config.clone(),
             turnadmin: Turnadmin::new(
                 credentials.turnadmin.clone(),
                 credentials.database_args.clone(),
@@ -108,6 +118,7 @@ impl CredentialManager {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(wake) => {}
+                latest = config::next_config(&mut self.config_watch) => self.apply(latest).await,
                 Some(reply) = self.rotate_requests.recv() => {
                     let result = if self.reconciled {
                         self.rotate(unix_now().as_secs()).await
@@ -117,6 +128,58 @@ impl CredentialManager {
                     self.publish_status();
                     let _ = reply.send(result);
                 }
+            }
+        }
+    }
+
+    /// Takes a reloaded configuration. The state file stays where it was
+    /// (it moves only with an agent restart).
+    async fn apply(&mut self, config: Arc<Config>) {
+        let fresh_start = super::needs_fresh_start(&self.applied, &config);
+        if fresh_start {
+            self.retire_everything().await;
+        }
+        self.config = CredentialsConfig {
+            state_file: self.config.state_file.clone(),
+            ..config.credentials.clone()
+        };
+        self.turnadmin = Turnadmin::new(
+            self.config.turnadmin.clone(),
+            self.config.database_args.clone(),
+            config.turnserver.realm.clone(),
+        );
+        if fresh_start {
+            tracing::info!(realm = %config.turnserver.realm, mode = ?self.config.mode, "starting a new credential state for the new turnserver");
+            self.realm = config.turnserver.realm.clone();
+            self.fresh_state();
+            self.reconciled = false;
+            self.retry.reset();
+            self.retry_at = None;
+            let (mode, realm) = (self.config.mode, self.realm.clone());
+            self.status.send_modify(|status| {
+                status.mode = mode;
+                status.realm = realm;
+                status.generation += 1;
+            });
+        }
+        self.applied = config;
+        self.publish_current();
+    }
+
+    /// Takes every agent entry out of the database the running turnserver
+    /// used: the new one will not know them. Best effort: a leftover is
+    /// harmless to the new realm or database.
+    async fn retire_everything(&mut self) {
+        self.published.store(None);
+        let users = self.state.current.iter().map(|c| c.username.clone());
+        for user in users.chain(self.state.served.iter().cloned()) {
+            if let Err(error) = self.turnadmin.delete_user(&user).await {
+                tracing::warn!(user, %error, "cannot delete an agent user of the previous configuration");
+            }
+        }
+        for secret in &self.state.secrets {
+            if let Err(error) = self.turnadmin.delete_secret(&secret.value).await {
+                tracing::warn!(%error, "cannot delete an agent secret of the previous configuration");
             }
         }
     }
@@ -397,6 +460,8 @@ impl CredentialManager {
             CredentialMode::RestApi => {
                 rest_api::signing_secret(&self.state.secrets).map(|secret| Published::RestApi {
                     secret: secret.value.clone(),
+                    default_ttl: self.config.lifetime.as_secs(),
+                    max_ttl: self.config.max_ttl.as_secs(),
                 })
             }
         };

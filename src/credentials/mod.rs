@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use manager::{CredentialHandles, CredentialManager};
 
-use crate::config::CredentialMode;
+use crate::config::{Config, CredentialMode};
 use crate::secret::Secret;
 use state_file::LongTermCredential;
 
@@ -48,7 +48,13 @@ pub struct CredentialRequest {
 #[derive(Debug)]
 enum Published {
     LongTerm(LongTermCredential),
-    RestApi { secret: Secret },
+    /// The TTL bounds travel with the secret so a reload changes them with
+    /// one swap.
+    RestApi {
+        secret: Secret,
+        default_ttl: u64,
+        max_ttl: u64,
+    },
 }
 
 /// The API's read side: a lock-free load of what the manager published.
@@ -57,8 +63,6 @@ enum Published {
 #[derive(Clone)]
 pub struct CredentialSource {
     published: Arc<ArcSwapOption<Published>>,
-    default_ttl: u64,
-    max_ttl: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,8 +86,12 @@ impl CredentialSource {
                 password: credential.password.clone(),
                 expires_at: credential.expires_at,
             }),
-            Some(Published::RestApi { secret }) => {
-                let ttl = rest_api::effective_ttl(request.ttl, self.default_ttl, self.max_ttl);
+            Some(Published::RestApi {
+                secret,
+                default_ttl,
+                max_ttl,
+            }) => {
+                let ttl = rest_api::effective_ttl(request.ttl, *default_ttl, *max_ttl);
                 let user = match request.user.as_deref() {
                     Some(user) if rest_api::is_safe_user(user) => user.to_string(),
                     _ => random_user(),
@@ -108,8 +116,6 @@ impl CredentialSource {
             published: Arc::new(ArcSwapOption::new(
                 credential.map(|c| Arc::new(Published::LongTerm(c))),
             )),
-            default_ttl: 3600,
-            max_ttl: 86400,
         }
     }
 }
@@ -121,9 +127,9 @@ impl CredentialSource {
         CredentialSource {
             published: Arc::new(ArcSwapOption::new(Some(Arc::new(Published::RestApi {
                 secret: Secret::new(secret),
+                default_ttl,
+                max_ttl,
             })))),
-            default_ttl,
-            max_ttl,
         }
     }
 }
@@ -137,6 +143,14 @@ impl RotateHandle {
     }
 }
 
+/// Whether going from `old` to `new` leaves every agent credential useless:
+/// users and secrets belong to one realm, one mode and one database.
+pub fn needs_fresh_start(old: &Config, new: &Config) -> bool {
+    old.turnserver.realm != new.turnserver.realm
+        || old.credentials.mode != new.credentials.mode
+        || old.credentials.database_args != new.credentials.database_args
+}
+
 fn random_user() -> String {
     let bytes: [u8; 8] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -146,6 +160,12 @@ fn random_user() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CredentialStatus {
     pub mode: CredentialMode,
+    /// The realm the served credential belongs to (long-term users and
+    /// secrets are per realm).
+    pub realm: String,
+    /// Fresh starts for a new realm, mode or database (see
+    /// [`needs_fresh_start`]): a reload waits for this to move.
+    pub generation: u64,
     /// A valid credential can be served right now.
     pub available: bool,
     /// Long-term mode: the served username.
@@ -168,6 +188,8 @@ impl CredentialStatus {
     pub fn new(mode: CredentialMode) -> Self {
         CredentialStatus {
             mode,
+            realm: String::new(),
+            generation: 0,
             available: false,
             username: None,
             issued_at: None,

@@ -120,6 +120,13 @@ impl Lifecycle {
         }
     }
 
+    /// New probe limits from a reloaded configuration; they count from the
+    /// next probe.
+    pub fn set_limits(&mut self, probe_failures_allowed: u32, startup_timeout: Duration) {
+        self.probe_failures_allowed = probe_failures_allowed.max(1);
+        self.startup_timeout = startup_timeout;
+    }
+
     pub fn status(&self) -> &SupervisorStatus {
         &self.status
     }

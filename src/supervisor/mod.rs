@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CredentialMode, TurnserverConfig};
+use crate::config::{self, ConfigWatch, CredentialMode, TurnserverConfig};
 use crate::systemd::Watchdog;
 use backoff::RestartBackoff;
 use lifecycle::{Lifecycle, ProbeVerdict};
@@ -32,6 +32,9 @@ const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 pub struct Supervisor {
     config: TurnserverConfig,
     mode: CredentialMode,
+    /// Where new configurations come from: a change to turnserver's command
+    /// line restarts it (without backoff), probe settings apply at once.
+    config_watch: ConfigWatch,
     spawner: Spawner,
     lifecycle: Lifecycle,
     status: watch::Sender<SupervisorStatus>,
@@ -42,10 +45,23 @@ pub struct Supervisor {
     probe_latency_micros: Arc<AtomicU64>,
 }
 
+/// What the supervisor runs: a change here means a new turnserver.
+pub fn command_line(
+    config: &TurnserverConfig,
+    mode: CredentialMode,
+) -> (std::path::PathBuf, Vec<String>) {
+    (
+        config.binary.clone(),
+        command::turnserver_args(config, mode),
+    )
+}
+
 /// Why a child's run ended.
 enum ChildEnd {
     Exited(String),
     Hung(String),
+    /// Its command line changed: replace it.
+    Reconfigured,
     Shutdown,
 }
 
@@ -53,10 +69,13 @@ impl Supervisor {
     /// Builds a supervisor; must be called inside the Tokio runtime (it
     /// starts the spawner thread).
     pub fn new(
-        config: TurnserverConfig,
-        mode: CredentialMode,
+        mut config_watch: ConfigWatch,
         watchdog: Watchdog,
     ) -> std::io::Result<(Supervisor, watch::Receiver<SupervisorStatus>)> {
+        let (config, mode) = {
+            let current = config_watch.borrow_and_update();
+            (current.turnserver.clone(), current.credentials.mode)
+        };
         let backoff = RestartBackoff::new(
             config.restart_delay_min,
             config.restart_delay_max,
@@ -70,6 +89,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             config,
             mode,
+            config_watch,
             spawner: Spawner::start()?,
             lifecycle,
             status,
@@ -105,6 +125,14 @@ impl Supervisor {
                             self.publish();
                             return;
                         }
+                        ChildEnd::Reconfigured => {
+                            let how =
+                                process::stop_child(&mut child, self.config.stop_timeout).await;
+                            tracing::info!(exit = %how, "turnserver stopped for a new configuration");
+                            self.lifecycle.stopped(Some(how));
+                            self.publish();
+                            continue;
+                        }
                         ChildEnd::Hung(reason) => {
                             tracing::error!(%reason, pid = child.id(), "turnserver is hung, killing it");
                             let how = process::kill_child(&mut child).await;
@@ -137,9 +165,29 @@ impl Supervisor {
         }
     }
 
+    /// Takes the newest configuration; true when turnserver's command line
+    /// changed with it.
+    fn apply(&mut self, config: &config::Config) -> bool {
+        let before = self.command_line();
+        self.config = config.turnserver.clone();
+        self.mode = config.credentials.mode;
+        self.lifecycle
+            .set_limits(self.config.probe_failures, self.config.startup_timeout);
+        before != self.command_line()
+    }
+
+    fn command_line(&self) -> (std::path::PathBuf, Vec<String>) {
+        command_line(&self.config, self.mode)
+    }
+
     async fn spawn(&mut self) -> std::io::Result<Child> {
-        let mut command = Command::new(&self.config.binary);
-        command.args(command::turnserver_args(&self.config, self.mode));
+        if self.config_watch.has_changed().unwrap_or(false) {
+            let latest = self.config_watch.borrow_and_update().clone();
+            self.apply(&latest);
+        }
+        let (binary, args) = self.command_line();
+        let mut command = Command::new(binary);
+        command.args(args);
         // turnserver speaks sd_notify itself; its READY=1 must not be taken
         // for the agent's, nor its watchdog settings for ours.
         for variable in [
@@ -171,9 +219,9 @@ impl Supervisor {
 
     /// Probes the running child until it exits, hangs, or shutdown comes.
     async fn watch_child(&mut self, child: &mut Child, shutdown: &CancellationToken) -> ChildEnd {
-        let probe_addr = self.config.probe_addr();
         let mut next_probe = Instant::now();
         loop {
+            let probe_addr = self.config.probe_addr();
             let probe = async {
                 tokio::time::sleep_until(next_probe).await;
                 probe::stun_binding(probe_addr, self.config.probe_timeout).await
@@ -182,6 +230,13 @@ impl Supervisor {
                 biased;
                 _ = shutdown.cancelled() => return ChildEnd::Shutdown,
                 status = child.wait() => return ChildEnd::Exited(process::describe_exit(status)),
+                latest = config::next_config(&mut self.config_watch) => {
+                    if self.apply(&latest) {
+                        tracing::info!("turnserver's command line changed; restarting it");
+                        return ChildEnd::Reconfigured;
+                    }
+                    continue;
+                }
                 result = probe => {
                     let now = Instant::now();
                     let was_ready = self.lifecycle.status().is_ready();
