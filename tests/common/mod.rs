@@ -235,6 +235,24 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits for `text` to appear in the agent's log.
+    pub async fn wait_log(&self, text: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{text:?} in the log"), || {
+            let found = self.log().contains(text);
+            async move { found.then_some(()) }
+        })
+        .await
+    }
+
+    /// Rewrites the config file, replacing `from` (which must be there)
+    /// with `to`, and sends SIGHUP.
+    pub fn reload_with(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.files.config_path).unwrap();
+        assert!(text.contains(from), "{from:?} is not in the config file");
+        std::fs::write(&self.files.config_path, text.replace(from, to)).unwrap();
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.files.api, path)
     }

@@ -1,0 +1,189 @@
+//! SIGHUP: live keys applied at once, turnserver keys through a drain and a
+//! new turnserver, a bad file reported and ignored. Judged by ZooKeeper's
+//! state, turnserver's pid and port, and coturn's own clients.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use common::zookeeper::{Reader, ZooKeeper};
+use common::*;
+
+const NODE: &str = "/turn/servers/reloaded";
+
+fn options(zookeeper: &ZooKeeper) -> AgentOptions {
+    AgentOptions {
+        extra: format!(
+            "[zookeeper]\nconnect = \"{}\"\nnode = \"reloaded\"\n\
+             [traffic]\ninterface = \"lo\"\ncapacity_mbps = 1000.0\n\
+             [drain]\nidle_mbps = 100000.0\nquiet_period = \"1s\"\ntimeout = \"10s\"\n",
+            zookeeper.connect_string()
+        ),
+        ..AgentOptions::default()
+    }
+}
+
+async fn published(reader: &Reader) -> serde_json::Value {
+    wait_for(Duration::from_secs(5), "the node", || async {
+        reader.node(NODE).await.map(|(payload, _)| payload)
+    })
+    .await
+}
+
+async fn wait_for_capacity(reader: &Reader, capacity: f64) -> serde_json::Value {
+    wait_for(
+        Duration::from_secs(5),
+        &format!("capacity {capacity} in the node"),
+        || async {
+            let (payload, _) = reader.node(NODE).await?;
+            (payload["capacityMbps"].as_f64() == Some(capacity)).then_some(payload)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn capacity_is_applied_live_and_a_bad_file_changes_nothing() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(&zookeeper));
+    let reader = Reader::connect(&zookeeper).await;
+    let pid = agent.wait_ready(Duration::from_secs(5)).await;
+    assert_eq!(
+        published(&reader).await["capacityMbps"].as_f64(),
+        Some(1000.0)
+    );
+
+    agent.reload_with("capacity_mbps = 1000.0", "capacity_mbps = 250.0");
+    // Other tests relay on lo too: free traffic is only bounded here.
+    let payload = wait_for_capacity(&reader, 250.0).await;
+    assert!(payload["freeTraffic"].as_f64().unwrap() <= 250.0);
+    agent
+        .wait_log("traffic.capacity_mbps", Duration::from_secs(1))
+        .await;
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+    assert_eq!(agent.turnservers(), vec![pid]);
+
+    // Valid changes next to an invalid one: none of them is applied.
+    let port = agent.files.turn_port;
+    let text = std::fs::read_to_string(&agent.files.config_path).unwrap();
+    agent.reload_with(
+        "capacity_mbps = 250.0",
+        "capacity_mbps = 50.0\nhysteresis_percent = 500.0",
+    );
+    agent
+        .wait_log("traffic.hysteresis_percent", Duration::from_secs(5))
+        .await;
+    assert!(agent.log().contains("keeping the running configuration"));
+    std::fs::write(&agent.files.config_path, &text).unwrap();
+    agent.reload_with(
+        &format!("listening_port = {port}"),
+        "listening_port = 99999",
+    );
+    agent
+        .wait_log("turnserver.listening_port", Duration::from_secs(5))
+        .await;
+
+    let (payload, _) = reader.node(NODE).await.expect("still listed");
+    assert_eq!(payload["capacityMbps"].as_f64(), Some(250.0));
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+    assert_eq!(agent.turnservers(), vec![pid]);
+    assert!(!agent.log().contains("need a new turnserver"));
+}
+
+#[tokio::test]
+async fn a_new_port_gets_a_new_turnserver_after_a_drain() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(&zookeeper));
+    let reader = Reader::connect(&zookeeper).await;
+    let old_pid = agent.wait_ready(Duration::from_secs(5)).await;
+    published(&reader).await;
+    let old_port = agent.files.turn_port;
+    let new_port = free_port();
+
+    agent.reload_with(
+        &format!("listening_port = {old_port}"),
+        &format!("listening_port = {new_port}"),
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the node to be withdrawn",
+        || async { (reader.exists(NODE).await == Some(false)).then_some(()) },
+    )
+    .await;
+    let (status, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("new configuration"),
+        "{body}"
+    );
+    assert!(
+        agent.credential("").await.is_some(),
+        "credentials are still served while draining"
+    );
+
+    let new_pid = wait_for(Duration::from_secs(10), "a new turnserver", || async {
+        match agent.get("/readyz").await {
+            Some((200, body)) => body["turnserver"]["pid"]
+                .as_u64()
+                .map(|pid| pid as u32)
+                .filter(|pid| *pid != old_pid),
+            _ => None,
+        }
+    })
+    .await;
+    published(&reader).await;
+    assert_eq!(agent.turnservers(), vec![new_pid]);
+    assert!(stunclient_answers(new_port).await);
+    wait_for(Duration::from_secs(2), "the old port to be closed", || {
+        let free = UdpSocket::bind(("127.0.0.1", old_port)).is_ok();
+        async move { free.then_some(()) }
+    })
+    .await;
+    let served = agent.credential("").await.unwrap();
+    assert!(uclient_allocates(new_port, &served.userid, &served.password).await);
+    assert!(agent
+        .log()
+        .contains("turnserver runs the new configuration"));
+}
+
+#[tokio::test]
+async fn a_new_realm_starts_a_fresh_credential_that_coturn_accepts() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(&zookeeper));
+    let reader = Reader::connect(&zookeeper).await;
+    let old_pid = agent.wait_ready(Duration::from_secs(5)).await;
+    let old = agent.wait_credential(Duration::from_secs(5)).await;
+    published(&reader).await;
+    let old_realm = agent.files.realm.clone();
+
+    agent.reload_with(
+        &format!("realm = \"{old_realm}\""),
+        "realm = \"reloaded.turn-agent\"",
+    );
+    let new = wait_for(
+        Duration::from_secs(10),
+        "a credential for the new realm",
+        || async {
+            match agent.get("/readyz").await {
+                Some((200, body)) if body["turnserver"]["pid"].as_u64() != Some(old_pid.into()) => {
+                    let served = agent.credential("").await?;
+                    (served.userid != old.userid).then_some(served)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let payload = published(&reader).await;
+    assert_eq!(payload["realm"].as_str(), Some("reloaded.turn-agent"));
+    assert!(uclient_allocates(agent.files.turn_port, &new.userid, &new.password).await);
+    let users = agent_users(&agent.userdb(), &old_realm);
+    assert!(
+        users.is_empty(),
+        "the old realm's users are deleted: {users:?}"
+    );
+}
