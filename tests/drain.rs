@@ -64,6 +64,90 @@ async fn drain_withdraws_keeps_serving_and_stops_when_quiet() {
     assert!(agent.log().contains("drained"));
 }
 
+/// Runs alone (see .config/nextest.toml): lo then carries only this test's
+/// relayed traffic, so "idle" means the relay really stopped.
+#[tokio::test]
+async fn drain_waits_for_live_relayed_traffic_to_end() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(
+        &zookeeper,
+        "idle_mbps = 1.0\nquiet_period = \"1s\"\ntimeout = \"60s\"",
+    ));
+    let mut agent = agent;
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let node = "/turn/servers/draining";
+    wait_for(Duration::from_secs(5), "the node", || reader.node(node)).await;
+    let served = agent.wait_credential(Duration::from_secs(5)).await;
+
+    // coturn's own client relays ~10 Mbps for a few seconds.
+    let mut traffic = tokio::process::Command::new("turnutils_uclient")
+        .args(["-y", "-n", "600", "-l", "1200", "-m", "4", "-z", "5", "-c"])
+        .args(["-u", &served.userid, "-w", &served.password, "-p"])
+        .arg(agent.files.turn_port.to_string())
+        .arg("127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "relayed traffic to flow",
+        || async { (lo_mbps_over(Duration::from_millis(300)).await > 4.0).then_some(()) },
+    )
+    .await;
+
+    agent.signal(Signal::SIGUSR1);
+    let asked = Instant::now();
+    wait_for(
+        Duration::from_secs(1),
+        "the node to be withdrawn",
+        || async { (reader.exists(node).await == Some(false)).then_some(()) },
+    )
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(60), traffic.wait())
+        .await
+        .expect("uclient ends")
+        .unwrap();
+    let traffic_ended = Instant::now();
+    assert!(
+        status.success(),
+        "uclient relayed through the draining host"
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent stopped while traffic was flowing:\n{}",
+        agent.log()
+    );
+    let exit = agent.wait_exit(Duration::from_secs(10)).await;
+    eprintln!(
+        "drain asked -> traffic ended {:?}, traffic ended -> agent exited {:?}",
+        traffic_ended - asked,
+        traffic_ended.elapsed()
+    );
+    assert_eq!(exit.code(), Some(0), "{}", agent.log());
+    assert!(
+        traffic_ended.elapsed() < Duration::from_secs(10),
+        "the drain ended with the traffic, not at its timeout"
+    );
+    assert!(agent.log().contains("drained"), "{}", agent.log());
+}
+
+/// Bytes through lo over `window`, in Mbps.
+async fn lo_mbps_over(window: Duration) -> f64 {
+    let bytes = || {
+        std::fs::read_to_string("/sys/class/net/lo/statistics/rx_bytes")
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = bytes();
+    tokio::time::sleep(window).await;
+    (bytes() - before) as f64 * 8.0 / 1e6 / window.as_secs_f64()
+}
+
 #[tokio::test]
 async fn sigusr1_drain_gives_up_after_the_timeout() {
     let zookeeper = ZooKeeper::start(2000).await;

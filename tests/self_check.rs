@@ -81,7 +81,7 @@ async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
     let zookeeper = ZooKeeper::start(2000).await;
     let agent = Agent::start(options(Some(&zookeeper)));
     let reader = Reader::connect(&zookeeper).await;
-    agent.wait_ready(Duration::from_secs(5)).await;
+    let pid = agent.wait_ready(Duration::from_secs(5)).await;
     agent.wait_credential(Duration::from_secs(5)).await;
     let node = "/turn/servers/checked";
     wait_for(Duration::from_secs(5), "the node", || reader.node(node)).await;
@@ -121,4 +121,56 @@ async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
     .await;
     let served = agent.credential("").await.unwrap();
     assert!(uclient_allocates(agent.files.turn_port, &served.userid, &served.password).await);
+    // A restart does not fix a database: the same turnserver ran throughout.
+    assert_eq!(agent.turnservers(), vec![pid]);
+    let (_, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(body["turnserver"]["restarts"], 0);
+}
+
+#[tokio::test]
+async fn a_hung_turnserver_fails_its_probes_and_is_replaced() {
+    let agent = Agent::start(options(None));
+    let hung = agent.wait_ready(Duration::from_secs(5)).await;
+    wait_for(Duration::from_secs(5), "a passing self-check", || async {
+        let (_, body) = agent.get("/readyz").await?;
+        (body["health"]["last_ok_unix"].is_number()).then_some(())
+    })
+    .await;
+
+    // Alive but silent: STUN probes and allocations both time out.
+    signal_pid(hung, nix::sys::signal::Signal::SIGSTOP);
+    let (status, _) = wait_for(Duration::from_secs(2), "not ready", || async {
+        agent
+            .get("/readyz")
+            .await
+            .filter(|(status, _)| *status == 503)
+    })
+    .await;
+    assert_eq!(status, 503);
+    let checks_before = wait_for(Duration::from_secs(5), "a new turnserver", || async {
+        match agent.get("/readyz").await? {
+            (200, body) if body["turnserver"]["pid"].as_u64() != Some(hung.into()) => {
+                body["health"]["checks"].as_u64()
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert!(!agent.turnservers().contains(&hung), "the hung one is gone");
+    wait_for(
+        Duration::from_secs(5),
+        "a self-check on the new turnserver",
+        || async {
+            let (_, body) = agent.get("/readyz").await?;
+            (body["health"]["checks"].as_u64()? > checks_before
+                && body["health"]["consecutive_failures"] == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        agent.log().contains("turnserver is hung"),
+        "{}",
+        agent.log()
+    );
 }
