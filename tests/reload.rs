@@ -187,3 +187,68 @@ async fn a_new_realm_starts_a_fresh_credential_that_coturn_accepts() {
         "the old realm's users are deleted: {users:?}"
     );
 }
+
+#[tokio::test]
+async fn access_rules_and_rotation_timing_apply_live() {
+    // Appended under [credentials]; loopback may only read status at first.
+    let agent = Agent::start(AgentOptions {
+        extra: "rotate_interval = \"1h\"\nlifetime = \"3h\"\n\
+                [access]\nrate_limit_per_second = 0.0\n\
+                allow = [{ addr = \"127.0.0.1\", role = \"watcher\" }]\n\
+                roles = [{ name = \"watcher\", permissions = [\"status\"] }]\n"
+            .into(),
+        ..AgentOptions::default()
+    });
+    let pid = agent.wait_ready(Duration::from_secs(5)).await;
+    let (status, _) = agent.get("/turncredential").await.unwrap();
+    assert_eq!(status, 403);
+    let (_, body) = agent.get("/readyz").await.unwrap();
+    let next_rotation = body["credentials"]["next_rotation_at"].as_u64().unwrap();
+
+    agent.reload_with("role = \"watcher\" }", "role = \"admin\" }");
+    agent.wait_credential(Duration::from_secs(5)).await;
+
+    agent.reload_with("rotate_interval = \"1h\"", "rotate_interval = \"2h\"");
+    wait_for(Duration::from_secs(5), "the later rotation", || async {
+        let (_, body) = agent.get("/readyz").await?;
+        let moved = body["credentials"]["next_rotation_at"].as_u64()?;
+        (moved == next_rotation + 3600).then_some(())
+    })
+    .await;
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+    assert!(!agent.log().contains("need a new turnserver"));
+}
+
+#[tokio::test]
+async fn switching_to_rest_api_mode_restarts_turnserver_with_shared_secrets() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(options(&zookeeper));
+    let reader = Reader::connect(&zookeeper).await;
+    let old_pid = agent.wait_ready(Duration::from_secs(5)).await;
+    let old = agent.wait_credential(Duration::from_secs(5)).await;
+    published(&reader).await;
+
+    // The fixture's [credentials] header is followed by our extra lines.
+    agent.reload_with("[credentials]\n", "[credentials]\nmode = \"rest-api\"\n");
+    let minted = wait_for(Duration::from_secs(10), "a REST API credential", || async {
+        match agent.get("/readyz").await {
+            Some((200, body))
+                if body["turnserver"]["pid"].as_u64() != Some(old_pid.into())
+                    && body["credentials"]["mode"] == "rest-api" =>
+            {
+                agent.credential("").await
+            }
+            _ => None,
+        }
+    })
+    .await;
+    // REST API usernames are `<expiry>:<user>`.
+    assert!(minted.userid.contains(':'), "{}", minted.userid);
+    published(&reader).await;
+    assert!(uclient_allocates(agent.files.turn_port, &minted.userid, &minted.password).await);
+    let users = agent_users(&agent.userdb(), &agent.files.realm);
+    assert!(
+        users.iter().all(|(user, _)| *user != old.userid),
+        "the long-term users are retired: {users:?}"
+    );
+}
