@@ -77,7 +77,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
 
     warn_about_loose_secret_files(&config);
     let (drain_sender, mut drain_requests) = tokio::sync::mpsc::channel::<()>(1);
-    let metrics = AgentMetrics::new(
+    let agent_metrics = AgentMetrics::new(
         status.clone(),
         credentials.status.clone(),
         registry_status.clone(),
@@ -89,7 +89,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let router = api::router(
         ApiState {
             drain: drain_sender,
-            metrics,
+            metrics: agent_metrics.clone(),
             health: health.clone(),
             registry: registry_status,
             supervisor: status.clone(),
@@ -120,7 +120,9 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         health: health_sender.clone(),
         supervisor: status,
         credentials: credentials.status,
+        metrics: agent_metrics,
         drain: None,
+        restart_keys: Vec::new(),
         finish: None,
     };
     let reason = loop {
@@ -242,8 +244,11 @@ struct Reconfiguration {
     health: Arc<watch::Sender<HealthStatus>>,
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
+    metrics: AgentMetrics,
     /// The drain before a turnserver restart, while one is due.
     drain: Option<Pin<Box<dyn Future<Output = &'static str> + Send>>>,
+    /// The keys that restart is for.
+    restart_keys: Vec<String>,
     /// Waits for the new turnserver and lists the host again.
     finish: Option<JoinHandle<()>>,
 }
@@ -265,10 +270,13 @@ impl Reconfiguration {
                 for problem in &error.problems {
                     tracing::error!(%problem, "configuration re-read failed; keeping the running configuration");
                 }
+                self.metrics.reloaded(false, 0);
                 return;
             }
         };
+        self.metrics.reloaded(true, reread.agent_restart.len());
         self.apply_live(&reread);
+        self.restart_keys = reread.turnserver.clone();
         if !reread.agent_restart.is_empty() {
             tracing::warn!(keys = ?reread.agent_restart, "these changes take effect at the next agent restart");
         }
@@ -362,6 +370,7 @@ impl Reconfiguration {
             new_process.then_some(old_pid).flatten(),
             fresh_credentials.then_some(generation),
             limit,
+            std::mem::take(&mut self.restart_keys),
         )));
     }
 }
@@ -377,6 +386,7 @@ async fn finish_restart(
     old_pid: Option<u32>,
     old_generation: Option<u64>,
     limit: Duration,
+    keys: Vec<String>,
 ) {
     let started = Instant::now();
     let done = async {
@@ -402,10 +412,12 @@ async fn finish_restart(
         Ok(pid) => tracing::info!(
             pid,
             took_ms = started.elapsed().as_millis() as u64,
+            ?keys,
             "turnserver runs the new configuration"
         ),
         Err(_) => tracing::error!(
             limit_s = limit.as_secs(),
+            ?keys,
             "turnserver did not come back with the new configuration in time"
         ),
     }

@@ -9,7 +9,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -25,11 +25,24 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Configuration reloads by outcome: `applied` or `rejected` (the file did
+/// not validate; the running configuration was kept).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub outcome: &'static str,
+}
+
 /// The agent's metrics registry plus the live counters it owns.
 #[derive(Clone)]
 pub struct AgentMetrics {
     registry: Arc<Registry>,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last SIGHUP re-read was applied, 0 when it was rejected;
+    /// alert on 0 (a file that will not load at the next start either).
+    pub config_last_reload_ok: Gauge,
+    /// Changed keys that only an agent restart applies.
+    pub config_keys_awaiting_restart: Gauge,
 }
 
 impl AgentMetrics {
@@ -54,9 +67,44 @@ impl AgentMetrics {
             health,
             probe_latency_micros,
         }));
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "turn_agent_config_reloads",
+            "SIGHUP re-reads of the configuration by outcome",
+            config_reloads.clone(),
+        );
+        let config_last_reload_ok = Gauge::default();
+        config_last_reload_ok.set(1);
+        registry.register(
+            "turn_agent_config_last_reload_ok",
+            "1 if the last configuration re-read was applied, 0 if it was rejected",
+            config_last_reload_ok.clone(),
+        );
+        let config_keys_awaiting_restart = Gauge::default();
+        registry.register(
+            "turn_agent_config_keys_awaiting_restart",
+            "changed configuration keys that take effect at the next agent start",
+            config_keys_awaiting_restart.clone(),
+        );
         AgentMetrics {
             registry: Arc::new(registry),
             http_requests,
+            config_reloads,
+            config_last_reload_ok,
+            config_keys_awaiting_restart,
+        }
+    }
+
+    /// Records one SIGHUP re-read.
+    pub fn reloaded(&self, applied: bool, keys_awaiting_restart: usize) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+        self.config_last_reload_ok.set(i64::from(applied));
+        if applied {
+            self.config_keys_awaiting_restart
+                .set(keys_awaiting_restart.try_into().unwrap_or(i64::MAX));
         }
     }
 

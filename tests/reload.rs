@@ -89,6 +89,19 @@ async fn capacity_is_applied_live_and_a_bad_file_changes_nothing() {
     assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
     assert_eq!(agent.turnservers(), vec![pid]);
     assert!(!agent.log().contains("need a new turnserver"));
+    let metrics = reqwest::get(agent.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "turn_agent_config_reloads_total{outcome=\"applied\"} 1",
+        "turn_agent_config_reloads_total{outcome=\"rejected\"} 2",
+        "turn_agent_config_last_reload_ok 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 }
 
 #[tokio::test]
