@@ -1,11 +1,8 @@
 //! The agent's lifecycle: start every task, wait for a signal, shut down in
 //! order within a time limit.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -16,14 +13,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::{self, Config, RawConfig};
-use crate::credentials::{self, CredentialManager, CredentialStatus};
+use crate::config::{Config, RawConfig};
+use crate::credentials::{CredentialManager, CredentialStatus};
 use crate::metrics::AgentMetrics;
+use crate::reconfigure::{LiveParts, Reconfiguration};
 use crate::registry::Registry;
-use crate::reload::{Reloader, Reread};
 use crate::self_check::{HealthStatus, SelfCheck};
 use crate::shutdown::{AgentSignal, Signals};
-use crate::supervisor::{self, Supervisor, SupervisorStatus};
+use crate::supervisor::{Supervisor, SupervisorStatus};
 use crate::systemd::{self, Watchdog};
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -112,19 +109,18 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         api_stop.clone(),
     ));
 
-    let mut reconfiguration = Reconfiguration {
-        reloader: Reloader::new(raw),
-        config: config_sender,
-        guard,
-        turn_uris,
-        health: health_sender.clone(),
-        supervisor: status,
-        credentials: credentials.status,
-        metrics: agent_metrics,
-        drain: None,
-        restart_keys: Vec::new(),
-        finish: None,
-    };
+    let mut reconfiguration = Reconfiguration::new(
+        raw,
+        config_sender,
+        LiveParts {
+            guard,
+            turn_uris,
+            metrics: agent_metrics,
+        },
+        health_sender.clone(),
+        status,
+        credentials.status,
+    );
     let reason = loop {
         tokio::select! {
             signal = signals.next() => match signal {
@@ -209,20 +205,12 @@ async fn drain(
     tracing::info!("draining: withdrawn from ZooKeeper, waiting for relayed traffic to end");
     health.send_modify(|status| status.draining = true);
     tokio::select! {
-        outcome = quiet(config) => outcome,
+        outcome = crate::drain::until_quiet(config) => outcome,
         name = terminated(signals) => {
             tracing::warn!(signal = name, "drain interrupted");
             name
         }
     }
-}
-
-fn quiet(config: &Config) -> impl Future<Output = &'static str> + Send + 'static {
-    crate::drain::wait_for_quiet(
-        config.drain.clone(),
-        config.traffic.interface.clone(),
-        config.traffic.direction,
-    )
 }
 
 /// The next SIGTERM or SIGINT; other signals are ignored while draining.
@@ -232,196 +220,6 @@ async fn terminated(signals: &mut Signals) -> &'static str {
             return name;
         }
     }
-}
-
-/// Applies reloaded configurations: live keys at once, turnserver keys
-/// through a drain and a turnserver restart.
-struct Reconfiguration {
-    reloader: Reloader,
-    config: watch::Sender<Arc<Config>>,
-    guard: api::guard::Guard,
-    turn_uris: Arc<ArcSwap<Vec<String>>>,
-    health: Arc<watch::Sender<HealthStatus>>,
-    supervisor: watch::Receiver<SupervisorStatus>,
-    credentials: watch::Receiver<CredentialStatus>,
-    metrics: AgentMetrics,
-    /// The drain before a turnserver restart, while one is due.
-    drain: Option<Pin<Box<dyn Future<Output = &'static str> + Send>>>,
-    /// The keys that restart is for.
-    restart_keys: Vec<String>,
-    /// Waits for the new turnserver and lists the host again.
-    finish: Option<JoinHandle<()>>,
-}
-
-impl Reconfiguration {
-    fn current(&self) -> Arc<Config> {
-        self.config.borrow().clone()
-    }
-
-    /// SIGHUP: re-read the file; a bad file is reported and the running
-    /// configuration kept.
-    fn reload(&mut self, path: &std::path::Path) {
-        // The file must be valid as a whole, even in keys that wait for an
-        // agent restart.
-        let reread = config::load(path).and_then(|(raw, _)| self.reloader.reread(raw));
-        let reread = match reread {
-            Ok(reread) => reread,
-            Err(error) => {
-                for problem in &error.problems {
-                    tracing::error!(%problem, "configuration re-read failed; keeping the running configuration");
-                }
-                self.metrics.reloaded(false, 0);
-                return;
-            }
-        };
-        self.metrics.reloaded(true, reread.agent_restart.len());
-        self.apply_live(&reread);
-        self.restart_keys = reread.turnserver.clone();
-        if !reread.agent_restart.is_empty() {
-            tracing::warn!(keys = ?reread.agent_restart, "these changes take effect at the next agent restart");
-        }
-        match (reread.needs_turnserver_restart(), self.drain.is_some()) {
-            (true, false) => {
-                tracing::info!(
-                    keys = ?reread.turnserver,
-                    "these changes need a new turnserver: withdrawn, draining before the restart"
-                );
-                if let Some(finish) = self.finish.take() {
-                    finish.abort();
-                }
-                self.health
-                    .send_modify(|status| status.reconfiguring = true);
-                self.drain = Some(Box::pin(quiet(&reread.apply_now)));
-            }
-            (false, true) => {
-                tracing::info!(
-                    "the changes that needed a new turnserver were reverted; listed again"
-                );
-                self.drain = None;
-                self.health
-                    .send_modify(|status| status.reconfiguring = false);
-            }
-            _ => {}
-        }
-    }
-
-    fn apply_live(&self, reread: &Reread) {
-        let next = &reread.apply_now;
-        let before = self.current();
-        if next.agent.log_level != before.agent.log_level {
-            crate::logging::set_level(&next.agent.log_level);
-        }
-        if next.access != before.access {
-            self.guard.replace(&next.access);
-        }
-        if next.api.turn_uris != before.api.turn_uris {
-            self.turn_uris.store(Arc::new(next.api.turn_uris.clone()));
-        }
-        self.config.send_replace(Arc::new(next.clone()));
-        if reread.changed.is_empty() {
-            tracing::info!("configuration re-read: nothing changed");
-        } else {
-            tracing::info!(changed = ?reread.changed, applied = ?reread.live, "configuration re-read");
-        }
-    }
-
-    /// Resolves when the drain before a turnserver restart ends; pending
-    /// while none is due.
-    async fn drained(&mut self) -> &'static str {
-        match self.drain.as_mut() {
-            Some(drain) => drain.await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// After the drain: hand the new configuration to every task (the
-    /// supervisor replaces turnserver, the credential manager starts afresh
-    /// if the realm, mode or database changed) and list the host again once
-    /// both are done.
-    fn restart_turnserver(&mut self, drain_outcome: &'static str) {
-        self.drain = None;
-        let next = match self.reloader.turnserver_restart() {
-            Ok(next) => next,
-            Err(error) => {
-                tracing::error!(%error, "cannot compose the new configuration; keeping the running one");
-                self.health
-                    .send_modify(|status| status.reconfiguring = false);
-                return;
-            }
-        };
-        let before = self.current();
-        let new_process = supervisor::command_line(&before.turnserver, before.credentials.mode)
-            != supervisor::command_line(&next.turnserver, next.credentials.mode);
-        let fresh_credentials = credentials::needs_fresh_start(&before, &next);
-        let old_pid = self.supervisor.borrow().pid;
-        let generation = self.credentials.borrow().generation;
-        tracing::info!(
-            drain = drain_outcome,
-            "applying the configuration that needs a new turnserver"
-        );
-        // Every new turnserver gets the time a first start gets, and the
-        // credential manager its first turnadmin retries.
-        let limit = next.turnserver.startup_timeout + Duration::from_secs(10);
-        self.config.send_replace(Arc::new(next));
-        self.finish = Some(tokio::spawn(finish_restart(
-            self.supervisor.clone(),
-            self.credentials.clone(),
-            self.health.clone(),
-            new_process.then_some(old_pid).flatten(),
-            fresh_credentials.then_some(generation),
-            limit,
-            std::mem::take(&mut self.restart_keys),
-        )));
-    }
-}
-
-/// Waits until a turnserver other than `old_pid` answers and (when
-/// `old_generation` is given) the credential manager has started afresh
-/// and serves, then clears `reconfiguring`. After `limit` it clears it
-/// anyway: readiness then follows turnserver and credentials as usual.
-async fn finish_restart(
-    mut supervisor: watch::Receiver<SupervisorStatus>,
-    mut credentials: watch::Receiver<CredentialStatus>,
-    health: Arc<watch::Sender<HealthStatus>>,
-    old_pid: Option<u32>,
-    old_generation: Option<u64>,
-    limit: Duration,
-    keys: Vec<String>,
-) {
-    let started = Instant::now();
-    let done = async {
-        loop {
-            let turnserver_done = {
-                let status = supervisor.borrow_and_update();
-                status.is_ready() && (old_pid.is_none() || status.pid != old_pid)
-            };
-            let credentials_done = {
-                let status = credentials.borrow_and_update();
-                status.available && old_generation.is_none_or(|old| status.generation > old)
-            };
-            if turnserver_done && credentials_done {
-                return supervisor.borrow().pid;
-            }
-            tokio::select! {
-                changed = supervisor.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                changed = credentials.changed() => if changed.is_err() { std::future::pending::<()>().await },
-            }
-        }
-    };
-    match tokio::time::timeout(limit, done).await {
-        Ok(pid) => tracing::info!(
-            pid,
-            took_ms = started.elapsed().as_millis() as u64,
-            ?keys,
-            "turnserver runs the new configuration"
-        ),
-        Err(_) => tracing::error!(
-            limit_s = limit.as_secs(),
-            ?keys,
-            "turnserver did not come back with the new configuration in time"
-        ),
-    }
-    health.send_modify(|status| status.reconfiguring = false);
 }
 
 /// Token and auth files readable by group or others are reported: they

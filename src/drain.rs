@@ -1,10 +1,11 @@
 //! Draining: stop attracting clients, let relayed traffic end, then stop.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{DrainConfig, TrafficDirection};
+use crate::config::{Config, DrainConfig, TrafficDirection};
 use crate::traffic::{self, Observation, TrafficMeter};
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -56,6 +57,15 @@ impl DrainClock {
     pub fn time_left(&self, now: Instant) -> Duration {
         self.config.timeout.saturating_sub(now - self.started)
     }
+}
+
+/// The drain `config` asks for, as a future that owns what it needs.
+pub fn until_quiet(config: &Config) -> impl Future<Output = &'static str> + Send + 'static {
+    wait_for_quiet(
+        config.drain.clone(),
+        config.traffic.interface.clone(),
+        config.traffic.direction,
+    )
 }
 
 /// Waits until relayed traffic on `interface` is quiet (or the drain times

@@ -19,6 +19,7 @@
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
 //! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
 //! - [`reload`]: which SIGHUP changes apply at once, after a turnserver restart, or never live.
+//! - [`reconfigure`]: applies a re-read file: live parts at once, the rest through a drain.
 //! - [`metrics`]: Prometheus exposition read from the status channels at scrape time.
 //! - [`api`]: the axum router and server.
 //! - [`systemd`]: READY/STOPPING/STATUS/WATCHDOG notifications.
@@ -46,6 +47,8 @@ pub mod drain;
 pub mod logging;
 #[cfg(feature = "agent")]
 pub mod metrics;
+#[cfg(feature = "agent")]
+pub mod reconfigure;
 #[cfg(feature = "agent")]
 pub mod registry;
 #[cfg(feature = "agent")]
