@@ -98,22 +98,23 @@ fn agent_router() -> (
     let (_, credential_status) = watch::channel(status);
     let (rotate, requests) = RotateHandle::detached();
     let (_, registry) = watch::channel(turn_agent::registry::RegistryStatus::default());
+    let readiness = turn_agent::readiness::Readiness {
+        supervisor,
+        credentials: credential_status,
+        health: watch::channel(turn_agent::self_check::HealthStatus::default()).1,
+    };
     let metrics = turn_agent::metrics::AgentMetrics::new(
-        supervisor.clone(),
-        credential_status.clone(),
+        readiness.clone(),
         registry.clone(),
-        watch::channel(turn_agent::self_check::HealthStatus::default()).1,
         Default::default(),
     );
     let router = api::router(
         ApiState {
             drain: tokio::sync::mpsc::channel(1).0,
-            health: watch::channel(turn_agent::self_check::HealthStatus::default()).1,
+            readiness,
             metrics,
             registry,
-            supervisor,
             credentials: CredentialSource::fixed_long_term(Some(credential)),
-            credential_status,
             rotate,
             turn_uris: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(vec![
                 "turn:127.0.0.1:3478?transport=udp".into(),

@@ -98,7 +98,12 @@ fn start_agent(index: usize, connect: &str, hysteresis_percent: f64) -> Simulate
     let (health_tx, health) = watch::channel(turn_agent::self_check::HealthStatus::default());
     // The configuration never changes here: the sender can go at once.
     let config = watch::channel(std::sync::Arc::new(config)).1;
-    let (registry, status) = Registry::new(config, supervisor, credentials, health);
+    let readiness = turn_agent::readiness::Readiness {
+        supervisor,
+        credentials,
+        health,
+    };
+    let (registry, status) = Registry::new(config, readiness);
     let registry = registry
         .expect("zookeeper.connect is set")
         .with_traffic_source(synthetic_traffic(300.0, 20.0));

@@ -14,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, RawConfig};
-use crate::credentials::{CredentialManager, CredentialStatus};
+use crate::credentials::CredentialManager;
 use crate::metrics::AgentMetrics;
+use crate::readiness::Readiness;
 use crate::reconfigure::{LiveParts, Reconfiguration};
 use crate::registry::Registry;
 use crate::self_check::{HealthStatus, SelfCheck};
 use crate::shutdown::{AgentSignal, Signals};
-use crate::supervisor::{Supervisor, SupervisorStatus};
+use crate::supervisor::Supervisor;
 use crate::systemd::{self, Watchdog};
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -57,41 +58,30 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     );
     let health_sender = self_check.status_sender();
     let self_check_task = tokio::spawn(self_check.run(self_check_stop.clone()));
-    tokio::spawn(report_to_systemd(
-        status.clone(),
-        credentials.status.clone(),
-        health.clone(),
-    ));
+    let readiness = Readiness {
+        supervisor: status.clone(),
+        credentials: credentials.status.clone(),
+        health,
+    };
+    tokio::spawn(report_to_systemd(readiness.clone()));
 
     let registry_stop = CancellationToken::new();
-    let (registry, registry_status) = Registry::new(
-        config_watch.clone(),
-        status.clone(),
-        credentials.status.clone(),
-        health.clone(),
-    );
+    let (registry, registry_status) = Registry::new(config_watch.clone(), readiness.clone());
     let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
 
     warn_about_loose_secret_files(&config);
     let (drain_sender, mut drain_requests) = tokio::sync::mpsc::channel::<()>(1);
-    let agent_metrics = AgentMetrics::new(
-        status.clone(),
-        credentials.status.clone(),
-        registry_status.clone(),
-        health.clone(),
-        probe_latency,
-    );
+    let agent_metrics =
+        AgentMetrics::new(readiness.clone(), registry_status.clone(), probe_latency);
     let guard = api::guard::Guard::new(&config.access);
     let turn_uris = Arc::new(ArcSwap::from_pointee(config.api.turn_uris.clone()));
     let router = api::router(
         ApiState {
             drain: drain_sender,
             metrics: agent_metrics.clone(),
-            health: health.clone(),
+            readiness,
             registry: registry_status,
-            supervisor: status.clone(),
             credentials: credentials.source,
-            credential_status: credentials.status.clone(),
             rotate: credentials.rotate,
             turn_uris: turn_uris.clone(),
         },
@@ -244,19 +234,10 @@ fn warn_about_loose_secret_files(config: &Config) {
 /// READY=1 once the host can first serve (turnserver answers STUN and a
 /// credential exists; the API already listens by then), and STATUS= on
 /// every change, for `systemctl status`.
-async fn report_to_systemd(
-    mut supervisor: watch::Receiver<SupervisorStatus>,
-    mut credentials: watch::Receiver<CredentialStatus>,
-    mut health: watch::Receiver<HealthStatus>,
-) {
+async fn report_to_systemd(mut readiness: Readiness) {
     let mut announced_ready = false;
     loop {
-        let reason = api::not_ready_reason(
-            &supervisor.borrow_and_update(),
-            &credentials.borrow_and_update(),
-            &health.borrow_and_update(),
-        );
-        match reason {
+        match readiness.not_ready_reason() {
             Some(reason) => systemd::notify_status(&reason),
             None => {
                 systemd::notify_status("ready: turnserver answers and a credential is served");
@@ -266,10 +247,6 @@ async fn report_to_systemd(
                 }
             }
         }
-        tokio::select! {
-            changed = supervisor.changed() => if changed.is_err() { return },
-            changed = credentials.changed() => if changed.is_err() { return },
-            changed = health.changed() => if changed.is_err() { return },
-        }
+        readiness.changed().await;
     }
 }

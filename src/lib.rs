@@ -19,6 +19,7 @@
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
 //! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
 //! - [`reload`]: which SIGHUP changes apply at once, after a turnserver restart, or never live.
+//! - [`readiness`]: the one definition of "this host can serve".
 //! - [`reconfigure`]: applies a re-read file: live parts at once, the rest through a drain.
 //! - [`metrics`]: Prometheus exposition read from the status channels at scrape time.
 //! - [`api`]: the axum router and server.
@@ -47,6 +48,8 @@ pub mod drain;
 pub mod logging;
 #[cfg(feature = "agent")]
 pub mod metrics;
+#[cfg(feature = "agent")]
+pub mod readiness;
 #[cfg(feature = "agent")]
 pub mod reconfigure;
 #[cfg(feature = "agent")]

@@ -13,10 +13,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::credentials::{unix_now, CredentialStatus};
+use crate::credentials::unix_now;
+use crate::readiness::{Readiness, Snapshot};
 use crate::registry::RegistryStatus;
-use crate::self_check::HealthStatus;
-use crate::supervisor::SupervisorStatus;
 
 /// HTTP requests by route and status code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,10 +46,8 @@ pub struct AgentMetrics {
 
 impl AgentMetrics {
     pub fn new(
-        supervisor: watch::Receiver<SupervisorStatus>,
-        credentials: watch::Receiver<CredentialStatus>,
+        readiness: Readiness,
         registry_status: watch::Receiver<RegistryStatus>,
-        health: watch::Receiver<HealthStatus>,
         probe_latency_micros: Arc<AtomicU64>,
     ) -> AgentMetrics {
         let mut registry = Registry::default();
@@ -61,10 +58,8 @@ impl AgentMetrics {
             http_requests.clone(),
         );
         registry.register_collector(Box::new(StatusCollector {
-            supervisor,
-            credentials,
+            readiness,
             registry_status,
-            health,
             probe_latency_micros,
         }));
         let config_reloads = Family::<ReloadLabels, Counter>::default();
@@ -119,10 +114,8 @@ impl AgentMetrics {
 
 #[derive(Debug)]
 struct StatusCollector {
-    supervisor: watch::Receiver<SupervisorStatus>,
-    credentials: watch::Receiver<CredentialStatus>,
+    readiness: Readiness,
     registry_status: watch::Receiver<RegistryStatus>,
-    health: watch::Receiver<HealthStatus>,
     probe_latency_micros: Arc<AtomicU64>,
 }
 
@@ -168,10 +161,12 @@ fn flag(value: bool) -> f64 {
 
 impl Collector for StatusCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let turnserver = self.supervisor.borrow().clone();
-        let credentials = self.credentials.borrow().clone();
+        let Snapshot {
+            turnserver,
+            credentials,
+            health,
+        } = self.readiness.snapshot();
         let registry = self.registry_status.borrow().clone();
-        let health = self.health.borrow().clone();
         let now = unix_now().as_secs();
         let e = &mut encoder;
 

@@ -16,9 +16,7 @@ use zookeeper_client as zk;
 
 use crate::backoff::ExponentialBackoff;
 use crate::config::{self, Config, ConfigWatch, TrafficConfig, ZookeeperConfig};
-use crate::credentials::CredentialStatus;
-use crate::self_check::HealthStatus;
-use crate::supervisor::SupervisorStatus;
+use crate::readiness::Readiness;
 use crate::traffic::{self, CounterSample, Observation, TrafficMeter};
 use crate::znode::{round_mbps, HostPayload};
 
@@ -56,9 +54,8 @@ pub struct Registry {
     node_path: String,
     base_path: String,
     template: HostPayload,
-    supervisor: watch::Receiver<SupervisorStatus>,
-    credentials: watch::Receiver<CredentialStatus>,
-    health: watch::Receiver<HealthStatus>,
+    /// Listed only while this says the host can serve.
+    readiness: Readiness,
     status: watch::Sender<RegistryStatus>,
     meter: TrafficMeter,
     traffic_source: TrafficSource,
@@ -94,9 +91,7 @@ impl Registry {
     /// `None` when `zookeeper.connect` is unset: publishing is off.
     pub fn new(
         mut config_watch: ConfigWatch,
-        supervisor: watch::Receiver<SupervisorStatus>,
-        credentials: watch::Receiver<CredentialStatus>,
-        health: watch::Receiver<HealthStatus>,
+        readiness: Readiness,
     ) -> (Option<Registry>, watch::Receiver<RegistryStatus>) {
         let (status, receiver) = watch::channel(RegistryStatus::default());
         let config = config_watch.borrow_and_update().clone();
@@ -134,9 +129,7 @@ impl Registry {
             config_watch,
             traffic: config.traffic.clone(),
             template,
-            supervisor,
-            credentials,
-            health,
+            readiness,
             status,
             meter: TrafficMeter::new(config.traffic.smoothing),
             traffic_source: TrafficSource::Interface(
@@ -247,12 +240,7 @@ impl Registry {
         // Set after a failed operation, so the next attempt waits a little.
         let mut retry_at: Option<Instant> = None;
         loop {
-            let can_serve = crate::api::not_ready_reason(
-                &self.supervisor.borrow(),
-                &self.credentials.borrow(),
-                &self.health.borrow(),
-            )
-            .is_none();
+            let can_serve = self.readiness.not_ready_reason().is_none();
             let retry_due = retry_at.is_none_or(|at| Instant::now() >= at);
             if retry_due {
                 let outcome = if can_serve {
@@ -310,9 +298,7 @@ impl Registry {
                         }
                     }
                 },
-                _ = changed(&mut self.supervisor) => {}
-                _ = changed(&mut self.credentials) => {}
-                _ = changed(&mut self.health) => {}
+                _ = self.readiness.changed() => {}
                 _ = tick.tick() => self.sample_traffic(),
                 latest = config::next_config(&mut self.config_watch) => {
                     if self.apply(&latest) {
@@ -561,7 +547,7 @@ impl Registry {
         });
         HostPayload {
             free_traffic: free,
-            restarts: self.supervisor.borrow().restarts,
+            restarts: self.readiness.supervisor.borrow().restarts,
             updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             ..self.template.clone()
         }
@@ -569,14 +555,6 @@ impl Registry {
 
     fn set_error(&self, error: String) {
         self.status.send_modify(|s| s.last_error = Some(error));
-    }
-}
-
-/// Waits for a change; a closed channel never changes again (rather than
-/// waking the loop forever).
-async fn changed<T>(receiver: &mut watch::Receiver<T>) {
-    if receiver.changed().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -24,21 +24,18 @@ use tokio::sync::watch;
 pub use error::ApiError;
 
 use crate::credentials::{
-    unix_now, CredentialRequest, CredentialSource, CredentialStatus, IssuedCredential, RotateHandle,
+    unix_now, CredentialRequest, CredentialSource, IssuedCredential, RotateHandle,
 };
 use crate::metrics::{AgentMetrics, HttpLabels};
+use crate::readiness::Readiness;
 use crate::registry::RegistryStatus;
-use crate::self_check::HealthStatus;
-use crate::supervisor::SupervisorStatus;
 
 /// What the handlers read; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
-    pub supervisor: watch::Receiver<SupervisorStatus>,
+    pub readiness: Readiness,
     pub registry: watch::Receiver<RegistryStatus>,
-    pub health: watch::Receiver<HealthStatus>,
     pub credentials: CredentialSource,
-    pub credential_status: watch::Receiver<CredentialStatus>,
     pub rotate: RotateHandle,
     /// Swapped whole on a reload.
     pub turn_uris: Arc<ArcSwap<Vec<String>>>,
@@ -76,17 +73,15 @@ async fn healthz() -> Json<serde_json::Value> {
 /// 200 only while turnserver answers STUN and a valid credential can be
 /// served; 503 with the reason otherwise.
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let turnserver = state.supervisor.borrow().clone();
-    let credentials = state.credential_status.borrow().clone();
-    let health = state.health.borrow().clone();
-    let reason = not_ready_reason(&turnserver, &credentials, &health);
+    let now = state.readiness.snapshot();
+    let reason = now.not_ready_reason();
     let body = json!({
         "status": if reason.is_none() { "ready" } else { "not-ready" },
         "reason": reason,
-        "turnserver": turnserver,
-        "credentials": credentials,
+        "turnserver": now.turnserver,
+        "credentials": now.credentials,
         "registry": *state.registry.borrow(),
-        "health": health,
+        "health": now.health,
     });
     let status = if reason.is_none() {
         StatusCode::OK
@@ -94,37 +89,6 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
-}
-
-/// Why this host cannot serve, or `None` when it can: turnserver answers
-/// STUN, a valid credential exists, and the allocation self-check is not
-/// failing. `/readyz`, systemd's READY=1 and the registry all use this one
-/// definition.
-pub fn not_ready_reason(
-    turnserver: &SupervisorStatus,
-    credentials: &CredentialStatus,
-    health: &HealthStatus,
-) -> Option<String> {
-    if health.draining {
-        Some("draining".to_string())
-    } else if health.reconfiguring {
-        Some("restarting turnserver for a new configuration".to_string())
-    } else if !turnserver.is_ready() {
-        Some(turnserver.reason())
-    } else if !credentials.available {
-        Some(match &credentials.last_error {
-            Some(error) => format!("no valid credential: {error}"),
-            None => "no valid credential yet".to_string(),
-        })
-    } else if health.failing {
-        Some(format!(
-            "self-check failing {} time(s) in a row: {}",
-            health.consecutive_failures,
-            health.last_error.as_deref().unwrap_or("unknown")
-        ))
-    } else {
-        None
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,18 +211,16 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 
 /// Everything `/readyz` knows, always 200 (permission `status`).
 async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let turnserver = state.supervisor.borrow().clone();
-    let credentials = state.credential_status.borrow().clone();
-    let health = state.health.borrow().clone();
-    let reason = not_ready_reason(&turnserver, &credentials, &health);
+    let now = state.readiness.snapshot();
+    let reason = now.not_ready_reason();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": reason.is_none(),
         "reason": reason,
-        "turnserver": turnserver,
-        "credentials": credentials,
+        "turnserver": now.turnserver,
+        "credentials": now.credentials,
         "registry": *state.registry.borrow(),
-        "health": health,
+        "health": now.health,
     }))
 }
 

@@ -10,10 +10,11 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::config::CredentialMode;
-use crate::credentials::rest_api;
 use crate::credentials::state_file::LongTermCredential;
+use crate::credentials::{rest_api, CredentialStatus};
+use crate::readiness::Readiness;
 use crate::secret::Secret;
-use crate::supervisor::Phase;
+use crate::supervisor::{Phase, SupervisorStatus};
 
 struct Fixture {
     app: Router,
@@ -53,21 +54,19 @@ fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture
     });
     let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
     let (_, health) = watch::channel(crate::self_check::HealthStatus::default());
-    let metrics = crate::metrics::AgentMetrics::new(
-        supervisor_receiver.clone(),
-        status_receiver.clone(),
-        registry.clone(),
-        health.clone(),
-        Default::default(),
-    );
+    let readiness = Readiness {
+        supervisor: supervisor_receiver,
+        credentials: status_receiver,
+        health,
+    };
+    let metrics =
+        crate::metrics::AgentMetrics::new(readiness.clone(), registry.clone(), Default::default());
     let state = ApiState {
         drain: tokio::sync::mpsc::channel(1).0,
-        health,
+        readiness,
         metrics,
         registry,
-        supervisor: supervisor_receiver,
         credentials: source,
-        credential_status: status_receiver,
         rotate,
         turn_uris: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(vec![
             "turn:192.0.2.1:3478?transport=udp".into(),
