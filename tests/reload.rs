@@ -202,7 +202,7 @@ async fn a_new_realm_starts_a_fresh_credential_that_coturn_accepts() {
 }
 
 #[tokio::test]
-async fn access_rules_and_rotation_timing_apply_live() {
+async fn access_rules_rotation_timing_and_log_level_apply_live() {
     // Appended under [credentials]; loopback may only read status at first.
     let agent = Agent::start(AgentOptions {
         extra: "rotate_interval = \"1h\"\nlifetime = \"3h\"\n\
@@ -230,6 +230,37 @@ async fn access_rules_and_rotation_timing_apply_live() {
     .await;
     assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
     assert!(!agent.log().contains("need a new turnserver"));
+
+    // A quieter log level: a rotation no longer logs at info.
+    agent.reload_with(
+        "log_level = \"info,turnserver=debug\"",
+        "log_level = \"warn\"",
+    );
+    wait_for(Duration::from_secs(5), "the third reload", || async {
+        let metrics = reqwest::get(agent.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .contains("turn_agent_config_reloads_total{outcome=\"applied\"} 3")
+            .then_some(())
+    })
+    .await;
+    let rotations_logged = agent.log().matches("credential rotated").count();
+    let before = agent.credential("").await.unwrap();
+    let response = reqwest::Client::new()
+        .post(agent.url("/rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_ne!(agent.credential("").await.unwrap().userid, before.userid);
+    assert_eq!(
+        agent.log().matches("credential rotated").count(),
+        rotations_logged
+    );
 }
 
 #[tokio::test]
