@@ -55,8 +55,10 @@ async fn capacity_is_applied_live_and_a_bad_file_changes_nothing() {
     );
 
     agent.reload_with("capacity_mbps = 1000.0", "capacity_mbps = 250.0");
+    let asked = tokio::time::Instant::now();
     // Other tests relay on lo too: free traffic is only bounded here.
     let payload = wait_for_capacity(&reader, 250.0).await;
+    eprintln!("SIGHUP -> new capacity in ZooKeeper: {:?}", asked.elapsed());
     assert!(payload["freeTraffic"].as_f64().unwrap() <= 250.0);
     agent
         .wait_log("traffic.capacity_mbps", Duration::from_secs(1))
@@ -118,12 +120,14 @@ async fn a_new_port_gets_a_new_turnserver_after_a_drain() {
         &format!("listening_port = {old_port}"),
         &format!("listening_port = {new_port}"),
     );
+    let asked = tokio::time::Instant::now();
     wait_for(
         Duration::from_secs(2),
         "the node to be withdrawn",
         || async { (reader.exists(NODE).await == Some(false)).then_some(()) },
     )
     .await;
+    eprintln!("SIGHUP -> withdrawn: {:?}", asked.elapsed());
     let (status, body) = agent.get("/readyz").await.unwrap();
     assert_eq!(status, 503);
     assert!(
@@ -149,6 +153,10 @@ async fn a_new_port_gets_a_new_turnserver_after_a_drain() {
     })
     .await;
     published(&reader).await;
+    eprintln!(
+        "SIGHUP -> new turnserver ready and listed again: {:?} (drain.quiet_period 1 s)",
+        asked.elapsed()
+    );
     assert_eq!(agent.turnservers(), vec![new_pid]);
     assert!(stunclient_answers(new_port).await);
     wait_for(Duration::from_secs(2), "the old port to be closed", || {
