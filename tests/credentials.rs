@@ -337,12 +337,7 @@ async fn turnadmin_faults_keep_the_previous_credential_and_recover() {
                 .unwrap()
                 >= 1
         );
-        let metrics = reqwest::get(agent.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = agent.metrics().await;
         let failures: f64 = metrics
             .lines()
             .find_map(|line| line.strip_prefix("turn_agent_credential_failures_total "))

@@ -81,16 +81,8 @@ async fn drain_waits_for_live_relayed_traffic_to_end() {
     let served = agent.wait_credential(Duration::from_secs(5)).await;
 
     // coturn's own client relays ~10 Mbps for a few seconds.
-    let mut traffic = tokio::process::Command::new("turnutils_uclient")
-        .args(["-y", "-n", "600", "-l", "1200", "-m", "4", "-z", "5", "-c"])
-        .args(["-u", &served.userid, "-w", &served.password, "-p"])
-        .arg(agent.files.turn_port.to_string())
-        .arg("127.0.0.1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut traffic =
+        uclient_relaying(agent.files.turn_port, &served.userid, &served.password, 600);
     wait_for(
         Duration::from_secs(10),
         "relayed traffic to flow",

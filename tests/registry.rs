@@ -288,31 +288,12 @@ async fn relayed_traffic_lowers_free_traffic_by_the_measured_amount() {
     let served = agent.wait_credential(Duration::from_secs(5)).await;
 
     // coturn's own client relays a steady ~10 Mbps through turnserver.
-    let _traffic = tokio::process::Command::new("turnutils_uclient")
-        .args([
-            "-y",
-            "-n",
-            "3000",
-            "-l",
-            "1200",
-            "-m",
-            "4",
-            "-z",
-            "5",
-            "-c",
-            "-u",
-            &served.userid,
-            "-w",
-            &served.password,
-            "-p",
-        ])
-        .arg(agent.files.turn_port.to_string())
-        .arg("127.0.0.1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _traffic = uclient_relaying(
+        agent.files.turn_port,
+        &served.userid,
+        &served.password,
+        3000,
+    );
     let mut last = (Instant::now(), lo_bytes());
     wait_for(Duration::from_secs(15), "relayed traffic to flow", || {
         let now = (Instant::now(), lo_bytes());

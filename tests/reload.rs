@@ -24,6 +24,33 @@ fn options(zookeeper: &ZooKeeper) -> AgentOptions {
     }
 }
 
+/// An agent listed in its own ZooKeeper, serving a credential.
+struct Listed {
+    zookeeper: ZooKeeper,
+    agent: Agent,
+    reader: Reader,
+    pid: u32,
+    credential: Served,
+}
+
+impl Listed {
+    async fn start() -> Listed {
+        let zookeeper = ZooKeeper::start(2000).await;
+        let agent = Agent::start(options(&zookeeper));
+        let reader = Reader::connect(&zookeeper).await;
+        let pid = agent.wait_ready(Duration::from_secs(5)).await;
+        let credential = agent.wait_credential(Duration::from_secs(5)).await;
+        published(&reader).await;
+        Listed {
+            zookeeper,
+            agent,
+            reader,
+            pid,
+            credential,
+        }
+    }
+}
+
 async fn published(reader: &Reader) -> serde_json::Value {
     wait_for(Duration::from_secs(5), "the node", || async {
         reader.node(NODE).await.map(|(payload, _)| payload)
@@ -45,10 +72,13 @@ async fn wait_for_capacity(reader: &Reader, capacity: f64) -> serde_json::Value 
 
 #[tokio::test]
 async fn capacity_is_applied_live_and_a_bad_file_changes_nothing() {
-    let zookeeper = ZooKeeper::start(2000).await;
-    let agent = Agent::start(options(&zookeeper));
-    let reader = Reader::connect(&zookeeper).await;
-    let pid = agent.wait_ready(Duration::from_secs(5)).await;
+    let Listed {
+        agent,
+        reader,
+        pid,
+        credential: _,
+        zookeeper: _zookeeper,
+    } = Listed::start().await;
     assert_eq!(
         published(&reader).await["capacityMbps"].as_f64(),
         Some(1000.0)
@@ -91,12 +121,7 @@ async fn capacity_is_applied_live_and_a_bad_file_changes_nothing() {
     assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
     assert_eq!(agent.turnservers(), vec![pid]);
     assert!(!agent.log().contains("need a new turnserver"));
-    let metrics = reqwest::get(agent.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = agent.metrics().await;
     for line in [
         "turn_agent_config_reloads_total{outcome=\"applied\"} 1",
         "turn_agent_config_reloads_total{outcome=\"rejected\"} 2",
@@ -108,11 +133,13 @@ async fn capacity_is_applied_live_and_a_bad_file_changes_nothing() {
 
 #[tokio::test]
 async fn a_new_port_gets_a_new_turnserver_after_a_drain() {
-    let zookeeper = ZooKeeper::start(2000).await;
-    let agent = Agent::start(options(&zookeeper));
-    let reader = Reader::connect(&zookeeper).await;
-    let old_pid = agent.wait_ready(Duration::from_secs(5)).await;
-    published(&reader).await;
+    let Listed {
+        agent,
+        reader,
+        pid: old_pid,
+        credential: _,
+        zookeeper: _zookeeper,
+    } = Listed::start().await;
     let old_port = agent.files.turn_port;
     let new_port = free_port();
 
@@ -173,12 +200,13 @@ async fn a_new_port_gets_a_new_turnserver_after_a_drain() {
 
 #[tokio::test]
 async fn a_new_realm_starts_a_fresh_credential_that_coturn_accepts() {
-    let zookeeper = ZooKeeper::start(2000).await;
-    let agent = Agent::start(options(&zookeeper));
-    let reader = Reader::connect(&zookeeper).await;
-    let old_pid = agent.wait_ready(Duration::from_secs(5)).await;
-    let old = agent.wait_credential(Duration::from_secs(5)).await;
-    published(&reader).await;
+    let Listed {
+        agent,
+        reader,
+        pid: old_pid,
+        credential: old,
+        zookeeper: _zookeeper,
+    } = Listed::start().await;
     let old_realm = agent.files.realm.clone();
 
     agent.reload_with(
@@ -245,13 +273,9 @@ async fn access_rules_rotation_timing_and_log_level_apply_live() {
         "log_level = \"warn\"",
     );
     wait_for(Duration::from_secs(5), "the third reload", || async {
-        let metrics = reqwest::get(agent.url("/metrics"))
+        agent
+            .metrics()
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metrics
             .contains("turn_agent_config_reloads_total{outcome=\"applied\"} 3")
             .then_some(())
     })
@@ -273,12 +297,13 @@ async fn access_rules_rotation_timing_and_log_level_apply_live() {
 
 #[tokio::test]
 async fn switching_to_rest_api_mode_restarts_turnserver_with_shared_secrets() {
-    let zookeeper = ZooKeeper::start(2000).await;
-    let agent = Agent::start(options(&zookeeper));
-    let reader = Reader::connect(&zookeeper).await;
-    let old_pid = agent.wait_ready(Duration::from_secs(5)).await;
-    let old = agent.wait_credential(Duration::from_secs(5)).await;
-    published(&reader).await;
+    let Listed {
+        agent,
+        reader,
+        pid: old_pid,
+        credential: old,
+        zookeeper: _zookeeper,
+    } = Listed::start().await;
 
     // The fixture's [credentials] header is followed by our extra lines.
     agent.reload_with("[credentials]\n", "[credentials]\nmode = \"rest-api\"\n");

@@ -54,12 +54,7 @@ async fn a_served_user_deleted_by_hand_is_detected_and_repaired_by_a_rotation() 
     assert!(agent
         .log()
         .contains("rotated to repair a rejected credential"));
-    let metrics = reqwest::get(agent.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = agent.metrics().await;
     assert!(
         metrics.contains("turn_agent_self_check_runs_total"),
         "{metrics}"

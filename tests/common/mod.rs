@@ -235,6 +235,12 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Waits for `text` to appear in the agent's log.
     pub async fn wait_log(&self, text: &str, timeout: Duration) {
         wait_for(timeout, &format!("{text:?} in the log"), || {
@@ -460,6 +466,43 @@ pub async fn uclient_allocates(port: u16, user: &str, password: &str) -> bool {
         Ok(Ok(status)) => status.success(),
         _ => false,
     }
+}
+
+/// coturn's own client relaying steady traffic (about 10 Mbps on lo) for
+/// `messages` x 5 ms; killed when dropped.
+pub fn uclient_relaying(
+    port: u16,
+    user: &str,
+    password: &str,
+    messages: u32,
+) -> tokio::process::Child {
+    tokio::process::Command::new("turnutils_uclient")
+        .args([
+            "-y",
+            "-n",
+            &messages.to_string(),
+            "-l",
+            "1200",
+            "-m",
+            "4",
+            "-z",
+            "5",
+            "-c",
+        ])
+        .args([
+            "-u",
+            user,
+            "-w",
+            password,
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 /// Runs the real turnadmin (an independent reader of the database) and
