@@ -206,8 +206,12 @@ async fn drain(
 /// The next SIGTERM or SIGINT; other signals are ignored while draining.
 async fn terminated(signals: &mut Signals) -> &'static str {
     loop {
-        if let AgentSignal::Terminate(name) = signals.next().await {
-            return name;
+        match signals.next().await {
+            AgentSignal::Terminate(name) => return name,
+            AgentSignal::Reload => {
+                tracing::warn!("configuration reload ignored: the agent is draining to stop")
+            }
+            AgentSignal::Drain => tracing::info!("already draining"),
         }
     }
 }
