@@ -10,6 +10,7 @@
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
 //! - [`drain`]: waiting for relayed traffic to end before stopping.
 //! - [`self_check`]: the periodic allocation check that gates readiness.
+//! - [`stun_client`]: one STUN request and its answer over UDP, shared by the probe and the self-check.
 //! - [`turn_check`]: a real TURN Allocate/release against our turnserver with a served credential.
 //! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
 //! - [`secret`]: a string type that redacts itself.
@@ -61,6 +62,8 @@ pub mod secret;
 pub mod self_check;
 #[cfg(feature = "agent")]
 pub mod shutdown;
+#[cfg(feature = "agent")]
+pub mod stun_client;
 #[cfg(feature = "agent")]
 pub mod supervisor;
 #[cfg(feature = "agent")]

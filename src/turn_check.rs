@@ -5,21 +5,21 @@
 //! with long-term MESSAGE-INTEGRITY, then Refresh with lifetime 0. Messages
 //! and integrity come from `stun_codec`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytecodec::{DecodeExt, EncodeExt};
 use stun_codec::define_attribute_enums;
 use stun_codec::rfc5389::attributes::{
     ErrorCode, Fingerprint, MessageIntegrity, Nonce, Realm, Software, Username, XorMappedAddress,
 };
 use stun_codec::rfc5766::attributes::{Lifetime, RequestedTransport, XorRelayAddress};
 use stun_codec::rfc5766::methods::{ALLOCATE, REFRESH};
-use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId};
+use stun_codec::{Message, MessageClass, Method, TransactionId};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use crate::secret::Secret;
+use crate::stun_client::{self, ExchangeError};
 
 define_attribute_enums!(
     TurnAttribute,
@@ -67,12 +67,7 @@ pub async fn allocate_and_release(
 ) -> Result<Duration, TurnCheckError> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let local: SocketAddr = match server.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(server).await?;
+    let socket = stun_client::connect(server).await?;
 
     // 1. Unauthenticated: the server answers 401 with its realm and nonce.
     let mut probe = request(ALLOCATE);
@@ -169,32 +164,11 @@ async fn exchange(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Message<TurnAttribute>, TurnCheckError> {
-    let transaction = message.transaction_id();
-    let bytes = MessageEncoder::new()
-        .encode_into_bytes(message)
-        .map_err(|e| TurnCheckError::Protocol(e.to_string()))?;
-    let now = Instant::now();
-    let resend_at = now + deadline.saturating_duration_since(now) / 2;
-    let mut resent = false;
-    socket.send(&bytes).await?;
-    let mut buffer = [0u8; 2048];
-    loop {
-        let wake = if resent { deadline } else { resend_at };
-        match tokio::time::timeout_at(wake, socket.recv(&mut buffer)).await {
-            Ok(received) => {
-                let length = received?;
-                let mut decoder = MessageDecoder::<TurnAttribute>::new();
-                if let Ok(Ok(answer)) = decoder.decode_from_bytes(&buffer[..length]) {
-                    if answer.transaction_id() == transaction {
-                        return Ok(answer);
-                    }
-                }
-            }
-            Err(_) if !resent => {
-                resent = true;
-                socket.send(&bytes).await?;
-            }
-            Err(_) => return Err(TurnCheckError::Timeout(timeout)),
-        }
-    }
+    stun_client::exchange(socket, message, deadline, |_| true)
+        .await
+        .map_err(|error| match error {
+            ExchangeError::Timeout => TurnCheckError::Timeout(timeout),
+            ExchangeError::Io(error) => TurnCheckError::Io(error),
+            ExchangeError::Encode(error) => TurnCheckError::Protocol(error),
+        })
 }

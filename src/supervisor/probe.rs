@@ -3,15 +3,15 @@
 //! turnserver prints no ready line and keeps its process alive through many
 //! faults, so the only honest health signal is an answer on the wire.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytecodec::{DecodeExt, EncodeExt};
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5389::Attribute;
-use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
-use tokio::net::UdpSocket;
+use stun_codec::{Message, MessageClass, TransactionId};
 use tokio::time::Instant;
+
+use crate::stun_client::{self, ExchangeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -29,59 +29,37 @@ pub enum ProbeError {
 /// The request is sent again halfway through `timeout`, so one lost datagram
 /// does not count as a failed probe.
 pub async fn stun_binding(server: SocketAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-    let local: SocketAddr = match server.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(server).await?;
-
+    let socket = stun_client::connect(server).await?;
     let transaction_id = TransactionId::new(rand::random());
     let request = Message::<Attribute>::new(MessageClass::Request, BINDING, transaction_id);
-    let bytes = MessageEncoder::new()
-        .encode_into_bytes(request)
-        .map_err(|error| ProbeError::Encode(error.to_string()))?;
-
     let started = Instant::now();
-    let deadline = started + timeout;
-    let resend_at = started + timeout / 2;
-    let mut resent = false;
-    socket.send(&bytes).await?;
-    let mut buffer = [0u8; 1500];
-    loop {
-        let wake = if resent { deadline } else { resend_at };
-        match tokio::time::timeout_at(wake, socket.recv(&mut buffer)).await {
-            Ok(received) => {
-                let length = received?;
-                if is_answer(&buffer[..length], transaction_id) {
-                    return Ok(started.elapsed());
-                }
-            }
-            Err(_) if !resent => {
-                resent = true;
-                socket.send(&bytes).await?;
-            }
-            Err(_) => return Err(ProbeError::Timeout(timeout)),
-        }
-    }
+    stun_client::exchange(&socket, request, started + timeout, is_binding_success)
+        .await
+        .map_err(|error| match error {
+            ExchangeError::Timeout => ProbeError::Timeout(timeout),
+            ExchangeError::Io(error) => ProbeError::Io(error),
+            ExchangeError::Encode(error) => ProbeError::Encode(error),
+        })?;
+    Ok(started.elapsed())
+}
+
+fn is_binding_success(message: &Message<Attribute>) -> bool {
+    message.method() == BINDING && message.class() == MessageClass::SuccessResponse
 }
 
 /// A Binding success response for our transaction; anything else (stray
 /// datagrams, answers to an earlier probe, garbage) is ignored.
+#[cfg(test)]
 fn is_answer(datagram: &[u8], transaction_id: TransactionId) -> bool {
-    let mut decoder = MessageDecoder::<Attribute>::new();
-    match decoder.decode_from_bytes(datagram) {
-        Ok(Ok(message)) => {
-            message.transaction_id() == transaction_id
-                && message.method() == BINDING
-                && message.class() == MessageClass::SuccessResponse
-        }
-        _ => false,
-    }
+    stun_client::decode_answer(datagram, transaction_id).is_some_and(|m| is_binding_success(&m))
 }
 
 #[cfg(test)]
 mod tests {
+    use bytecodec::{DecodeExt, EncodeExt};
+    use stun_codec::{MessageDecoder, MessageEncoder};
+    use tokio::net::UdpSocket;
+
     use super::*;
 
     /// A minimal STUN responder for the probe's own tests: it answers with a
