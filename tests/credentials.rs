@@ -475,12 +475,7 @@ async fn rotation_on_demand_through_the_cli_and_post_rotate() {
     assert_ne!(second.userid, first.userid);
     assert_eq!(stdout.trim(), format!("rotated: {}", second.userid));
 
-    let response = reqwest::Client::new()
-        .post(agent.url("/rotate"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(agent.post_rotate().await, 200);
     let third = agent.credential("").await.unwrap();
     assert_ne!(third.userid, second.userid);
     let (second_ok, third_ok) = tokio::join!(

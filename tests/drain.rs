@@ -20,18 +20,26 @@ fn options(zookeeper: &ZooKeeper, drain: &str) -> AgentOptions {
     }
 }
 
+const NODE: &str = "/turn/servers/draining";
+
+/// An agent with these `[drain]` lines, ready and listed.
+async fn listed(zookeeper: &ZooKeeper, drain: &str) -> (Agent, Reader) {
+    let agent = Agent::start(options(zookeeper, drain));
+    let reader = Reader::connect(zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    wait_for(Duration::from_secs(5), "the node", || reader.node(NODE)).await;
+    (agent, reader)
+}
+
 #[tokio::test]
 async fn drain_withdraws_keeps_serving_and_stops_when_quiet() {
     let zookeeper = ZooKeeper::start(2000).await;
     // Other tests relay on lo too: count anything under 100 Gbps as idle.
-    let mut agent = Agent::start(options(
+    let (mut agent, reader) = listed(
         &zookeeper,
         "idle_mbps = 100000.0\nquiet_period = \"1500ms\"\ntimeout = \"30s\"",
-    ));
-    let reader = Reader::connect(&zookeeper).await;
-    agent.wait_ready(Duration::from_secs(5)).await;
-    let node = "/turn/servers/draining";
-    wait_for(Duration::from_secs(5), "the node", || reader.node(node)).await;
+    )
+    .await;
 
     let config = agent.files.config_path.display().to_string();
     let (code, stdout, stderr) =
@@ -44,7 +52,7 @@ async fn drain_withdraws_keeps_serving_and_stops_when_quiet() {
     wait_for(
         Duration::from_secs(1),
         "the node to be withdrawn",
-        || async { (reader.exists(node).await == Some(false)).then_some(()) },
+        || async { (reader.exists(NODE).await == Some(false)).then_some(()) },
     )
     .await;
     let (status, body) = agent.get("/readyz").await.unwrap();
@@ -69,15 +77,11 @@ async fn drain_withdraws_keeps_serving_and_stops_when_quiet() {
 #[tokio::test]
 async fn drain_waits_for_live_relayed_traffic_to_end() {
     let zookeeper = ZooKeeper::start(2000).await;
-    let agent = Agent::start(options(
+    let (mut agent, reader) = listed(
         &zookeeper,
         "idle_mbps = 1.0\nquiet_period = \"1s\"\ntimeout = \"60s\"",
-    ));
-    let mut agent = agent;
-    let reader = Reader::connect(&zookeeper).await;
-    agent.wait_ready(Duration::from_secs(5)).await;
-    let node = "/turn/servers/draining";
-    wait_for(Duration::from_secs(5), "the node", || reader.node(node)).await;
+    )
+    .await;
     let served = agent.wait_credential(Duration::from_secs(5)).await;
 
     // coturn's own client relays ~10 Mbps for a few seconds.
@@ -95,7 +99,7 @@ async fn drain_waits_for_live_relayed_traffic_to_end() {
     wait_for(
         Duration::from_secs(1),
         "the node to be withdrawn",
-        || async { (reader.exists(node).await == Some(false)).then_some(()) },
+        || async { (reader.exists(NODE).await == Some(false)).then_some(()) },
     )
     .await;
     let status = tokio::time::timeout(Duration::from_secs(60), traffic.wait())
@@ -128,16 +132,9 @@ async fn drain_waits_for_live_relayed_traffic_to_end() {
 
 /// Bytes through lo over `window`, in Mbps.
 async fn lo_mbps_over(window: Duration) -> f64 {
-    let bytes = || {
-        std::fs::read_to_string("/sys/class/net/lo/statistics/rx_bytes")
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let before = bytes();
+    let before = lo_bytes();
     tokio::time::sleep(window).await;
-    (bytes() - before) as f64 * 8.0 / 1e6 / window.as_secs_f64()
+    (lo_bytes() - before) as f64 * 8.0 / 1e6 / window.as_secs_f64()
 }
 
 #[tokio::test]

@@ -262,14 +262,6 @@ async fn steady_traffic_writes_at_most_once_per_max_silence() {
 }
 
 /// lo's received bytes (on lo, rx always equals tx).
-fn lo_bytes() -> u64 {
-    std::fs::read_to_string("/sys/class/net/lo/statistics/rx_bytes")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn relayed_traffic_lowers_free_traffic_by_the_measured_amount() {
     let zookeeper = ZooKeeper::start(2000).await;

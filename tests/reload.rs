@@ -282,12 +282,7 @@ async fn access_rules_rotation_timing_and_log_level_apply_live() {
     .await;
     let rotations_logged = agent.log().matches("credential rotated").count();
     let before = agent.credential("").await.unwrap();
-    let response = reqwest::Client::new()
-        .post(agent.url("/rotate"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(agent.post_rotate().await, 200);
     assert_ne!(agent.credential("").await.unwrap().userid, before.userid);
     assert_eq!(
         agent.log().matches("credential rotated").count(),

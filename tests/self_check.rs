@@ -28,22 +28,9 @@ async fn a_served_user_deleted_by_hand_is_detected_and_repaired_by_a_rotation() 
     let agent = Agent::start(options(None));
     agent.wait_ready(Duration::from_secs(5)).await;
     let served = agent.wait_credential(Duration::from_secs(5)).await;
-    wait_for(Duration::from_secs(5), "a passing self-check", || async {
-        let (_, body) = agent.get("/readyz").await?;
-        (body["health"]["last_ok_unix"].is_number()).then_some(())
-    })
-    .await;
+    agent.wait_self_check_passes(Duration::from_secs(5)).await;
 
-    let db = agent.userdb().display().to_string();
-    turnadmin(&[
-        "-d",
-        "-b",
-        &db,
-        "-u",
-        &served.userid,
-        "-r",
-        &agent.files.realm,
-    ]);
+    agent.delete_user_by_hand(&served.userid);
     let repaired = wait_for(Duration::from_secs(5), "a repair rotation", || async {
         agent
             .credential("")
@@ -126,11 +113,7 @@ async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
 async fn a_hung_turnserver_fails_its_probes_and_is_replaced() {
     let agent = Agent::start(options(None));
     let hung = agent.wait_ready(Duration::from_secs(5)).await;
-    wait_for(Duration::from_secs(5), "a passing self-check", || async {
-        let (_, body) = agent.get("/readyz").await?;
-        (body["health"]["last_ok_unix"].is_number()).then_some(())
-    })
-    .await;
+    agent.wait_self_check_passes(Duration::from_secs(5)).await;
 
     // Alive but silent: STUN probes and allocations both time out.
     signal_pid(hung, nix::sys::signal::Signal::SIGSTOP);

@@ -109,16 +109,7 @@ async fn selfcheck_command_reports_success_and_failure() {
 
     // The served user deleted by hand: coturn rejects it, and the check says so.
     let served = agent.credential("").await.unwrap();
-    let db = agent.userdb().display().to_string();
-    turnadmin(&[
-        "-d",
-        "-b",
-        &db,
-        "-u",
-        &served.userid,
-        "-r",
-        &agent.files.realm,
-    ]);
+    agent.delete_user_by_hand(&served.userid);
     let (code, _, stderr) = tokio::task::spawn_blocking(move || {
         run_agent_cli(&["selfcheck", "--config", &config], &[])
     })

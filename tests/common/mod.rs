@@ -437,6 +437,28 @@ impl Agent {
     pub fn userdb(&self) -> PathBuf {
         self.files.path("turndb")
     }
+
+    /// Deletes a long-term user from the database behind the agent's back,
+    /// with coturn's own turnadmin.
+    pub fn delete_user_by_hand(&self, user: &str) {
+        let db = self.userdb().display().to_string();
+        turnadmin(&["-d", "-b", &db, "-u", user, "-r", &self.files.realm]);
+    }
+
+    /// `POST /rotate`; returns the HTTP status.
+    pub async fn post_rotate(&self) -> u16 {
+        let response = self.http.post(self.url("/rotate")).send().await.unwrap();
+        response.status().as_u16()
+    }
+
+    /// Waits until the allocation self-check has passed at least once.
+    pub async fn wait_self_check_passes(&self, timeout: Duration) {
+        wait_for(timeout, "a passing self-check", || async {
+            let (_, body) = self.get("/readyz").await?;
+            (body["health"]["last_ok_unix"].is_number()).then_some(())
+        })
+        .await
+    }
 }
 
 pub fn parse_served(body: &serde_json::Value) -> Option<Served> {
@@ -466,6 +488,15 @@ pub async fn uclient_allocates(port: u16, user: &str, password: &str) -> bool {
         Ok(Ok(status)) => status.success(),
         _ => false,
     }
+}
+
+/// Bytes received on lo so far, from the kernel's own counter.
+pub fn lo_bytes() -> u64 {
+    std::fs::read_to_string("/sys/class/net/lo/statistics/rx_bytes")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// coturn's own client relaying steady traffic (about 10 Mbps on lo) for
