@@ -107,53 +107,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Rotate { config } => {
-            let (_, loaded) = match load(&config) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            match turn_agent::cli::rotate(&loaded) {
-                Ok(credential) => {
-                    println!("rotated: {credential}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("turn-agent: rotation failed: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Drain { config } => {
-            let (_, loaded) = match load(&config) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            match turn_agent::cli::drain(&loaded) {
-                Ok(()) => {
-                    println!("draining; the agent stops once relayed traffic has ended");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("turn-agent: drain failed: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Rotate { config } => ask_agent(&config, "rotation", |loaded| {
+            turn_agent::cli::rotate(loaded).map(|credential| format!("rotated: {credential}"))
+        }),
+        Command::Drain { config } => ask_agent(&config, "drain", |loaded| {
+            turn_agent::cli::drain(loaded)
+                .map(|()| "draining; the agent stops once relayed traffic has ended".into())
+        }),
         Command::Selfcheck { config } => {
-            let (_, loaded) = match load(&config) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            match turn_agent::cli::selfcheck(&loaded) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("turn-agent: selfcheck failed: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            ask_agent(&config, "selfcheck", turn_agent::cli::selfcheck)
         }
         Command::Status { url, token_file } => {
             let token = match token_file.map(std::fs::read_to_string).transpose() {
@@ -223,6 +185,29 @@ fn main() -> ExitCode {
 
 fn load(path: &Path) -> Result<(RawConfig, Config), ExitCode> {
     config::load(path).map_err(|error| config_error(path, &error))
+}
+
+/// Loads `config`, asks the agent it describes through `call` and prints
+/// the answer; a failure exits 1 naming `what`.
+fn ask_agent(
+    config: &Path,
+    what: &str,
+    call: impl FnOnce(&Config) -> anyhow::Result<String>,
+) -> ExitCode {
+    let (_, loaded) = match load(config) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match call(&loaded) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("turn-agent: {what} failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn config_error(path: &Path, error: &config::ConfigError) -> ExitCode {
