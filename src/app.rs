@@ -106,6 +106,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
             guard,
             turn_uris,
             metrics: agent_metrics,
+            tls,
         },
         health_sender.clone(),
         status,
@@ -116,15 +117,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
             signal = signals.next() => match signal {
                 AgentSignal::Terminate(name) => break name,
                 AgentSignal::Drain => break drain(&reconfiguration.current(), &health_sender, &mut signals).await,
-                AgentSignal::Reload => {
-                    reconfiguration.reload(&config_path);
-                    if let Some(tls) = &tls {
-                        match tls.reload() {
-                            Ok(()) => tracing::info!("TLS certificates re-read"),
-                            Err(error) => tracing::error!(%error, "keeping the previous TLS certificates"),
-                        }
-                    }
-                }
+                AgentSignal::Reload => reconfiguration.reload(&config_path),
             },
             Some(()) = drain_requests.recv() => {
                 break drain(&reconfiguration.current(), &health_sender, &mut signals).await;

@@ -44,6 +44,8 @@ pub struct LiveParts {
     pub guard: api::guard::Guard,
     pub turn_uris: Arc<ArcSwap<Vec<String>>>,
     pub metrics: AgentMetrics,
+    /// Certificate files are re-read on every reload, whatever the file says.
+    pub tls: Option<api::tls::TlsReloader>,
 }
 
 impl Reconfiguration {
@@ -74,9 +76,19 @@ impl Reconfiguration {
         self.config.borrow().clone()
     }
 
-    /// SIGHUP: re-read the file; a bad file is reported and the running
-    /// configuration kept.
+    /// SIGHUP: re-read the file (a bad one is reported and the running
+    /// configuration kept) and the TLS certificates.
     pub fn reload(&mut self, path: &Path) {
+        self.reread(path);
+        if let Some(tls) = &self.live.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates re-read"),
+                Err(error) => tracing::error!(%error, "keeping the previous TLS certificates"),
+            }
+        }
+    }
+
+    fn reread(&mut self, path: &Path) {
         // The file must be valid as a whole, even in keys that wait for an
         // agent restart.
         let reread = config::load(path).and_then(|(raw, _)| self.reloader.reread(raw));
