@@ -30,13 +30,12 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct CredentialManager {
-    config: CredentialsConfig,
-    realm: String,
     /// Timing applies at once; a new realm, mode or database retires every
     /// agent entry and starts afresh (the agent sends those only once
     /// turnserver is being replaced).
     config_watch: ConfigWatch,
-    /// The configuration last applied, to compare the next one with.
+    /// The configuration last applied, to compare the next one with; its
+    /// realm is the one the state and turnadmin work in.
     applied: Arc<Config>,
     turnadmin: Turnadmin,
     published: Arc<ArcSwapOption<Published>>,
@@ -59,7 +58,7 @@ pub struct CredentialHandles {
 impl CredentialManager {
     pub fn new(mut config_watch: ConfigWatch) -> (CredentialManager, CredentialHandles) {
         let config = config_watch.borrow_and_update().clone();
-        let credentials = config.credentials.clone();
+        let credentials = &config.credentials;
         let published = Arc::new(ArcSwapOption::empty());
         let (status, status_receiver) = watch::channel(CredentialStatus {
             realm: config.turnserver.realm.clone(),
@@ -71,14 +70,12 @@ impl CredentialManager {
         };
         let manager = CredentialManager {
             config_watch,
-            applied: config.clone(),
             turnadmin: Turnadmin::new(
                 credentials.turnadmin.clone(),
                 credentials.database_args.clone(),
                 config.turnserver.realm.clone(),
             ),
-            realm: config.turnserver.realm.clone(),
-            config: credentials,
+            applied: config,
             published,
             status,
             rotate_requests,
@@ -132,38 +129,41 @@ impl CredentialManager {
         }
     }
 
-    /// Takes a reloaded configuration. The state file stays where it was
-    /// (it moves only with an agent restart).
+    /// Takes a reloaded configuration. `credentials.state_file` is an
+    /// agent-restart key, so a reload never moves the state file.
     async fn apply(&mut self, config: Arc<Config>) {
         let fresh_start = super::needs_fresh_start(&self.applied, &config);
         if fresh_start {
             self.retire_everything().await;
         }
-        self.config = CredentialsConfig {
-            state_file: self.config.state_file.clone(),
-            ..config.credentials.clone()
-        };
         self.turnadmin = Turnadmin::new(
-            self.config.turnadmin.clone(),
-            self.config.database_args.clone(),
+            config.credentials.turnadmin.clone(),
+            config.credentials.database_args.clone(),
             config.turnserver.realm.clone(),
         );
+        self.applied = config;
         if fresh_start {
-            tracing::info!(realm = %config.turnserver.realm, mode = ?self.config.mode, "starting a new credential state for the new turnserver");
-            self.realm = config.turnserver.realm.clone();
+            tracing::info!(realm = %self.realm(), mode = ?self.config().mode, "starting a new credential state for the new turnserver");
             self.fresh_state();
             self.reconciled = false;
             self.retry.reset();
             self.retry_at = None;
-            let (mode, realm) = (self.config.mode, self.realm.clone());
+            let (mode, realm) = (self.config().mode, self.realm().to_string());
             self.status.send_modify(|status| {
                 status.mode = mode;
                 status.realm = realm;
                 status.generation += 1;
             });
         }
-        self.applied = config;
         self.publish_current();
+    }
+
+    fn config(&self) -> &CredentialsConfig {
+        &self.applied.credentials
+    }
+
+    fn realm(&self) -> &str {
+        &self.applied.turnserver.realm
     }
 
     /// Takes every agent entry out of the database the running turnserver
@@ -188,18 +188,18 @@ impl CredentialManager {
     /// that from then on every agent entry the file does not know is one
     /// that was never served. Returns whether a state was known before.
     fn load_state(&mut self) -> bool {
-        for directory in [self.config.state_file.parent()].into_iter().flatten() {
+        for directory in [self.config().state_file.parent()].into_iter().flatten() {
             if let Err(error) = create_private_dir(directory) {
                 tracing::warn!(%error, directory = %directory.display(), "cannot create the state directory");
             }
         }
-        match state_file::load(&self.config.state_file) {
-            Ok(Some(state)) if state.realm == self.realm => {
+        match state_file::load(&self.config().state_file) {
+            Ok(Some(state)) if state.realm == self.realm() => {
                 self.state = state;
                 true
             }
             Ok(Some(state)) => {
-                tracing::warn!(old = %state.realm, new = %self.realm, "realm changed; starting a new credential state");
+                tracing::warn!(old = %state.realm, new = %self.realm(), "realm changed; starting a new credential state");
                 self.fresh_state();
                 false
             }
@@ -218,18 +218,18 @@ impl CredentialManager {
     fn fresh_state(&mut self) {
         self.state = CredentialState {
             version: STATE_VERSION,
-            realm: self.realm.clone(),
+            realm: self.realm().to_string(),
             ..CredentialState::default()
         };
-        if let Err(error) = state_file::store(&self.config.state_file, &self.state) {
+        if let Err(error) = state_file::store(&self.config().state_file, &self.state) {
             tracing::error!(%error, "cannot write the credential state file");
         }
     }
 
     /// Start-up: align the state file with the database.
     async fn reconcile(&mut self, now: u64, have_state: bool) {
-        let grace = self.config.grace.as_secs();
-        let result = match self.config.mode {
+        let grace = self.config().grace.as_secs();
+        let result = match self.config().mode {
             CredentialMode::LongTerm => self.reconcile_users(now, have_state, grace).await,
             CredentialMode::RestApi => self.reconcile_secrets(now, have_state, grace).await,
         };
@@ -300,8 +300,8 @@ impl CredentialManager {
     }
 
     fn rotation_due(&self) -> u64 {
-        let interval = self.config.rotate_interval.as_secs();
-        match self.config.mode {
+        let interval = self.config().rotate_interval.as_secs();
+        match self.config().mode {
             CredentialMode::LongTerm => {
                 long_term::rotation_due(self.state.current.as_ref(), interval)
             }
@@ -311,7 +311,7 @@ impl CredentialManager {
 
     /// Creates, confirms, persists, then publishes a new credential.
     async fn rotate(&mut self, now: u64) -> Result<String, String> {
-        let result = match self.config.mode {
+        let result = match self.config().mode {
             CredentialMode::LongTerm => self.rotate_user(now).await,
             CredentialMode::RestApi => self.rotate_secret(now).await,
         };
@@ -328,7 +328,7 @@ impl CredentialManager {
     }
 
     async fn rotate_user(&mut self, now: u64) -> Result<String, String> {
-        let credential = long_term::issue(now, self.config.lifetime.as_secs());
+        let credential = long_term::issue(now, self.config().lifetime.as_secs());
         self.turnadmin
             .add_user(&credential.username, &credential.password)
             .await
@@ -360,7 +360,7 @@ impl CredentialManager {
             &mut next.secrets,
             secret.clone(),
             now,
-            self.config.max_ttl.as_secs(),
+            self.config().max_ttl.as_secs(),
         );
         if let Err(error) = self.persist(next) {
             let _ = self.turnadmin.delete_secret(&secret.value).await;
@@ -374,7 +374,7 @@ impl CredentialManager {
         if self.deletion_retry_at.is_some_and(|at| Instant::now() < at) || !self.reconciled {
             return;
         }
-        let grace = self.config.grace.as_secs();
+        let grace = self.config().grace.as_secs();
         let mut failed = false;
         let due_users: Vec<String> = self
             .state
@@ -443,14 +443,14 @@ impl CredentialManager {
     }
 
     fn persist(&mut self, next: CredentialState) -> Result<(), String> {
-        state_file::store(&self.config.state_file, &next).map_err(|error| error.to_string())?;
+        state_file::store(&self.config().state_file, &next).map_err(|error| error.to_string())?;
         self.state = next;
         Ok(())
     }
 
     fn publish_current(&self) {
         let now = unix_now().as_secs();
-        let published = match self.config.mode {
+        let published = match self.config().mode {
             CredentialMode::LongTerm => self
                 .state
                 .current
@@ -460,8 +460,8 @@ impl CredentialManager {
             CredentialMode::RestApi => {
                 rest_api::signing_secret(&self.state.secrets).map(|secret| Published::RestApi {
                     secret: secret.value.clone(),
-                    default_ttl: self.config.lifetime.as_secs(),
-                    max_ttl: self.config.max_ttl.as_secs(),
+                    default_ttl: self.config().lifetime.as_secs(),
+                    max_ttl: self.config().max_ttl.as_secs(),
                 })
             }
         };
@@ -492,7 +492,7 @@ impl CredentialManager {
         let available = self.published.load().is_some();
         let current = self.state.current.clone();
         let next_rotation_at = self.reconciled.then(|| self.rotation_due());
-        let live_in_database = match self.config.mode {
+        let live_in_database = match self.config().mode {
             CredentialMode::LongTerm => self.state.served.len() + usize::from(current.is_some()),
             CredentialMode::RestApi => self.state.secrets.len(),
         };
@@ -511,7 +511,7 @@ impl CredentialManager {
     /// The earliest of: the next rotation (or retry), the next deletion,
     /// the served credential's expiry.
     fn next_wake(&self, now: u64) -> Instant {
-        let grace = self.config.grace.as_secs();
+        let grace = self.config().grace.as_secs();
         let at_unix = |unix_secs: u64| {
             let delta = Duration::from_secs(unix_secs).saturating_sub(unix_now());
             Instant::now() + delta
