@@ -7,7 +7,6 @@
 //! withdraws its znode; a rejected credential also triggers a rotation,
 //! which repairs a user deleted from under us.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -40,10 +39,10 @@ pub struct HealthStatus {
 }
 
 pub struct SelfCheck {
-    config: HealthConfig,
+    /// The configuration in effect: `[health]`, and turnserver's address,
+    /// which a reload may move.
+    applied: Arc<config::Config>,
     config_watch: ConfigWatch,
-    /// turnserver's address, which a reload may move.
-    server: SocketAddr,
     source: CredentialSource,
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
@@ -61,19 +60,15 @@ impl SelfCheck {
         credentials: watch::Receiver<CredentialStatus>,
         rotate: RotateHandle,
     ) -> (SelfCheck, watch::Receiver<HealthStatus>) {
-        let (config, server) = {
-            let current = config_watch.borrow_and_update();
-            (current.health.clone(), current.turnserver.probe_addr())
-        };
-        let enabled = config.self_check_interval.is_some();
+        let applied = config_watch.borrow_and_update().clone();
+        let enabled = applied.health.self_check_interval.is_some();
         let (status, receiver) = watch::channel(HealthStatus {
             enabled,
             ..HealthStatus::default()
         });
         let check = SelfCheck {
-            config,
+            applied,
             config_watch,
-            server,
             source,
             supervisor,
             credentials,
@@ -91,11 +86,11 @@ impl SelfCheck {
     #[tracing::instrument(name = "self_check", skip_all)]
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let Some(period) = self.config.self_check_interval else {
+            let Some(period) = self.config().self_check_interval else {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     latest = config::next_config(&mut self.config_watch) => {
-                        self.apply(&latest);
+                        self.apply(latest);
                         continue;
                     }
                 }
@@ -119,7 +114,7 @@ impl SelfCheck {
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 latest = config::next_config(&mut self.config_watch) => {
-                    if self.apply(&latest) {
+                    if self.apply(latest) {
                         return true;
                     }
                     continue;
@@ -143,22 +138,26 @@ impl SelfCheck {
                 continue;
             };
             let outcome = allocate_and_release(
-                self.server,
+                self.applied.turnserver.probe_addr(),
                 &credential.username,
                 &credential.password,
-                self.config.self_check_timeout,
+                self.config().self_check_timeout,
             )
             .await;
             self.record(outcome).await;
         }
     }
 
+    fn config(&self) -> &HealthConfig {
+        &self.applied.health
+    }
+
     /// Takes a reloaded configuration; true when the interval changed.
-    fn apply(&mut self, latest: &config::Config) -> bool {
-        let interval_changed = latest.health.self_check_interval != self.config.self_check_interval;
-        self.config = latest.health.clone();
-        self.server = latest.turnserver.probe_addr();
-        let enabled = self.config.self_check_interval.is_some();
+    fn apply(&mut self, latest: Arc<config::Config>) -> bool {
+        let interval_changed =
+            latest.health.self_check_interval != self.config().self_check_interval;
+        self.applied = latest;
+        let enabled = self.config().self_check_interval.is_some();
         self.status.send_if_modified(|s| {
             let changed = s.enabled != enabled;
             s.enabled = enabled;
@@ -188,7 +187,7 @@ impl SelfCheck {
             }
             Err(error) => {
                 let reason = error.to_string();
-                let threshold = self.config.self_check_failures;
+                let threshold = self.config().self_check_failures;
                 self.status.send_modify(|s| {
                     s.checks += 1;
                     s.consecutive_failures = s.consecutive_failures.saturating_add(1);

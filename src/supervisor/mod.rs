@@ -30,8 +30,9 @@ use process::Spawner;
 const STARTING_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
 pub struct Supervisor {
-    config: TurnserverConfig,
-    mode: CredentialMode,
+    /// The configuration in effect: its `[turnserver]` and credential mode
+    /// make turnserver's command line.
+    applied: Arc<config::Config>,
     /// Where new configurations come from: a change to turnserver's command
     /// line restarts it (without backoff), probe settings apply at once.
     config_watch: ConfigWatch,
@@ -72,10 +73,8 @@ impl Supervisor {
         mut config_watch: ConfigWatch,
         watchdog: Watchdog,
     ) -> std::io::Result<(Supervisor, watch::Receiver<SupervisorStatus>)> {
-        let (config, mode) = {
-            let current = config_watch.borrow_and_update();
-            (current.turnserver.clone(), current.credentials.mode)
-        };
+        let applied = config_watch.borrow_and_update().clone();
+        let config = &applied.turnserver;
         let backoff = RestartBackoff::new(
             config.restart_delay_min,
             config.restart_delay_max,
@@ -87,8 +86,7 @@ impl Supervisor {
         let lifecycle = Lifecycle::new(backoff, config.probe_failures, config.startup_timeout);
         let (status, receiver) = watch::channel(SupervisorStatus::default());
         let supervisor = Supervisor {
-            config,
-            mode,
+            applied,
             config_watch,
             spawner: Spawner::start()?,
             lifecycle,
@@ -108,7 +106,7 @@ impl Supervisor {
     #[tracing::instrument(name = "supervisor", skip_all)]
     pub async fn run(mut self, shutdown: CancellationToken) {
         if let Some(pid) =
-            process::kill_stale_turnserver(&self.config.pidfile, self.config.stop_timeout).await
+            process::kill_stale_turnserver(&self.config().pidfile, self.config().stop_timeout).await
         {
             tracing::info!(pid, "stale turnserver is gone");
         }
@@ -119,7 +117,7 @@ impl Supervisor {
                     match end {
                         ChildEnd::Shutdown => {
                             let how =
-                                process::stop_child(&mut child, self.config.stop_timeout).await;
+                                process::stop_child(&mut child, self.config().stop_timeout).await;
                             tracing::info!(exit = %how, "turnserver stopped");
                             self.lifecycle.stopped(Some(how));
                             self.publish();
@@ -127,7 +125,7 @@ impl Supervisor {
                         }
                         ChildEnd::Reconfigured => {
                             let how =
-                                process::stop_child(&mut child, self.config.stop_timeout).await;
+                                process::stop_child(&mut child, self.config().stop_timeout).await;
                             tracing::info!(exit = %how, "turnserver stopped for a new configuration");
                             self.lifecycle.stopped(Some(how));
                             self.publish();
@@ -167,23 +165,27 @@ impl Supervisor {
 
     /// Takes the newest configuration; true when turnserver's command line
     /// changed with it.
-    fn apply(&mut self, config: &config::Config) -> bool {
+    fn apply(&mut self, latest: Arc<config::Config>) -> bool {
         let before = self.command_line();
-        self.config = config.turnserver.clone();
-        self.mode = config.credentials.mode;
+        self.applied = latest;
+        let config = &self.applied.turnserver;
         self.lifecycle
-            .set_limits(self.config.probe_failures, self.config.startup_timeout);
+            .set_limits(config.probe_failures, config.startup_timeout);
         before != self.command_line()
     }
 
+    fn config(&self) -> &TurnserverConfig {
+        &self.applied.turnserver
+    }
+
     fn command_line(&self) -> (std::path::PathBuf, Vec<String>) {
-        command_line(&self.config, self.mode)
+        command_line(self.config(), self.applied.credentials.mode)
     }
 
     async fn spawn(&mut self) -> std::io::Result<Child> {
         if self.config_watch.has_changed().unwrap_or(false) {
             let latest = self.config_watch.borrow_and_update().clone();
-            self.apply(&latest);
+            self.apply(latest);
         }
         let (binary, args) = self.command_line();
         let mut command = Command::new(binary);
@@ -221,17 +223,18 @@ impl Supervisor {
     async fn watch_child(&mut self, child: &mut Child, shutdown: &CancellationToken) -> ChildEnd {
         let mut next_probe = Instant::now();
         loop {
-            let probe_addr = self.config.probe_addr();
-            let probe = async {
+            let (probe_addr, probe_timeout) =
+                (self.config().probe_addr(), self.config().probe_timeout);
+            let probe = async move {
                 tokio::time::sleep_until(next_probe).await;
-                probe::stun_binding(probe_addr, self.config.probe_timeout).await
+                probe::stun_binding(probe_addr, probe_timeout).await
             };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return ChildEnd::Shutdown,
                 status = child.wait() => return ChildEnd::Exited(process::describe_exit(status)),
                 latest = config::next_config(&mut self.config_watch) => {
-                    if self.apply(&latest) {
+                    if self.apply(latest) {
                         tracing::info!("turnserver's command line changed; restarting it");
                         return ChildEnd::Reconfigured;
                     }
@@ -264,7 +267,7 @@ impl Supervisor {
                     let interval = if self.lifecycle.status().phase == Phase::Starting {
                         STARTING_PROBE_INTERVAL
                     } else {
-                        self.config.probe_interval
+                        self.config().probe_interval
                     };
                     // Keep the cadence from the scheduled start, not from
                     // when a slow probe gave up, so hang detection takes
