@@ -6,6 +6,7 @@
 //! when free traffic moved by more than the hysteresis or `max_silence`
 //! passed, to spare the ensemble.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -45,15 +46,15 @@ pub struct RegistryStatus {
 }
 
 pub struct Registry {
-    zookeeper: ZookeeperConfig,
-    /// Traffic settings, capacity, region, ISPs and publishing cadence
-    /// apply at once; the ensemble and node path only at an agent restart.
+    /// The configuration in effect. Traffic settings, capacity, region,
+    /// ISPs and publishing cadence change with a reload; the ensemble and
+    /// node path are agent-restart keys, so `hosts` and the paths below
+    /// stay right.
+    applied: Arc<Config>,
     config_watch: ConfigWatch,
-    traffic: TrafficConfig,
     hosts: String,
     node_path: String,
     base_path: String,
-    template: HostPayload,
     /// Listed only while this says the host can serve.
     readiness: Readiness,
     status: watch::Sender<RegistryStatus>,
@@ -95,43 +96,23 @@ impl Registry {
     ) -> (Option<Registry>, watch::Receiver<RegistryStatus>) {
         let (status, receiver) = watch::channel(RegistryStatus::default());
         let config = config_watch.borrow_and_update().clone();
-        let zookeeper = config.zookeeper.clone();
-        let Some((hosts, _)) = zookeeper.hosts_and_chroot() else {
+        let Some((hosts, _)) = config.zookeeper.hosts_and_chroot() else {
             return (None, receiver);
         };
         let hosts = hosts.to_string();
-        let rest_addr = config
-            .api
-            .advertise
-            .unwrap_or(config.api.listen)
-            .to_string();
-        let template = HostPayload {
-            free_traffic: round_mbps(config.traffic.capacity_mbps),
-            rest_addr,
-            turn_uris: config.api.turn_uris.clone(),
-            realm: config.turnserver.realm.clone(),
-            capacity_mbps: config.traffic.capacity_mbps,
-            region: zookeeper.region.clone(),
-            isp: zookeeper.isp.clone(),
-            updated_at: String::new(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            restarts: 0,
-        };
         status.send_modify(|s| {
             s.enabled = true;
             s.capacity_mbps = config.traffic.capacity_mbps;
         });
         let registry = Registry {
-            node_path: zookeeper.node_path(),
-            base_path: zookeeper.base_path(),
+            node_path: config.zookeeper.node_path(),
+            base_path: config.zookeeper.base_path(),
             hosts,
-            zookeeper,
+            meter: TrafficMeter::new(config.traffic.smoothing),
+            applied: config,
             config_watch,
-            traffic: config.traffic.clone(),
-            template,
             readiness,
             status,
-            meter: TrafficMeter::new(config.traffic.smoothing),
             traffic_source: TrafficSource::Interface(
                 sysinfo::Networks::new_with_refreshed_list().ok(),
             ),
@@ -149,7 +130,7 @@ impl Registry {
 
     #[tracing::instrument(name = "registry", skip_all, fields(node = %self.node_path))]
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.digest = match &self.zookeeper.auth_file {
+        self.digest = match &self.zookeeper().auth_file {
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(text) => Some(text.trim().to_string()),
                 Err(error) => {
@@ -197,7 +178,7 @@ impl Registry {
     async fn open_session(&mut self) -> Result<zk::Client, zk::Error> {
         let client = crate::zookeeper::connect(
             &self.hosts,
-            self.zookeeper.session_timeout,
+            self.zookeeper().session_timeout,
             self.digest.as_deref(),
         )
         .await?;
@@ -234,7 +215,7 @@ impl Registry {
     ) -> SessionEnd {
         let mut session_state = client.state_watcher();
         let mut published: Option<Published> = None;
-        let mut tick = tokio::time::interval(self.zookeeper.publish_interval);
+        let mut tick = tokio::time::interval(self.zookeeper().publish_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
         // Set after a failed operation, so the next attempt waits a little.
@@ -301,8 +282,8 @@ impl Registry {
                 _ = self.readiness.changed() => {}
                 _ = tick.tick() => self.sample_traffic(),
                 latest = config::next_config(&mut self.config_watch) => {
-                    if self.apply(&latest) {
-                        tick = tokio::time::interval(self.zookeeper.publish_interval);
+                    if self.apply(latest) {
+                        tick = tokio::time::interval(self.zookeeper().publish_interval);
                         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                         tick.tick().await;
                     }
@@ -334,12 +315,12 @@ impl Registry {
                 });
             }
             Some(current) => {
-                let silent_too_long = current.written_at.elapsed() >= self.zookeeper.max_silence;
+                let silent_too_long = current.written_at.elapsed() >= self.zookeeper().max_silence;
                 let traffic_moved = traffic::changed_enough(
                     current.payload.free_traffic,
                     payload.free_traffic,
-                    self.traffic.capacity_mbps,
-                    self.traffic.hysteresis_percent,
+                    self.traffic().capacity_mbps,
+                    self.traffic().hysteresis_percent,
                 );
                 let other_fields_changed = HostPayload {
                     free_traffic: current.payload.free_traffic,
@@ -483,30 +464,30 @@ impl Registry {
 
     /// Takes a reloaded configuration; true when the publishing interval
     /// changed. The next pass writes the node if its content moved.
-    fn apply(&mut self, latest: &Config) -> bool {
-        let new_meter = latest.traffic.interface != self.traffic.interface
-            || latest.traffic.smoothing != self.traffic.smoothing;
-        let interval_changed = latest.zookeeper.publish_interval != self.zookeeper.publish_interval;
-        self.traffic = latest.traffic.clone();
+    fn apply(&mut self, latest: Arc<Config>) -> bool {
+        let new_meter = latest.traffic.interface != self.traffic().interface
+            || latest.traffic.smoothing != self.traffic().smoothing;
+        let interval_changed =
+            latest.zookeeper.publish_interval != self.zookeeper().publish_interval;
+        self.applied = latest;
         if new_meter {
-            self.meter = TrafficMeter::new(self.traffic.smoothing);
+            self.meter = TrafficMeter::new(self.traffic().smoothing);
         }
-        self.zookeeper.publish_interval = latest.zookeeper.publish_interval;
-        self.zookeeper.max_silence = latest.zookeeper.max_silence;
-        self.zookeeper.region = latest.zookeeper.region.clone();
-        self.zookeeper.isp = latest.zookeeper.isp.clone();
-        self.template.capacity_mbps = latest.traffic.capacity_mbps;
-        self.status
-            .send_modify(|s| s.capacity_mbps = latest.traffic.capacity_mbps);
-        self.template.turn_uris = latest.api.turn_uris.clone();
-        self.template.realm = latest.turnserver.realm.clone();
-        self.template.region = latest.zookeeper.region.clone();
-        self.template.isp = latest.zookeeper.isp.clone();
+        let capacity = self.traffic().capacity_mbps;
+        self.status.send_modify(|s| s.capacity_mbps = capacity);
         interval_changed
     }
 
+    fn zookeeper(&self) -> &ZookeeperConfig {
+        &self.applied.zookeeper
+    }
+
+    fn traffic(&self) -> &TrafficConfig {
+        &self.applied.traffic
+    }
+
     fn sample_traffic(&mut self) {
-        let interface = self.traffic.interface.clone().unwrap_or_default();
+        let interface = self.traffic().interface.clone().unwrap_or_default();
         let counters = match &mut self.traffic_source {
             TrafficSource::Interface(_) if interface.is_empty() => return,
             TrafficSource::Interface(networks) => networks
@@ -538,8 +519,9 @@ impl Registry {
         let used = self
             .meter
             .rate()
-            .map_or(0.0, |rate| rate.used(self.traffic.direction));
-        let free = round_mbps(traffic::free_mbps(self.traffic.capacity_mbps, used));
+            .map_or(0.0, |rate| rate.used(self.traffic().direction));
+        let config = &self.applied;
+        let free = round_mbps(traffic::free_mbps(config.traffic.capacity_mbps, used));
         self.status.send_if_modified(|s| {
             let changed = s.free_traffic_mbps != Some(free);
             s.free_traffic_mbps = Some(free);
@@ -547,9 +529,19 @@ impl Registry {
         });
         HostPayload {
             free_traffic: free,
-            restarts: self.readiness.supervisor.borrow().restarts,
+            rest_addr: config
+                .api
+                .advertise
+                .unwrap_or(config.api.listen)
+                .to_string(),
+            turn_uris: config.api.turn_uris.clone(),
+            realm: config.turnserver.realm.clone(),
+            capacity_mbps: config.traffic.capacity_mbps,
+            region: config.zookeeper.region.clone(),
+            isp: config.zookeeper.isp.clone(),
             updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            ..self.template.clone()
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            restarts: self.readiness.supervisor.borrow().restarts,
         }
     }
 
