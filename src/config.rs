@@ -877,6 +877,21 @@ impl Validator {
         duration
     }
 
+    /// A count that must be at least 1 (1 stands in after a problem).
+    fn at_least_one<T: TryFrom<i64> + From<u8> + PartialOrd>(
+        &mut self,
+        key: &str,
+        value: i64,
+    ) -> T {
+        match T::try_from(value) {
+            Ok(count) if count >= T::from(1) => count,
+            _ => {
+                self.problem(key, "must be at least 1");
+                T::from(1)
+            }
+        }
+    }
+
     fn socket_addr(&mut self, key: &str, text: &str) -> SocketAddr {
         text.parse().unwrap_or_else(|_| {
             self.problem(key, format!("`{text}` is not an ip:port address"));
@@ -990,13 +1005,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     } else {
         raw.api.turn_uris.clone()
     };
-    let max_connections = match usize::try_from(raw.api.max_connections) {
-        Ok(count) if count >= 1 => count,
-        _ => {
-            v.problem("api.max_connections", "must be at least 1");
-            1
-        }
-    };
+    let max_connections: usize = v.at_least_one("api.max_connections", raw.api.max_connections);
     let max_header_bytes = match usize::try_from(raw.api.max_header_bytes) {
         Ok(bytes) if (8192..=1 << 20).contains(&bytes) => bytes,
         _ => {
@@ -1056,13 +1065,8 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     );
     let health = HealthConfig {
         self_check_interval: (!interval.is_zero()).then_some(interval),
-        self_check_failures: match u32::try_from(raw.health.self_check_failures) {
-            Ok(count) if count >= 1 => count,
-            _ => {
-                v.problem("health.self_check_failures", "must be at least 1");
-                1
-            }
-        },
+        self_check_failures: v
+            .at_least_one("health.self_check_failures", raw.health.self_check_failures),
         self_check_timeout: v
             .positive_duration("health.self_check_timeout", &raw.health.self_check_timeout),
     };
@@ -1178,13 +1182,7 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
             "must not be greater than probe_interval",
         );
     }
-    let probe_failures = match u32::try_from(raw.probe_failures) {
-        Ok(count) if count >= 1 => count,
-        _ => {
-            v.problem("turnserver.probe_failures", "must be at least 1");
-            1
-        }
-    };
+    let probe_failures: u32 = v.at_least_one("turnserver.probe_failures", raw.probe_failures);
     let startup_timeout = v.positive_duration("turnserver.startup_timeout", &raw.startup_timeout);
 
     TurnserverConfig {
@@ -1414,13 +1412,7 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
             "must be a number of at least 0 (0 turns the limit off)",
         );
     }
-    let rate_limit_burst = match u32::try_from(raw.rate_limit_burst) {
-        Ok(burst) if burst >= 1 => burst,
-        _ => {
-            v.problem("access.rate_limit_burst", "must be at least 1");
-            1
-        }
-    };
+    let rate_limit_burst: u32 = v.at_least_one("access.rate_limit_burst", raw.rate_limit_burst);
     AccessConfig {
         policy: AccessPolicy {
             allow,
