@@ -367,19 +367,11 @@ impl<'a> From<&'a Host> for Allocated<'a> {
     }
 }
 
-fn query<T>(
-    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, ApiError> {
-    query
-        .map(|Query(query)| query)
-        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
-}
-
 async fn allocate(
     State(state): State<ServiceState>,
     raw: Result<Query<PickQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let request = query(raw)?;
+    let Query(request) = raw?;
     let host = state.pick("allocate", &request.preference())?;
     Ok(Json(Allocated::from(&host)).into_response())
 }
@@ -390,7 +382,7 @@ async fn ice(
     State(state): State<ServiceState>,
     raw: Result<Query<PickQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let request = query(raw)?;
+    let Query(request) = raw?;
     let preference = request.preference();
     let mut failures = Vec::new();
     for _ in 0..state.ice_attempts {

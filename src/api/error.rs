@@ -22,6 +22,14 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// A query string that does not parse is the caller's mistake: 400 with
+/// axum's reason, in our JSON shape.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {

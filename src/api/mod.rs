@@ -125,7 +125,7 @@ async fn turn_credential(
     State(state): State<ApiState>,
     query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let Query(query) = query?;
     let credential = issue(&state, query)?;
     let body = TurnCredentialBody {
         r#type: "result",
@@ -158,7 +158,7 @@ async fn ice(
     State(state): State<ApiState>,
     query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let Query(query) = query?;
     let credential = issue(&state, query)?;
     let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(credential.expires_at);
     let turn_uris = state.turn_uris.load();
