@@ -14,6 +14,7 @@
 //! - [`turn_check`]: a real TURN Allocate/release against our turnserver with a served credential.
 //! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
 //! - [`secret`]: a string type that redacts itself.
+//! - [`log_safe`]: outside values (child output, headers, znodes) escaped and truncated for a log line.
 //! - [`cli`]: subcommands that talk to a running agent (`rotate`).
 //! - [`app`]: starts every task, waits for signals, shuts down in order.
 //! - [`shutdown`]: process signals turned into agent actions.
@@ -45,6 +46,7 @@ pub mod config;
 pub mod credentials;
 #[cfg(feature = "agent")]
 pub mod drain;
+pub mod log_safe;
 #[cfg(feature = "agent")]
 pub mod logging;
 #[cfg(feature = "agent")]
