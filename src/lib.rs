@@ -5,6 +5,7 @@
 //! - [`allocator`]: hands out TURN hosts from ZooKeeper (library; `allocator` feature).
 //! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
+//! - [`coturn_cli`]: coturn's telnet CLI: safe commands, the dialogue (sans I/O), `ps`/`pc` parsers.
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
@@ -42,6 +43,8 @@ pub mod backoff;
 pub mod cli;
 #[cfg(feature = "agent")]
 pub mod config;
+#[cfg(feature = "agent")]
+pub mod coturn_cli;
 #[cfg(feature = "agent")]
 pub mod credentials;
 #[cfg(feature = "agent")]

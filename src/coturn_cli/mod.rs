@@ -1,0 +1,13 @@
+//! coturn's telnet CLI, the only live view into sessions and allocations
+//! that coturn 4.6.1 offers (Debian's build has no Prometheus exporter).
+//!
+//! - [`command`]: the commands the agent sends, built only from checked
+//!   values, so nothing from a request can become `halt`.
+//! - [`conversation`]: the login and request/answer dialogue as a pure state
+//!   machine fed bytes (sans I/O).
+//! - [`listing`]: parsers for `ps`/`psd` and `pc` answers, tested on output
+//!   captured from a real turnserver 4.6.1 (`testdata/`).
+
+pub mod command;
+pub mod conversation;
+pub mod listing;
