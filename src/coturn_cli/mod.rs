@@ -7,7 +7,10 @@
 //!   machine fed bytes (sans I/O).
 //! - [`listing`]: parsers for `ps`/`psd` and `pc` answers, tested on output
 //!   captured from a real turnserver 4.6.1 (`testdata/`).
+//! - [`relay_rate`]: bytes per second relayed, from the growth of each
+//!   session's counters between two complete listings.
 
 pub mod command;
 pub mod conversation;
 pub mod listing;
+pub mod relay_rate;
