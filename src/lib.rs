@@ -6,6 +6,8 @@
 //! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
 //! - [`coturn_cli`]: coturn's telnet CLI: safe commands, the dialogue (sans I/O), `ps`/`pc` parsers.
+//! - [`client_token`]: short-lived EdDSA client tokens for browsers: verify (claims against a given instant) and mint.
+//! - [`cors`]: which browser origins may read the API's answers (pure).
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
@@ -42,7 +44,11 @@ pub mod backoff;
 #[cfg(feature = "agent")]
 pub mod cli;
 #[cfg(feature = "agent")]
+pub mod client_token;
+#[cfg(feature = "agent")]
 pub mod config;
+#[cfg(feature = "agent")]
+pub mod cors;
 #[cfg(feature = "agent")]
 pub mod coturn_cli;
 #[cfg(feature = "agent")]
