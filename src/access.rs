@@ -223,26 +223,29 @@ impl AccessPolicy {
         }
     }
 
-    /// The client behind trusted proxies: the right-most `X-Forwarded-For`
-    /// address that is not itself a trusted proxy. Untrusted peers'
-    /// headers are ignored.
-    pub fn client_address(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
-        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|proxy| proxy.matches(ip));
-        if !trusted(peer) {
-            return peer;
+    /// The client behind trusted proxies: every `X-Forwarded-For` line of
+    /// the request as one list, walked from the right past trusted proxies
+    /// (see [`crate::forwarded`]). Untrusted peers' headers are ignored.
+    pub fn client_address<S: AsRef<str>>(&self, peer: IpAddr, forwarded_for: &[S]) -> IpAddr {
+        crate::forwarded::client_address(peer, forwarded_for, |ip| self.is_trusted_proxy(ip))
+    }
+
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|proxy| proxy.matches(ip))
+    }
+}
+
+/// What the per-client rate limit counts by: an IPv4 address as it is, an
+/// IPv6 address by its first `ipv6_prefix` bits (one host usually holds a
+/// whole /64, so a /128 key would give it billions of budgets).
+pub fn rate_limit_key(client: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
         }
-        let Some(header) = forwarded_for else {
-            return peer;
-        };
-        let mut client = peer;
-        for hop in header.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) if trusted(ip) => client = ip,
-                Ok(ip) => return ip,
-                Err(_) => return client,
-            }
-        }
-        client
     }
 }
 
@@ -348,22 +351,53 @@ mod tests {
     fn forwarded_for_only_from_trusted_proxies() {
         let policy = policy();
         assert_eq!(
-            policy.client_address(ip("192.0.2.1"), Some("127.0.0.1")),
+            policy.client_address(ip("192.0.2.1"), &["127.0.0.1"]),
             ip("192.0.2.1")
         );
         assert_eq!(
-            policy.client_address(ip("10.9.9.9"), Some("203.0.113.5")),
+            policy.client_address(ip("10.9.9.9"), &["203.0.113.5"]),
             ip("203.0.113.5")
         );
         assert_eq!(
-            policy.client_address(ip("10.9.9.9"), Some("127.0.0.1, 203.0.113.5, 10.9.9.9")),
+            policy.client_address(ip("10.9.9.9"), &["127.0.0.1, 203.0.113.5, 10.9.9.9"]),
             ip("203.0.113.5")
         );
-        assert_eq!(policy.client_address(ip("10.9.9.9"), None), ip("10.9.9.9"));
+        // The HAProxy case: the proxy's own line after the client's.
         assert_eq!(
-            policy.client_address(ip("10.9.9.9"), Some("garbage")),
+            policy.client_address(ip("10.9.9.9"), &["127.0.0.1", "203.0.113.5"]),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            policy.client_address::<&str>(ip("10.9.9.9"), &[]),
             ip("10.9.9.9")
         );
+        assert_eq!(
+            policy.client_address(ip("10.9.9.9"), &["garbage"]),
+            ip("10.9.9.9")
+        );
+    }
+
+    #[test]
+    fn rate_limit_keys() {
+        let table = [
+            ("192.0.2.1", 64, "192.0.2.1"),
+            ("::ffff:192.0.2.1", 64, "192.0.2.1"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 48, "2001:db8:1::"),
+            (
+                "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+                128,
+                "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+            ),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 0, "::"),
+        ];
+        for (client, prefix, key) in table {
+            assert_eq!(
+                rate_limit_key(ip(client), prefix),
+                ip(key),
+                "{client}/{prefix}"
+            );
+        }
     }
 
     mod property {

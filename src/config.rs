@@ -282,6 +282,8 @@ pub struct AccessConfig {
     /// `/ice`; 0 turns the limit off.
     pub rate_limit_per_second: f64,
     pub rate_limit_burst: u32,
+    /// IPv6 clients share one rate-limit budget per prefix of this length.
+    pub rate_limit_ipv6_prefix: u8,
     /// Files holding secrets, checked for loose permissions at start.
     pub token_files: Vec<PathBuf>,
 }
@@ -319,6 +321,7 @@ pub struct RawApi {
     pub max_header_bytes: i64,
     pub header_read_timeout: String,
     pub request_timeout: String,
+    pub max_connections_per_address: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
 }
@@ -340,6 +343,7 @@ impl Default for RawApi {
             max_header_bytes: 16 * 1024,
             header_read_timeout: "5s".into(),
             request_timeout: "10s".into(),
+            max_connections_per_address: 32,
             tls: None,
         }
     }
@@ -515,6 +519,7 @@ pub struct RawAccess {
     pub tokens: Vec<RawToken>,
     pub rate_limit_per_second: f64,
     pub rate_limit_burst: i64,
+    pub rate_limit_ipv6_prefix: i64,
 }
 
 impl Default for RawAccess {
@@ -536,6 +541,7 @@ impl Default for RawAccess {
             tokens: Vec::new(),
             rate_limit_per_second: 20.0,
             rate_limit_burst: 40,
+            rate_limit_ipv6_prefix: 64,
         }
     }
 }
@@ -1019,6 +1025,10 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         header_read_timeout: v
             .positive_duration("api.header_read_timeout", &raw.api.header_read_timeout),
         request_timeout: v.positive_duration("api.request_timeout", &raw.api.request_timeout),
+        max_connections_per_address: v.at_least_one(
+            "api.max_connections_per_address",
+            raw.api.max_connections_per_address,
+        ),
     };
     let tls = raw.api.tls.as_ref().and_then(|raw_tls| {
         let files = crate::api::tls::TlsFiles {
@@ -1413,6 +1423,16 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
         );
     }
     let rate_limit_burst: u32 = v.at_least_one("access.rate_limit_burst", raw.rate_limit_burst);
+    let rate_limit_ipv6_prefix = match u8::try_from(raw.rate_limit_ipv6_prefix) {
+        Ok(prefix) if (1..=128).contains(&prefix) => prefix,
+        _ => {
+            v.problem(
+                "access.rate_limit_ipv6_prefix",
+                "must be a prefix length between 1 and 128",
+            );
+            64
+        }
+    };
     AccessConfig {
         policy: AccessPolicy {
             allow,
@@ -1422,6 +1442,7 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
         },
         rate_limit_per_second: raw.rate_limit_per_second,
         rate_limit_burst,
+        rate_limit_ipv6_prefix,
         token_files,
     }
 }

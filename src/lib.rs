@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`access`]: allow list, roles and bearer tokens (pure).
+//! - [`forwarded`]: the client behind trusted proxies, from every `X-Forwarded-For` line (pure).
 //! - [`allocator`]: hands out TURN hosts from ZooKeeper (library; `allocator` feature).
 //! - [`backoff`]: exponential backoff shared by every retry loop.
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
@@ -55,6 +56,7 @@ pub mod coturn_cli;
 pub mod credentials;
 #[cfg(feature = "agent")]
 pub mod drain;
+pub mod forwarded;
 pub mod log_safe;
 #[cfg(feature = "agent")]
 pub mod logging;

@@ -1,6 +1,8 @@
 //! The one error type of the HTTP API.
 
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -20,6 +22,9 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// Any other status the stack produces (404, 405, 408, 431, ...).
+    #[error("{reason}")]
+    Status { status: StatusCode, reason: String },
 }
 
 /// A query string that does not parse is the caller's mistake: 400 with
@@ -40,6 +45,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Status { status, .. } => (*status, status_code_name(*status)),
         };
         let body = json!({ "type": "result", "code": code, "reason": self.to_string() });
         let mut response =
@@ -59,4 +65,95 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The `code` of a status the stack produced: `not_found`,
+/// `method_not_allowed`, ... (the canonical reason in snake case).
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request_header_fields_too_large",
+        StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        status if status.is_client_error() => "client_error",
+        _ => "server_error",
+    }
+}
+
+/// Longest plain-text error body kept as the reason of its JSON rendering.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// Middleware around everything the router answers: an error status
+/// without a JSON body (axum's 404 and 405, tower-http's 408, a body
+/// limit's 413, a rejection's plain text) becomes
+/// `{"type":"result","code":…,"reason":…}`. Other headers (`Allow`,
+/// `Retry-After`, ...) are kept.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REASON_BYTES)
+        .await
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .filter(|text| !text.is_empty());
+    let reason = text.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    });
+    let rendered = ApiError::Status { status, reason }.into_response();
+    let (rendered_parts, body) = rendered.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &rendered_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+/// Size of a request head as it came in: request line and header lines.
+fn head_bytes(request: &Request) -> usize {
+    let request_line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request_line
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+}
+
+/// 431 in the API's JSON shape for a head over `max_header_bytes` (hyper
+/// is given room above it, so that this answers rather than hyper's bare
+/// 431).
+pub async fn limit_header_bytes(
+    State(max_header_bytes): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let size = head_bytes(&request);
+    if size > max_header_bytes {
+        return ApiError::Status {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            reason: format!(
+                "the request head is {size} bytes; at most {max_header_bytes} are accepted"
+            ),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }

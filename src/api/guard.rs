@@ -29,6 +29,7 @@ pub struct Guard {
 struct Rules {
     policy: AccessPolicy,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    ipv6_prefix: u8,
 }
 
 impl Guard {
@@ -59,6 +60,7 @@ impl Rules {
         Rules {
             policy: access.policy.clone(),
             limiter,
+            ipv6_prefix: access.rate_limit_ipv6_prefix,
         }
     }
 }
@@ -100,11 +102,16 @@ pub async fn guard(
         return Ok(next.run(request).await);
     };
     let guard = guard.rules.load();
-    let forwarded = request
+    // Every line, in order: a proxy may add its own line after the
+    // client's. A line that is not text stays in the list as garbage, so
+    // reaching it falls back to the peer.
+    let forwarded: Vec<_> = request
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok());
-    let client = guard.policy.client_address(peer.ip(), forwarded);
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+        .collect();
+    let client = guard.policy.client_address(peer.ip(), &forwarded);
     match guard.policy.decide(client, bearer(&request), permission) {
         Decision::Allowed => {}
         Decision::Unknown => {
@@ -121,7 +128,8 @@ pub async fn guard(
     }
     if matches!(permission, Permission::Credential | Permission::Ice) {
         if let Some(limiter) = &guard.limiter {
-            if let Err(not_until) = limiter.check_key(&client) {
+            let key = crate::access::rate_limit_key(client, guard.ipv6_prefix);
+            if let Err(not_until) = limiter.check_key(&key) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return Err(ApiError::TooManyRequests {
                     retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),

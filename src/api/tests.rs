@@ -43,6 +43,11 @@ fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
 /// The router with fixed statuses and the given rate limit; callers add
 /// the peer address.
 fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture {
+    with_access(source, access(rate_limit_per_second))
+}
+
+/// The router with fixed statuses and the given access rules.
+fn with_access(source: CredentialSource, access: crate::config::AccessConfig) -> Fixture {
     let (supervisor, supervisor_receiver) = watch::channel(SupervisorStatus::default());
     let (credential_status, status_receiver) =
         watch::channel(status(CredentialMode::LongTerm, true));
@@ -73,7 +78,7 @@ fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture
             "turn:192.0.2.1:3478?transport=tcp".into(),
         ])),
     };
-    let app = router(state, guard::Guard::new(&access(rate_limit_per_second)));
+    let app = router(state, guard::Guard::new(&access));
     Fixture {
         app,
         supervisor,
@@ -96,6 +101,7 @@ fn access(rate_limit_per_second: f64) -> crate::config::AccessConfig {
         },
         rate_limit_per_second,
         rate_limit_burst: 2,
+        rate_limit_ipv6_prefix: 64,
         token_files: Vec::new(),
     }
 }
@@ -344,4 +350,179 @@ async fn metrics_and_status_need_their_permissions() {
         call(&user.app, "GET", "/status").await.0,
         StatusCode::FORBIDDEN
     );
+}
+
+/// The router behind a trusted proxy at 10.9.9.9, with the given rate
+/// limit; IPv6 callers of 2001:db8::/32 are users.
+fn behind_proxy(rate_limit_per_second: f64) -> Router {
+    use crate::access::AddrPattern;
+    let mut access = access(rate_limit_per_second);
+    access.policy.trusted_proxies = vec![AddrPattern::parse("10.9.9.9").unwrap()];
+    access
+        .policy
+        .allow
+        .push((AddrPattern::parse("2001:db8::/32").unwrap(), 1));
+    with_access(long_term(far_future()), access)
+        .app
+        .layer(MockConnectInfo(SocketAddr::from(([10, 9, 9, 9], 40000))))
+}
+
+async fn call_with(
+    app: &Router,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+fn forwarded(method: &str, uri: &str, lines: &[&str]) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    for line in lines {
+        request = request.header("x-forwarded-for", *line);
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn a_second_forwarded_for_line_cannot_claim_admin() {
+    let app = behind_proxy(0.0);
+    // The client's own line says loopback (admin); the proxy's line says
+    // who really called: a user, or nobody known.
+    let (status, _, body) = call_with(
+        &app,
+        forwarded("POST", "/rotate", &["127.0.0.1", "10.1.2.3"]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, body) = call_with(
+        &app,
+        forwarded("POST", "/rotate", &["127.0.0.1", "192.0.2.7"]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // Garbage where it matters: the proxy itself (in 10.0.0.0/8, a user).
+    let (status, _, _) = call_with(
+        &app,
+        forwarded("POST", "/rotate", &["127.0.0.1", "unknown"]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A line that is not text is garbage too.
+    let request = Request::post("/rotate")
+        .header("x-forwarded-for", "127.0.0.1")
+        .header(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff10.1.2.3").unwrap(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call_with(&app, request).await.0, StatusCode::FORBIDDEN);
+    // The real admin through the proxy still is one.
+    let (status, _, body) = call_with(&app, forwarded("POST", "/rotate", &["127.0.0.1"])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn ipv6_callers_share_a_budget_per_64_and_forwarded_callers_have_their_own() {
+    let app = behind_proxy(1.0);
+    let mut statuses = std::collections::BTreeMap::new();
+    for host in 0..200u32 {
+        let client = format!("2001:db8:0:1:{:x}:{:x}::1", host >> 8, host & 0xff);
+        let (status, _, _) = call_with(&app, forwarded("GET", "/turncredential", &[&client])).await;
+        *statuses.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    // Burst 2, 1/s: the /64 gets about two answers, not 200.
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) <= 3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 197,
+        "{statuses:?}"
+    );
+    // Another /64 has its own budget.
+    let (status, _, _) = call_with(
+        &app,
+        forwarded("GET", "/turncredential", &["2001:db8:0:2::1"]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // 50 IPv4 callers through the one proxy are 50 budgets.
+    for caller in 0..50 {
+        let client = format!("10.2.0.{caller}");
+        let (status, _, body) =
+            call_with(&app, forwarded("GET", "/turncredential", &[&client])).await;
+        assert_eq!(status, StatusCode::OK, "{client}: {body}");
+    }
+}
+
+/// The JSON rendering `serve` puts around every router, on a router with
+/// routes that answer the way the stack's own layers do.
+#[tokio::test]
+async fn every_error_the_stack_produces_is_json() {
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    let app = f
+        .app
+        .route(
+            "/too-large",
+            get(|| async { StatusCode::PAYLOAD_TOO_LARGE }),
+        )
+        .route(
+            "/plain",
+            get(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "plain words") }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                "late"
+            }),
+        )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_millis(50),
+        ))
+        .layer(axum::middleware::from_fn(super::error::json_errors));
+    let table = [
+        ("GET", "/nowhere", 404, "not_found"),
+        ("GET", "/rotate", 405, "method_not_allowed"),
+        ("DELETE", "/turncredential", 405, "method_not_allowed"),
+        ("GET", "/too-large", 413, "payload_too_large"),
+        ("GET", "/plain", 422, "client_error"),
+        ("GET", "/slow", 408, "request_timeout"),
+        ("GET", "/turncredential?ttl=soon", 400, "bad_request"),
+    ];
+    for (method, uri, status, code) in table {
+        let (got, headers, body) = call(&app, method, uri).await;
+        assert_eq!(got.as_u16(), status, "{method} {uri}: {body}");
+        assert_eq!(
+            headers["content-type"], "application/json",
+            "{method} {uri}"
+        );
+        assert_eq!(body["type"], "result", "{method} {uri}: {body}");
+        assert_eq!(body["code"], code, "{method} {uri}: {body}");
+        assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    let (_, headers, body) = call(&app, "GET", "/rotate").await;
+    assert_eq!(headers["allow"], "POST", "{body}");
+    let (_, _, body) = call(&app, "GET", "/plain").await;
+    assert_eq!(body["reason"], "plain words");
+    // A head over the limit: 431 in the same shape.
+    let app = fixture(long_term(far_future()), [127, 0, 0, 1]).app.layer(
+        axum::middleware::from_fn_with_state(8192usize, super::error::limit_header_bytes),
+    );
+    let request = Request::get("/healthz")
+        .header("x-padding", "a".repeat(9000))
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = call_with(&app, request).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["code"], "request_header_fields_too_large");
 }
