@@ -126,6 +126,8 @@ mod tests {
             ],
             synced_at: Some(tokio::time::Instant::now()),
             disconnected_since: None,
+            confirmed_at: None,
+            live: true,
         };
         let now = humantime::parse_rfc3339("2026-11-22T07:00:30Z").unwrap();
         let html = render(&view, 1.0, now);

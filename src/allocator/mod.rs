@@ -92,15 +92,40 @@ pub enum AllocError {
 pub struct View {
     /// Sorted by node name.
     pub hosts: Vec<Host>,
-    /// `None` until the first full listing.
+    /// When the last full listing arrived; `None` until the first one.
     pub synced_at: Option<Instant>,
-    /// Set while the session is disconnected or being rebuilt.
+    /// Set from a disconnection (or a failed listing) until the watch is
+    /// re-armed and the hosts re-listed: how long the view has not been
+    /// live.
     pub disconnected_since: Option<Instant>,
+    /// When ZooKeeper last confirmed this view: the last listing, watch
+    /// event or probe answered on a connection whose watch is armed.
+    pub confirmed_at: Option<Instant>,
+    /// Connected, with the watch armed on this connection and the hosts
+    /// re-listed since: changes reach the view. Being connected alone is
+    /// not enough (a reconnect does not restore a persistent watch).
+    pub live: bool,
 }
 
 impl View {
-    /// How far behind ZooKeeper the view may be.
+    /// How far behind ZooKeeper the view may be: the time since ZooKeeper
+    /// last confirmed it (since the allocator started, before that).
     pub fn age(&self) -> Duration {
+        match (self.confirmed_at, self.disconnected_since) {
+            (Some(confirmed), _) => confirmed.elapsed(),
+            (None, Some(since)) => since.elapsed(),
+            (None, None) => Duration::ZERO,
+        }
+    }
+
+    /// Live and listed at least once: what `/hosts` reports as `synced`.
+    pub fn synced(&self) -> bool {
+        self.live && self.synced_at.is_some()
+    }
+
+    /// How long the view has not been live; picks fail once this passes
+    /// `max_staleness`.
+    pub fn unconfirmed_for(&self) -> Duration {
         self.disconnected_since
             .map_or(Duration::ZERO, |since| since.elapsed())
     }
@@ -124,6 +149,8 @@ impl Allocator {
             hosts: Vec::new(),
             synced_at: None,
             disconnected_since: Some(Instant::now()),
+            confirmed_at: None,
+            live: false,
         }));
         let stop = CancellationToken::new();
         tokio::spawn(watcher::run(settings.clone(), view.clone(), stop.clone()));
@@ -181,7 +208,7 @@ impl Allocator {
         if view.synced_at.is_none() {
             return Err(AllocError::NoView);
         }
-        let age = view.age();
+        let age = view.unconfirmed_for();
         if age > self.settings.max_staleness {
             return Err(AllocError::Stale {
                 age,

@@ -239,7 +239,7 @@ impl Collector for ViewCollector {
         gauge(
             &mut encoder,
             "turn_allocator_view_age_seconds",
-            "how long ZooKeeper has been unreachable (0 while connected)",
+            "time since ZooKeeper last confirmed the view (a listing, watch event or probe on an armed watch)",
             view.age().as_secs_f64(),
         )
     }
@@ -452,7 +452,7 @@ async fn metrics_text(State(state): State<ServiceState>) -> Response {
 async fn hosts(State(state): State<ServiceState>) -> Json<serde_json::Value> {
     let view = state.allocator.snapshot();
     Json(json!({
-        "synced": view.synced_at.is_some(),
+        "synced": view.synced(),
         "viewAgeMs": view.age().as_millis() as u64,
         "hosts": view.hosts.iter().map(|host| json!({
             "node": host.node,

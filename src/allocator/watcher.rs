@@ -1,19 +1,52 @@
 //! Keeps the allocator's view in step with ZooKeeper.
+//!
+//! zookeeper-client 0.11 does not re-send persistent watches after a
+//! reconnect (its `resend_watches` never selects `SetWatches2`), so a
+//! persistent recursive watch is silently dead after any disconnection,
+//! even one far shorter than the session timeout. The watcher therefore
+//! re-arms the watch itself after every reconnect (the new watch is added
+//! before the old one is dropped, so the server never sees a removal) and
+//! re-lists only once the new watch is in place. The view counts as
+//! confirmed only by what the server answered on a connection whose watch
+//! this code armed: a listing, a watch event or a periodic probe.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use super::{AllocatorSettings, Host, View};
 use crate::backoff::ExponentialBackoff;
+use crate::log_safe::LogSafe;
 use crate::znode::HostPayload;
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// How often a quiet, live view is confirmed by asking the server.
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(500);
+/// Wait before re-arming again after a failed attempt on a live connection.
+const REARM_RETRY: Duration = Duration::from_millis(200);
+
+/// Why one session's watch loop ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnded {
+    #[error("session {0:?}")]
+    Terminal(zk::SessionState),
+    #[error("cannot watch {path}: {error}")]
+    Watch { path: String, error: zk::Error },
+}
+
+/// Why a listing failed.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error("cannot list {path}: {error}")]
+    List { path: String, error: zk::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: zk::Error },
+}
 
 pub(super) async fn run(
     settings: AllocatorSettings,
@@ -28,6 +61,7 @@ pub(super) async fn run(
         }
     };
     let base = format!("{chroot}{}", settings.path);
+    let probe_interval = probe_interval(settings.session_timeout);
     let mut backoff =
         ExponentialBackoff::new(RECONNECT_MIN, RECONNECT_MAX).expect("constant bounds are valid");
     loop {
@@ -48,7 +82,7 @@ pub(super) async fn run(
             }
         };
         backoff.reset();
-        if let Err(error) = watch_session(&client, &base, &view, &stop).await {
+        if let Err(error) = watch_session(&client, &base, &view, probe_interval, &stop).await {
             tracing::warn!(%error, "allocator session ended; opening a new one");
             mark_disconnected(&view);
         }
@@ -58,40 +92,76 @@ pub(super) async fn run(
     }
 }
 
+/// A third of the session timeout, at most [`PROBE_INTERVAL_MAX`].
+fn probe_interval(session_timeout: Duration) -> Duration {
+    (session_timeout / 3)
+        .min(PROBE_INTERVAL_MAX)
+        .max(Duration::from_millis(10))
+}
+
 /// Watches one session until it ends; `Ok` only when stopped.
 async fn watch_session(
     client: &zk::Client,
     base: &str,
     view: &ArcSwap<View>,
+    probe_interval: Duration,
     stop: &CancellationToken,
-) -> Result<(), String> {
-    let mut watcher = client
-        .watch(base, zk::AddWatchMode::PersistentRecursive)
-        .await
-        .map_err(|error| format!("cannot watch {base}: {error}"))?;
-    relist(client, base, view).await?;
+) -> Result<(), SessionEnded> {
+    let mut watcher = arm(client, base).await?;
+    // `None` while the view is live; otherwise when to try re-arming (or
+    // re-listing) next.
+    let mut rearm_at = relist_or_retry(client, base, view).await;
+    let mut probe = tokio::time::interval(probe_interval);
+    probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        let rearm_due = async {
+            match rearm_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             event = watcher.changed() => event,
+            _ = rearm_due => {
+                if is_connected(client.state()) {
+                    rearm_at = rearm(client, base, view, &mut watcher).await?;
+                } else {
+                    // The next SyncConnected re-arms.
+                    rearm_at = None;
+                }
+                continue;
+            }
+            _ = probe.tick(), if rearm_at.is_none() => {
+                // A watch event for a change is delivered before the answer
+                // to any later read on the same connection, so an answer
+                // confirms the view up to now. Bounded, so a silent server
+                // never holds back the session events queued behind it.
+                let answer = tokio::time::timeout(probe_interval, client.check_stat(base)).await;
+                if matches!(answer, Ok(Ok(_))) {
+                    confirm(view);
+                }
+                continue;
+            }
         };
         match event.event_type {
             zk::EventType::Session => match event.session_state {
                 zk::SessionState::Disconnected => mark_disconnected(view),
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    // Events during the disconnection may be lost.
-                    relist(client, base, view).await?;
+                state if is_connected(state) => {
+                    rearm_at = rearm(client, base, view, &mut watcher).await?;
                 }
-                terminal => return Err(format!("session {terminal:?}")),
+                terminal => return Err(SessionEnded::Terminal(terminal)),
             },
             zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
                 if let Some(node) = direct_child(base, &event.path) {
                     match client.get_data(&event.path).await {
-                        Ok((data, _)) => update(view, node, parse(node, &data)),
+                        Ok((data, _)) => update(view, node, decode_host(node, &data)),
                         Err(zk::Error::NoNode) => update(view, node, None),
                         Err(error) => {
-                            tracing::warn!(%error, node, "cannot read a host; re-listing");
-                            relist(client, base, view).await?;
+                            tracing::warn!(%error, node = %LogSafe::new(node), "cannot read a host; re-listing");
+                            if rearm_at.is_none() {
+                                rearm_at = relist_or_retry(client, base, view).await;
+                            }
                         }
                     }
                 }
@@ -106,44 +176,117 @@ async fn watch_session(
     }
 }
 
-/// Reads every host afresh and replaces the view.
-async fn relist(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Result<(), String> {
+fn is_connected(state: zk::SessionState) -> bool {
+    matches!(
+        state,
+        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+    )
+}
+
+/// Adds the persistent recursive watch on `base`.
+async fn arm(client: &zk::Client, base: &str) -> Result<zk::PersistentWatcher, SessionEnded> {
+    client
+        .watch(base, zk::AddWatchMode::PersistentRecursive)
+        .await
+        .map_err(|error| SessionEnded::Watch {
+            path: base.to_string(),
+            error,
+        })
+}
+
+/// After a reconnect: a fresh watch replaces `watcher`, then the hosts are
+/// re-listed. Returns when to try again if either failed on a connection
+/// that is still alive (`None` when the view is live again); a failure of
+/// the session itself arrives as a session event.
+async fn rearm(
+    client: &zk::Client,
+    base: &str,
+    view: &ArcSwap<View>,
+    watcher: &mut zk::PersistentWatcher,
+) -> Result<Option<Instant>, SessionEnded> {
+    match arm(client, base).await {
+        // Assigning drops the old watcher after the new one is registered.
+        Ok(fresh) => *watcher = fresh,
+        Err(SessionEnded::Watch { error, .. }) if !ends_session(&error) => {
+            tracing::warn!(%error, "cannot re-arm the host watch; retrying");
+            return Ok(Some(Instant::now() + REARM_RETRY));
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(relist_or_retry(client, base, view).await)
+}
+
+/// Re-lists; on failure, when to try again.
+async fn relist_or_retry(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Option<Instant> {
+    match relist(client, base, view).await {
+        Ok(()) => None,
+        Err(error) => {
+            tracing::warn!(%error, "cannot re-list the hosts; retrying");
+            mark_disconnected(view);
+            Some(Instant::now() + REARM_RETRY)
+        }
+    }
+}
+
+/// Reads every host afresh and replaces the view; the view is live and
+/// confirmed from here on.
+async fn relist(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Result<(), ListError> {
     let children = match client.list_children(base).await {
         Ok(children) => children,
         Err(zk::Error::NoNode) => Vec::new(),
-        Err(error) => return Err(format!("cannot list {base}: {error}")),
+        Err(error) => {
+            return Err(ListError::List {
+                path: base.to_string(),
+                error,
+            })
+        }
     };
     let mut hosts = Vec::with_capacity(children.len());
     for node in children {
         let path = format!("{base}/{node}");
         match client.get_data(&path).await {
             Ok((data, _)) => {
-                if let Some(payload) = parse(&node, &data) {
+                if let Some(payload) = decode_host(&node, &data) {
                     hosts.push(Host { node, payload });
                 }
             }
             Err(zk::Error::NoNode) => {}
-            Err(error) => return Err(format!("cannot read {path}: {error}")),
+            Err(error) => return Err(ListError::Read { path, error }),
         }
     }
     hosts.sort_by(|a, b| a.node.cmp(&b.node));
     tracing::debug!(hosts = hosts.len(), "host list re-read");
+    let now = Instant::now();
     view.store(Arc::new(View {
         hosts,
-        synced_at: Some(Instant::now()),
+        synced_at: Some(now),
         disconnected_since: None,
+        confirmed_at: Some(now),
+        live: true,
     }));
     Ok(())
 }
 
-fn parse(node: &str, data: &[u8]) -> Option<HostPayload> {
+/// One host record as read from its znode; `None` (logged) when it cannot
+/// be used.
+fn decode_host(node: &str, data: &[u8]) -> Option<HostPayload> {
     match HostPayload::parse(data) {
         Ok(payload) => Some(payload),
         Err(error) => {
-            tracing::warn!(node, %error, "skipping a host with a malformed payload");
+            tracing::warn!(node = %LogSafe::new(node), %error, "skipping a host with a malformed payload");
             None
         }
     }
+}
+
+fn ends_session(error: &zk::Error) -> bool {
+    matches!(
+        error,
+        zk::Error::SessionExpired
+            | zk::Error::AuthFailed
+            | zk::Error::ClientClosed
+            | zk::Error::NoHosts
+    )
 }
 
 /// `node` when `path` is `base/node`; deeper paths are not hosts.
@@ -152,10 +295,15 @@ fn direct_child<'a>(base: &str, path: &'a str) -> Option<&'a str> {
     (!node.is_empty() && !node.contains('/')).then_some(node)
 }
 
-/// Replaces (or with `None` removes) one host, copy-on-write.
+/// Replaces (or with `None` removes) one host, copy-on-write. The server
+/// just told us about it, which confirms a live view.
 fn update(view: &ArcSwap<View>, node: &str, payload: Option<HostPayload>) {
+    let now = Instant::now();
     view.rcu(|current| {
         let mut next = View::clone(current);
+        if next.live {
+            next.confirmed_at = Some(now);
+        }
         next.hosts.retain(|host| host.node != node);
         if let Some(payload) = payload.clone() {
             let index = next.hosts.partition_point(|host| host.node.as_str() < node);
@@ -171,10 +319,29 @@ fn update(view: &ArcSwap<View>, node: &str, payload: Option<HostPayload>) {
     });
 }
 
+/// The server answered on a connection whose watch is armed: the view is
+/// confirmed up to now. Ignored while the watch is not (yet) re-armed.
+fn confirm(view: &ArcSwap<View>) {
+    if !view.load().live {
+        return;
+    }
+    let now = Instant::now();
+    view.rcu(|current| {
+        let mut next = View::clone(current);
+        if next.live {
+            next.confirmed_at = Some(now);
+        }
+        next
+    });
+}
+
+/// The view stops being live until the watch is re-armed and the hosts
+/// re-listed; the first moment counts.
 fn mark_disconnected(view: &ArcSwap<View>) {
     view.rcu(|current| {
         let mut next = View::clone(current);
         next.disconnected_since.get_or_insert_with(Instant::now);
+        next.live = false;
         next
     });
 }
@@ -197,6 +364,8 @@ mod tests {
             hosts: Vec::new(),
             synced_at: Some(Instant::now()),
             disconnected_since: None,
+            confirmed_at: None,
+            live: true,
         });
         let payload = |free: f64| {
             HostPayload::parse(
@@ -206,7 +375,7 @@ mod tests {
         };
         update(&view, "c", Some(payload(1.0)));
         update(&view, "a", Some(payload(2.0)));
-        update(&view, "b", parse("b", b"garbage"));
+        update(&view, "b", decode_host("b", b"garbage"));
         update(&view, "a", Some(payload(3.0)));
         let nodes: Vec<_> = view
             .load()

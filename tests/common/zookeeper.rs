@@ -92,6 +92,17 @@ impl ZooKeeper {
         self.spawn().await;
     }
 
+    /// SIGSTOPs the JVM: the port still accepts TCP connections but
+    /// nothing answers, like a frozen server.
+    pub fn freeze(&self) {
+        signal_child(self.child.as_ref(), nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONTs a frozen JVM.
+    pub fn thaw(&self) {
+        signal_child(self.child.as_ref(), nix::sys::signal::Signal::SIGCONT);
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("zookeeper.log")
     }
@@ -99,7 +110,15 @@ impl ZooKeeper {
 
 impl Drop for ZooKeeper {
     fn drop(&mut self) {
+        // A frozen JVM ignores SIGKILL until it is continued.
+        self.thaw();
         self.stop();
+    }
+}
+
+fn signal_child(child: Option<&Child>, signal: nix::sys::signal::Signal) {
+    if let Some(child) = child {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
     }
 }
 
@@ -240,7 +259,25 @@ impl Ensemble {
         })
     }
 
+    pub fn freeze(&self, index: usize) {
+        signal_child(
+            self.children[index].as_ref(),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+
+    pub fn thaw(&self, index: usize) {
+        signal_child(
+            self.children[index].as_ref(),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+
     pub fn kill(&mut self, index: usize) {
+        signal_child(
+            self.children[index].as_ref(),
+            nix::sys::signal::Signal::SIGCONT,
+        );
         if let Some(mut child) = self.children[index].take() {
             let _ = child.kill();
             let _ = child.wait();
