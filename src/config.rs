@@ -375,6 +375,8 @@ pub struct RawTurnserver {
     pub probe_timeout: String,
     pub probe_failures: i64,
     pub startup_timeout: String,
+    /// Long flags this agent does not know that `extra_args` may still use.
+    pub pass_through_flags: Vec<String>,
 }
 
 impl Default for RawTurnserver {
@@ -399,6 +401,7 @@ impl Default for RawTurnserver {
             probe_timeout: "500ms".into(),
             probe_failures: 3,
             startup_timeout: "10s".into(),
+            pass_through_flags: Vec::new(),
         }
     }
 }
@@ -821,38 +824,6 @@ fn one_line(text: &str) -> String {
 // Validation
 // ---------------------------------------------------------------------------
 
-/// Flags the agent sets itself; an operator passing them in `extra_args`
-/// would fight the supervisor, so they are rejected there.
-const OWNED_FLAGS: &[&str] = &[
-    "-o",
-    "--daemon",
-    "-n",
-    "-c",
-    "-L",
-    "--listening-ip",
-    "-p",
-    "--listening-port",
-    "-E",
-    "--relay-ip",
-    "--min-port",
-    "--max-port",
-    "-r",
-    "--realm",
-    "-b",
-    "--db",
-    "--userdb",
-    "--pidfile",
-    "-a",
-    "--lt-cred-mech",
-    "--use-auth-secret",
-    "--static-auth-secret",
-    "-l",
-    "--log-file",
-    "--simple-log",
-    "--no-stdout-log",
-    "--syslog",
-];
-
 struct Validator {
     problems: Vec<ConfigProblem>,
 }
@@ -1162,15 +1133,7 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
     }
     let userdb = v.path("turnserver.userdb", &raw.userdb);
     let pidfile = v.path("turnserver.pidfile", &raw.pidfile);
-    for arg in &raw.extra_args {
-        let flag = arg.split('=').next().unwrap_or(arg);
-        if OWNED_FLAGS.contains(&flag) {
-            v.problem(
-                "turnserver.extra_args",
-                format!("`{flag}` is set by the agent and must not be passed in extra_args"),
-            );
-        }
-    }
+    validate_extra_args(v, raw, config_file.is_some());
 
     let restart_delay_min =
         v.positive_duration("turnserver.restart_delay_min", &raw.restart_delay_min);
@@ -1215,6 +1178,29 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
         probe_timeout,
         probe_failures,
         startup_timeout,
+    }
+}
+
+/// Reads `extra_args` the way turnserver does and refuses what the agent
+/// owns, what is unsafe or unknown, and combinations coturn refuses.
+fn validate_extra_args(v: &mut Validator, raw: &RawTurnserver, config_file_set: bool) {
+    use crate::coturn_options::{check_combinations, check_pass_through_flag, parse_extra_args};
+    for (index, flag) in raw.pass_through_flags.iter().enumerate() {
+        if let Err(message) = check_pass_through_flag(flag) {
+            v.problem(&format!("turnserver.pass_through_flags[{index}]"), message);
+        }
+    }
+    match parse_extra_args(&raw.extra_args, &raw.pass_through_flags) {
+        Ok(found) => {
+            for error in check_combinations(&found, config_file_set) {
+                v.problem("turnserver.extra_args", error.to_string());
+            }
+        }
+        Err(errors) => {
+            for error in errors {
+                v.problem("turnserver.extra_args", error.to_string());
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`coturn_cli`]: coturn's telnet CLI: safe commands, the dialogue (sans I/O), `ps`/`pc` parsers.
 //! - [`client_token`]: short-lived EdDSA client tokens for browsers: verify (claims against a given instant) and mint.
 //! - [`cors`]: which browser origins may read the API's answers (pure).
+//! - [`coturn_options`]: turnserver's option table and `extra_args` read as getopt reads them (pure).
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
@@ -52,6 +53,7 @@ pub mod config;
 pub mod cors;
 #[cfg(feature = "agent")]
 pub mod coturn_cli;
+pub mod coturn_options;
 #[cfg(feature = "agent")]
 pub mod credentials;
 #[cfg(feature = "agent")]

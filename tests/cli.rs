@@ -234,3 +234,50 @@ fn every_key_is_documented_in_the_example_config() {
     }
     assert!(missing.is_empty(), "undocumented keys: {missing:?}");
 }
+
+#[test]
+fn every_spelling_of_an_owned_or_unsafe_flag_exits_2_naming_the_argument() {
+    for (extra_args, expected) in [
+        (r#"["-vo"]"#, "turnserver.extra_args: `-vo` sets -o (--daemon), which the agent owns"),
+        (r#"["-z"]"#, "turnserver.extra_args: `-z` sets -z (--no-auth)"),
+        (r#"["--no-auth"]"#, "turnserver.extra_args: `--no-auth` sets -z (--no-auth)"),
+        (r#"["-rother"]"#, "turnserver.extra_args: `-rother` sets -r (--realm)"),
+        (r#"["--real=x"]"#, "turnserver.extra_args: `--real=x` sets -r (--realm)"),
+        (r#"["-b/tmp/x.db"]"#, "turnserver.extra_args: `-b/tmp/x.db` sets -b (--userdb)"),
+        (r#"["-p3479"]"#, "turnserver.extra_args: `-p3479` sets -p (--listening-port)"),
+        (r#"["--pidf=/tmp/x.pid"]"#, "turnserver.extra_args: `--pidf=/tmp/x.pid` sets --pidfile"),
+        (r#"["--daemo"]"#, "turnserver.extra_args: `--daemo` sets -o (--daemon)"),
+        (r#"["--d"]"#, "turnserver.extra_args: `--d`: `--d` is ambiguous"),
+        (r#"["--frobnicate"]"#, "turnserver.extra_args: `--frobnicate`: `--frobnicate` is not a turnserver 4.6.1 option"),
+        (r#"["--allow-loopback-peers"]"#, "turnserver.extra_args: `--allow-loopback-peers`: coturn refuses to start"),
+    ] {
+        assert_rejected(
+            "",
+            &[("TURN_AGENT_TURNSERVER_EXTRA_ARGS", extra_args)],
+            expected,
+        );
+    }
+}
+
+#[test]
+fn a_flag_listed_in_pass_through_flags_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let env = [
+        (
+            "TURN_AGENT_TURNSERVER_EXTRA_ARGS",
+            r#"["--no-cli", "--future-flag=on"]"#,
+        ),
+        (
+            "TURN_AGENT_TURNSERVER_PASS_THROUGH_FLAGS",
+            r#"["--future-flag"]"#,
+        ),
+    ];
+    let (code, _, stderr) = run_agent_cli(&["check-config", "--config", &config], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_rejected(
+        "",
+        &[("TURN_AGENT_TURNSERVER_PASS_THROUGH_FLAGS", r#"["--daemo"]"#)],
+        "turnserver.pass_through_flags[0]: `--daemo` is turnserver's -o (--daemon)",
+    );
+}

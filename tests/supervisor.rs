@@ -85,8 +85,10 @@ async fn crash_loop_backs_off_with_growing_delays_and_low_cpu() {
         .extra_args
         .push("--no-such-turnserver-option".into());
     options.json_logs = true;
-    options.turnserver_extra =
-        "restart_delay_min = \"20ms\"\nrestart_delay_max = \"640ms\"\n".into();
+    // Listed on purpose, so validation lets turnserver see (and exit on) it.
+    options.turnserver_extra = "restart_delay_min = \"20ms\"\nrestart_delay_max = \"640ms\"\n\
+         pass_through_flags = [\"--no-such-turnserver-option\"]\n"
+        .into();
     let agent = Agent::start(options);
 
     let cpu_before = cpu_time(agent.pid());

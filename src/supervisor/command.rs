@@ -1,6 +1,7 @@
 //! The turnserver command line the agent owns.
 
 use crate::config::{CredentialMode, TurnserverConfig};
+use crate::coturn_options::{self, Class, CoturnOption};
 
 /// Arguments for one turnserver run: the flags the agent owns first, then
 /// `extra_args`. Always in the foreground: `-o` is never passed (and is
@@ -13,35 +14,53 @@ pub fn turnserver_args(config: &TurnserverConfig, mode: CredentialMode) -> Vec<S
     let mut args = Vec::new();
     match &config.config_file {
         Some(path) => {
-            args.push("-c".to_string());
+            args.push(short("c"));
             args.push(path.display().to_string());
         }
-        None => args.push("-n".to_string()),
+        None => args.push(short("n")),
     }
     if let Some(ip) = config.listening_ip {
-        args.push(format!("--listening-ip={ip}"));
+        args.push(owned("listening-ip").with_value(ip));
     }
-    args.push(format!("--listening-port={}", config.listening_port));
+    args.push(owned("listening-port").with_value(config.listening_port));
     if let Some(ip) = config.relay_ip {
-        args.push(format!("--relay-ip={ip}"));
+        args.push(owned("relay-ip").with_value(ip));
     }
-    args.push(format!("--min-port={}", config.min_port));
-    args.push(format!("--max-port={}", config.max_port));
-    args.push(format!("--realm={}", config.realm));
-    args.push(format!("--userdb={}", config.userdb.display()));
-    args.push(format!("--pidfile={}", config.pidfile.display()));
+    args.push(owned("min-port").with_value(config.min_port));
+    args.push(owned("max-port").with_value(config.max_port));
+    args.push(owned("realm").with_value(&config.realm));
+    args.push(owned("userdb").with_value(config.userdb.display()));
+    args.push(owned("pidfile").with_value(config.pidfile.display()));
     args.push(
         match mode {
-            CredentialMode::LongTerm => "--lt-cred-mech",
-            CredentialMode::RestApi => "--use-auth-secret",
+            CredentialMode::LongTerm => owned("lt-cred-mech"),
+            CredentialMode::RestApi => owned("use-auth-secret"),
         }
-        .to_string(),
+        .flag(),
     );
     // Logs on stdout, one plain line each, so the agent can route them.
-    args.push("--log-file=stdout".to_string());
-    args.push("--simple-log".to_string());
+    args.push(owned("log-file").with_value("stdout"));
+    args.push(owned("simple-log").flag());
     args.extend(config.extra_args.iter().cloned());
     args
+}
+
+/// An option the agent sets, from the one table of turnserver's options;
+/// config validation refuses every spelling of it in `extra_args`.
+fn owned(name: &str) -> &'static CoturnOption {
+    let option = coturn_options::by_long_name(name);
+    debug_assert_eq!(option.class, Class::Owned, "--{name}");
+    option
+}
+
+/// `-c` or `-n`, which have no long spelling.
+fn short(letter: &str) -> String {
+    let option = coturn_options::OPTIONS
+        .iter()
+        .find(|option| option.short.map(String::from).as_deref() == Some(letter))
+        .filter(|option| option.class == Class::Owned)
+        .unwrap_or_else(|| panic!("-{letter} is not an owned turnserver option"));
+    format!("-{}", option.short.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -93,5 +112,28 @@ mod tests {
         assert!(!args.iter().any(|a| a == "-n"));
         assert!(args.iter().any(|a| a == "--use-auth-secret"));
         assert!(!args.iter().any(|a| a == "--lt-cred-mech"));
+    }
+
+    #[test]
+    fn every_flag_the_agent_sets_is_owned_in_the_option_table() {
+        let mut config = turnserver_config("");
+        config.relay_ip = Some("127.0.0.1".parse().unwrap());
+        config.extra_args.clear();
+        for (config_file, mode) in [
+            (None, CredentialMode::LongTerm),
+            (Some("/etc/turnserver.conf".into()), CredentialMode::RestApi),
+        ] {
+            config.config_file = config_file;
+            let args = turnserver_args(&config, mode);
+            // Read back as turnserver reads it, every option is owned, so
+            // extra_args can never set one of them a second time.
+            let errors = coturn_options::parse_extra_args(&args, &[]).unwrap_err();
+            let owned = errors
+                .iter()
+                .filter(|error| matches!(error, coturn_options::ExtraArgError::Owned { .. }))
+                .count();
+            assert_eq!(owned, errors.len(), "{errors:?}");
+            assert_eq!(owned, args.len() - usize::from(args[0] == "-c"), "{args:?}");
+        }
     }
 }
