@@ -14,6 +14,10 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # Independent clients used by the tests: curl (HTTPS) and openssl (test certificates).
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The agent links Debian's libsqlite3 (rusqlite) for the user database; the
+# tests read it with the sqlite3 client.
+[ -f /usr/include/sqlite3.h ] || missing+=(libsqlite3-dev)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 # Headless browser for the fleet page test.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 

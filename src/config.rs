@@ -218,6 +218,16 @@ pub struct CredentialsConfig {
     pub turnadmin: PathBuf,
     /// Database flags for turnadmin; empty means `-b <turnserver.userdb>`.
     pub database_args: Vec<String>,
+    /// The SQLite user database `database_args` name, if they name one:
+    /// the agent keeps it 0600 and in WAL mode, and writes REST API secrets
+    /// to it directly.
+    pub sqlite_userdb: Option<PathBuf>,
+    /// `POST /rotate` is refused (429) within this time of the previous
+    /// `POST /rotate`; zero turns the throttle off.
+    pub rotate_min_interval: Duration,
+    /// REST API mode: rotations are refused (429) while this many shared
+    /// secrets are live in the database.
+    pub max_live_secrets: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -417,6 +427,8 @@ pub struct RawCredentials {
     pub state_file: String,
     pub turnadmin: String,
     pub database_args: Vec<String>,
+    pub rotate_min_interval: String,
+    pub max_live_secrets: i64,
 }
 
 impl Default for RawCredentials {
@@ -430,6 +442,8 @@ impl Default for RawCredentials {
             state_file: "/var/lib/turn-agent/credential.json".into(),
             turnadmin: "turnadmin".into(),
             database_args: Vec::new(),
+            rotate_min_interval: "10s".into(),
+            max_live_secrets: 32,
         }
     }
 }
@@ -1229,6 +1243,28 @@ fn validate_credentials(
     } else {
         raw.database_args.clone()
     };
+    let sqlite_userdb = crate::credentials::userdb::sqlite_path(&database_args);
+    if raw.mode == CredentialMode::RestApi && sqlite_userdb.is_none() {
+        v.problem(
+            "credentials.database_args",
+            "REST API mode needs an SQLite user database (`-b PATH`): the agent writes shared secrets to it directly, because turnadmin would show them on its command line",
+        );
+    }
+    let rotate_min_interval =
+        v.duration("credentials.rotate_min_interval", &raw.rotate_min_interval);
+    let max_live_secrets: usize =
+        v.at_least_one("credentials.max_live_secrets", raw.max_live_secrets);
+    if raw.mode == CredentialMode::RestApi && !rotate_interval.is_zero() {
+        // Scheduled rotations alone keep max_ttl / rotate_interval retired
+        // secrets, plus the signing one, plus one being replaced.
+        let needed = max_ttl.as_secs().div_ceil(rotate_interval.as_secs().max(1)) as usize + 2;
+        if max_live_secrets < needed {
+            v.problem(
+                "credentials.max_live_secrets",
+                format!("must be at least {needed} (max_ttl / rotate_interval + 2) so scheduled rotations never hit it"),
+            );
+        }
+    }
     CredentialsConfig {
         mode: raw.mode,
         rotate_interval,
@@ -1238,6 +1274,9 @@ fn validate_credentials(
         state_file,
         turnadmin,
         database_args,
+        sqlite_userdb,
+        rotate_min_interval,
+        max_live_secrets,
     }
 }
 
@@ -1532,6 +1571,39 @@ state_file = "/tmp/credential.json"
         let found = problems(&format!("{BASE}\n[zookeper]\nconnect = \"x\"\n"), &[]);
         assert!(
             found[0].starts_with("zookeper: unknown section"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn rest_api_mode_needs_sqlite_and_room_for_scheduled_secrets() {
+        let rest = format!("{BASE}mode = \"rest-api\"\n");
+        assert!(problems(&rest, &[]).is_empty());
+        let found = problems(
+            &format!("{rest}database_args = [\"-e\", \"host=db\"]\n"),
+            &[],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("credentials.database_args: REST API mode needs an SQLite"));
+        let found = problems(
+            &format!("{BASE}database_args = [\"-e\", \"host=db\"]\n"),
+            &[],
+        );
+        assert!(
+            found.is_empty(),
+            "long-term mode may use any database: {found:?}"
+        );
+        let found = problems(
+            &format!("{rest}max_ttl = \"10h\"\nrotate_interval = \"1h\"\nmax_live_secrets = 11\n"),
+            &[],
+        );
+        assert_eq!(
+            found,
+            vec!["credentials.max_live_secrets: must be at least 12 (max_ttl / rotate_interval + 2) so scheduled rotations never hit it"]
+        );
+        let found = problems(&format!("{BASE}rotate_min_interval = \"soon\"\n"), &[]);
+        assert!(
+            found[0].starts_with("credentials.rotate_min_interval:"),
             "{found:?}"
         );
     }

@@ -245,6 +245,18 @@ impl Collector for StatusCollector {
             "agent users or secrets currently in coturn's database",
             credentials.live_in_database as f64,
         )?;
+        gauge(
+            e,
+            "turn_agent_credential_deletions_pending",
+            "expired agent users or secrets still in the database because their deletion failed",
+            credentials.pending_deletions as f64,
+        )?;
+        counter(
+            e,
+            "turn_agent_credential_deletion_failures",
+            "failed deletions of expired agent users or secrets",
+            credentials.deletion_failures,
+        )?;
 
         gauge(
             e,

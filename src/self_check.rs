@@ -8,12 +8,14 @@
 //! which repairs a user deleted from under us.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::ExponentialBackoff;
 use crate::config::{self, ConfigWatch, HealthConfig};
 use crate::credentials::{
     unix_now, CredentialRequest, CredentialSource, CredentialStatus, RotateHandle,
@@ -38,6 +40,55 @@ pub struct HealthStatus {
     pub reconfiguring: bool,
 }
 
+/// The first repair after a rejection runs at once; while coturn keeps
+/// rejecting, the next ones wait 1 s, 2 s, 4 s ... up to 5 minutes, like
+/// turnserver restarts back off. A rotation cannot fix a realm coturn
+/// disagrees with, and each one adds a user or secret coturn must try.
+const REPAIR_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const REPAIR_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// When a rejected credential may trigger a repair rotation (pure: driven
+/// by the instants it is given).
+#[derive(Debug, Clone)]
+pub struct RepairSchedule {
+    backoff: ExponentialBackoff,
+    not_before: Option<Instant>,
+}
+
+impl RepairSchedule {
+    pub fn new(backoff: ExponentialBackoff) -> RepairSchedule {
+        RepairSchedule {
+            backoff,
+            not_before: None,
+        }
+    }
+
+    /// Whether a rejection seen at `now` may repair; if so, the next repair
+    /// waits one more backoff step.
+    pub fn try_repair(&mut self, now: Instant) -> bool {
+        if self.not_before.is_some_and(|at| now < at) {
+            return false;
+        }
+        self.not_before = Some(now + self.backoff.next_delay());
+        true
+    }
+
+    /// A passing check: the next rejection repairs at once.
+    pub fn passed(&mut self) {
+        self.backoff.reset();
+        self.not_before = None;
+    }
+}
+
+impl Default for RepairSchedule {
+    fn default() -> Self {
+        RepairSchedule::new(
+            ExponentialBackoff::new(REPAIR_BACKOFF_MIN, REPAIR_BACKOFF_MAX)
+                .expect("constant bounds are valid"),
+        )
+    }
+}
+
 pub struct SelfCheck {
     /// The configuration in effect: `[health]`, and turnserver's address,
     /// which a reload may move.
@@ -47,6 +98,7 @@ pub struct SelfCheck {
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
     rotate: RotateHandle,
+    repairs: RepairSchedule,
     status: Arc<watch::Sender<HealthStatus>>,
 }
 
@@ -73,6 +125,7 @@ impl SelfCheck {
             supervisor,
             credentials,
             rotate,
+            repairs: RepairSchedule::default(),
             status: Arc::new(status),
         };
         (check, receiver)
@@ -170,9 +223,10 @@ impl SelfCheck {
         interval_changed
     }
 
-    async fn record(&self, outcome: Result<std::time::Duration, TurnCheckError>) {
+    async fn record(&mut self, outcome: Result<std::time::Duration, TurnCheckError>) {
         match outcome {
             Ok(_) => {
+                self.repairs.passed();
                 let recovered = self.status.borrow().failing;
                 self.status.send_modify(|s| {
                     s.checks += 1;
@@ -196,10 +250,15 @@ impl SelfCheck {
                 });
                 let failures = self.status.borrow().consecutive_failures;
                 tracing::error!(%reason, failures, "self-check allocation failed");
-                if let TurnCheckError::AuthRejected(_) = error {
+                let may_repair = matches!(error, TurnCheckError::AuthRejected(_))
+                    && self.repairs.try_repair(Instant::now());
+                if matches!(error, TurnCheckError::AuthRejected(_)) && !may_repair {
+                    tracing::debug!("repair rotation backing off");
+                }
+                if may_repair {
                     // coturn no longer accepts what we serve: a fresh user
                     // repairs a deleted one or a rebuilt database.
-                    match self.rotate.rotate().await {
+                    match self.rotate.repair().await {
                         Ok(user) => {
                             tracing::warn!(%user, "rotated to repair a rejected credential")
                         }
@@ -208,5 +267,44 @@ impl SelfCheck {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// coturn rejecting every check, once a second for 15 s (a realm it
+    /// disagrees with): 5 repairs instead of 15, then at once again after
+    /// a passing check.
+    #[tokio::test(start_paused = true)]
+    async fn repairs_back_off_while_coturn_keeps_rejecting() {
+        let mut schedule = RepairSchedule::default();
+        let start = Instant::now();
+        let mut repaired_at = Vec::new();
+        for second in 0..15 {
+            tokio::time::sleep_until(start + Duration::from_secs(second)).await;
+            if schedule.try_repair(Instant::now()) {
+                repaired_at.push(second);
+            }
+        }
+        assert_eq!(repaired_at, vec![0, 1, 3, 7]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(schedule.try_repair(Instant::now()), "due at 15 s");
+        assert!(!schedule.try_repair(Instant::now()));
+        schedule.passed();
+        assert!(schedule.try_repair(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_capped() {
+        let mut schedule = RepairSchedule::default();
+        for _ in 0..20 {
+            tokio::time::advance(REPAIR_BACKOFF_MAX).await;
+            assert!(schedule.try_repair(Instant::now()));
+        }
+        assert!(
+            !schedule.try_repair(Instant::now() + REPAIR_BACKOFF_MAX - Duration::from_millis(1))
+        );
     }
 }

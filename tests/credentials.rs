@@ -460,8 +460,8 @@ async fn rest_api_credentials_allocate_and_old_secrets_stay_until_their_credenti
 }
 
 #[tokio::test]
-async fn rotation_on_demand_through_the_cli_and_post_rotate() {
-    let agent = Agent::start(AgentOptions::default());
+async fn rotation_on_demand_through_the_cli_and_post_rotate_is_throttled() {
+    let agent = Agent::start(options("rotate_min_interval = \"1s\"\n"));
     agent.wait_ready(Duration::from_secs(5)).await;
     let first = agent.wait_credential(Duration::from_secs(5)).await;
 
@@ -475,7 +475,25 @@ async fn rotation_on_demand_through_the_cli_and_post_rotate() {
     assert_ne!(second.userid, first.userid);
     assert_eq!(stdout.trim(), format!("rotated: {}", second.userid));
 
-    assert_eq!(agent.post_rotate().await, 200);
+    // At once again: 429 with Retry-After and the API's JSON error; nothing
+    // rotated.
+    let response = reqwest::Client::new()
+        .post(agent.url("/rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_requests", "{body}");
+    assert_eq!(agent.credential("").await.unwrap(), second);
+
+    let third_status = wait_for(Duration::from_secs(3), "the throttle to pass", || async {
+        let status = agent.post_rotate().await;
+        (status != 429).then_some(status)
+    })
+    .await;
+    assert_eq!(third_status, 200);
     let third = agent.credential("").await.unwrap();
     assert_ne!(third.userid, second.userid);
     let (second_ok, third_ok) = tokio::join!(
@@ -483,4 +501,390 @@ async fn rotation_on_demand_through_the_cli_and_post_rotate() {
         uclient_allocates(agent.files.turn_port, &third.userid, &third.password),
     );
     assert!(second_ok && third_ok);
+}
+
+/// A turnadmin stand-in that wraps the real one and fails every delete
+/// (`-d`, `-X`) with an `ERROR:` line and exit 0, as turnadmin does, while
+/// `deletes-fail` exists in the test's directory.
+fn turnadmin_failing_deletes(files: &AgentFiles) -> std::path::PathBuf {
+    let dir = files.dir.path();
+    let wrapper = dir.join("turnadmin-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e {d}/deletes-fail ]; then\n  for arg in \"$@\"; do\n    case \"$arg\" in -d|-X) echo '0: : ERROR: injected delete failure'; exit 0;; esac\n  done\nfi\nexec turnadmin \"$@\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+#[tokio::test]
+async fn an_expired_user_whose_delete_fails_is_retried_across_a_restart_until_it_is_gone() {
+    let options = AgentOptions::default();
+    let files = AgentFiles::new(&options);
+    let wrapper = turnadmin_failing_deletes(&files);
+    let flag = files.path("deletes-fail");
+    let text = std::fs::read_to_string(&files.config_path).unwrap()
+        + &format!(
+            "turnadmin = \"{}\"\nrotate_interval = \"2s\"\nlifetime = \"3s\"\ngrace = \"1s\"\n",
+            wrapper.display()
+        );
+    std::fs::write(&files.config_path, text).unwrap();
+    let mut agent = Agent::start_with(files, &options);
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let expired = agent.wait_credential(Duration::from_secs(5)).await;
+    std::fs::write(&flag, "").unwrap();
+
+    // Past its expiry plus grace the user is due; its deletion fails and
+    // says so: /status, a metric and a warning naming the user.
+    wait_for(Duration::from_secs(10), "a pending deletion", || async {
+        let (_, body) = agent.get("/status").await?;
+        (body["credentials"]["pending_deletions"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    let metrics = agent.metrics().await;
+    let pending: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("turn_agent_credential_deletions_pending "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pending >= 1.0, "{metrics}");
+    agent
+        .wait_log(&expired.userid, Duration::from_secs(5))
+        .await;
+    assert!(agent
+        .log()
+        .lines()
+        .any(|line| line.contains("cannot delete") && line.contains(&expired.userid)));
+    assert!(agent_users(&agent.userdb(), &agent.files.realm)
+        .iter()
+        .any(|(user, _)| user == &expired.userid));
+
+    // Killed while deletes still fail: the restarted agent meets the user
+    // in its start-up reconciliation, fails again and keeps it.
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(5)).await;
+    let files = agent.take_files();
+    drop(agent);
+    let agent = Agent::start_with(files, &options);
+    agent.wait_ready(Duration::from_secs(5)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the restarted agent to keep the undeleted user",
+        || async {
+            let (_, body) = agent.get("/status").await?;
+            let state = std::fs::read_to_string(agent.files.path("credential.json")).ok()?;
+            (body["credentials"]["deletion_failures"].as_u64()? >= 1
+                && state.contains(&expired.userid))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Deletes work again: the user goes, and coturn rejects its password.
+    std::fs::remove_file(&flag).unwrap();
+    wait_for(
+        Duration::from_secs(15),
+        "the expired user to be deleted",
+        || async {
+            let users = agent_users(&agent.userdb(), &agent.files.realm);
+            (!users.iter().any(|(user, _)| user == &expired.userid)).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !uclient_allocates(agent.files.turn_port, &expired.userid, &expired.password).await,
+        "the expired password still allocates"
+    );
+    wait_for(Duration::from_secs(10), "no pending deletion", || async {
+        let (_, body) = agent.get("/status").await?;
+        (body["credentials"]["pending_deletions"] == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_turnadmin_call_cut_short_by_the_agents_death_dies_with_it_and_leaves_no_log_file() {
+    // A stand-in that, while `slow` exists, does what turnadmin does first
+    // (opens its per-call log file where coturn's logging would, and says
+    // so), records its pid and hangs; otherwise the real turnadmin.
+    let options = options("rotate_interval = \"1s\"\nlifetime = \"30s\"\n");
+    let files = AgentFiles::new(&options);
+    let dir = files.dir.path().to_path_buf();
+    let wrapper = dir.join("turnadmin-slow");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e {d}/slow ]; then\n  for l in /var/log/turnserver /var/log /var/tmp /tmp; do\n    if [ -d $l ] && [ -w $l ]; then f=$l/turn_$$_$(date +%F).log; break; fi\n  done\n  echo \"0: : log file opened: $f\" > \"$f\"\n  echo \"0: : log file opened: $f\"\n  echo $$ > {d}/slow.pid\n  exec sleep 60\nfi\nexec turnadmin \"$@\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&files.config_path).unwrap()
+        + &format!("turnadmin = \"{}\"\n", wrapper.display());
+    std::fs::write(&files.config_path, text).unwrap();
+
+    let mut agent = Agent::start_with(files, &options);
+    agent.wait_ready(Duration::from_secs(5)).await;
+    std::fs::write(dir.join("slow"), "").unwrap();
+    let pid: u32 = wait_for(Duration::from_secs(5), "a hanging turnadmin call", || {
+        let pid = std::fs::read_to_string(dir.join("slow.pid"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        async move { pid }
+    })
+    .await;
+    let logs_of_child = || -> Vec<std::path::PathBuf> {
+        ["/var/log/turnserver", "/var/log", "/var/tmp", "/tmp"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|entries| entries.flatten())
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with(&format!("turn_{pid}_")))
+            })
+            .collect()
+    };
+    wait_for(Duration::from_secs(2), "the child's log file", || {
+        let found = !logs_of_child().is_empty();
+        async move { found.then_some(()) }
+    })
+    .await;
+
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(5)).await;
+    let killed = Instant::now();
+    wait_for(
+        Duration::from_secs(2),
+        "the turnadmin child to die with the agent",
+        || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let gone = stat
+                .rsplit_once(')')
+                .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
+    eprintln!(
+        "turnadmin child gone {:?} after the agent was killed",
+        killed.elapsed()
+    );
+
+    // The next start removes what the cut-short call left.
+    std::fs::remove_file(dir.join("slow")).unwrap();
+    let files = agent.take_files();
+    drop(agent);
+    let agent = Agent::start_with(files, &options);
+    agent.wait_ready(Duration::from_secs(5)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the leftover log file to be removed",
+        || {
+            let left = logs_of_child();
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    assert!(agent.log().contains("cut short by an earlier agent"));
+}
+
+#[tokio::test]
+async fn rest_api_secrets_never_reach_a_command_line() {
+    // A stand-in that records every argv turnadmin gets, then runs it.
+    let options = options(
+        "mode = \"rest-api\"\nrotate_interval = \"1s\"\nlifetime = \"2s\"\nmax_ttl = \"2s\"\ngrace = \"1s\"\nrotate_min_interval = \"0s\"\n",
+    );
+    let files = AgentFiles::new(&options);
+    let dir = files.dir.path().to_path_buf();
+    let wrapper = dir.join("turnadmin-recording");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" >> {d}/argv.log\nexec turnadmin \"$@\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&files.config_path).unwrap()
+        + &format!("turnadmin = \"{}\"\n", wrapper.display());
+    std::fs::write(&files.config_path, text).unwrap();
+    let agent = Agent::start_with(files, &options);
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let minted = agent.wait_credential(Duration::from_secs(5)).await;
+    assert_eq!(agent.post_rotate().await, 200);
+
+    // Secrets are added, confirmed, retired and deleted meanwhile.
+    let realm = agent.files.realm.clone();
+    let db = agent.userdb().display().to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut deleted = false;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until && !deleted {
+        let now = listed(&turnadmin(&["-S", "-b", &db]), &realm);
+        deleted = seen.iter().any(|secret| !now.contains(secret));
+        seen.extend(now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(deleted, "no secret was deleted: {seen:?}");
+    assert!(seen.len() >= 2, "{seen:?}");
+
+    // Neither turnadmin nor turnserver ever had a secret on its command line.
+    let argv = std::fs::read_to_string(dir.join("argv.log")).unwrap_or_default();
+    let turnserver_argv: Vec<String> = agent
+        .turnservers()
+        .iter()
+        .map(|pid| {
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+                .into_owned()
+        })
+        .collect();
+    for secret in &seen {
+        assert!(
+            !argv.contains(secret.as_str()),
+            "a secret was on turnadmin's argv"
+        );
+        for cmdline in &turnserver_argv {
+            assert!(
+                !cmdline.contains(secret.as_str()),
+                "a secret was on turnserver's argv"
+            );
+        }
+    }
+    let mut secrets: Vec<String> = seen.into_iter().collect();
+    secrets.push(minted.password);
+    assert_log_has_none_of(&agent, &secrets);
+
+    // The database is private and in WAL mode.
+    let mode = std::fs::metadata(agent.userdb())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "user database mode {:o}", mode & 0o777);
+}
+
+#[tokio::test]
+async fn live_rest_api_secrets_are_bounded() {
+    // Scheduled rotations alone keep ceil(max_ttl / rotate_interval) + 2 = 5.
+    let agent = Agent::start(options(
+        "mode = \"rest-api\"\nrotate_interval = \"2s\"\nlifetime = \"3s\"\nmax_ttl = \"5s\"\ngrace = \"1s\"\nrotate_min_interval = \"0s\"\nmax_live_secrets = 5\n",
+    ));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_credential(Duration::from_secs(5)).await;
+    let realm = agent.files.realm.clone();
+    let db = agent.userdb().display().to_string();
+    let mut statuses = Vec::new();
+    let mut most = 0;
+    for _ in 0..20 {
+        statuses.push(agent.post_rotate().await);
+        most = most.max(listed(&turnadmin(&["-S", "-b", &db]), &realm).len());
+    }
+    assert!(most <= 5, "{most} live secrets");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        refused >= 10 && statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let (_, body) = agent.get("/status").await.unwrap();
+    assert!(body["credentials"]["live_in_database"].as_u64().unwrap() <= 5);
+}
+
+#[tokio::test]
+async fn no_valid_credential_is_refused_while_rotations_write_the_database() {
+    let agent = Agent::start(options(
+        "rotate_min_interval = \"0s\"\n[access]\nrate_limit_per_second = 0.0\n",
+    ));
+    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_credential(Duration::from_secs(5)).await;
+
+    // The database is private and in WAL mode, as coturn's own sqlite3
+    // client reads it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent.userdb())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "user database mode {:o}", mode & 0o777);
+    let journal = std::process::Command::new("sqlite3")
+        .arg(agent.userdb())
+        .arg("PRAGMA journal_mode")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&journal.stdout).trim(), "wal");
+
+    // A rotation every 0.2 s (turnadmin writes and lists) while four
+    // clients allocate with whatever is served, back to back.
+    let until = Instant::now() + Duration::from_secs(8);
+    let agent = std::sync::Arc::new(agent);
+    let rotator = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut rotations = 0;
+            while Instant::now() < until {
+                if agent.post_rotate().await == 200 {
+                    rotations += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            rotations
+        })
+    };
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let agent = agent.clone();
+        clients.spawn(async move {
+            let (mut allocated, mut rejected, mut other) = (0, Vec::new(), 0);
+            while Instant::now() < until {
+                let Some(served) = agent.credential("").await else {
+                    other += 1;
+                    continue;
+                };
+                let password = turn_agent::secret::Secret::new(served.password);
+                match turn_agent::turn_check::allocate_and_release(
+                    agent.turn_addr(),
+                    &served.userid,
+                    &password,
+                    Duration::from_secs(2),
+                )
+                .await
+                {
+                    Ok(_) => allocated += 1,
+                    Err(turn_agent::turn_check::TurnCheckError::AuthRejected(reason)) => {
+                        rejected.push(reason)
+                    }
+                    Err(_) => other += 1,
+                }
+            }
+            (allocated, rejected, other)
+        });
+    }
+    let (mut allocated, mut rejected, mut other) = (0, Vec::new(), 0);
+    for (a, r, o) in clients.join_all().await {
+        allocated += a;
+        rejected.extend(r);
+        other += o;
+    }
+    let rotations = rotator.await.unwrap();
+    eprintln!(
+        "{rotations} rotations, {allocated} allocations, {} rejected, {other} other failures",
+        rejected.len()
+    );
+    assert!(rotations >= 20, "only {rotations} rotations");
+    assert!(allocated >= 150, "only {allocated} allocations");
+    assert!(
+        rejected.is_empty(),
+        "{} rejected: {rejected:?}",
+        rejected.len()
+    );
+    assert_eq!(other, 0);
 }

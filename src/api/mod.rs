@@ -180,7 +180,10 @@ async fn rotate(State(state): State<ApiState>) -> Result<Response, ApiError> {
         Ok(credential) => Ok(no_store(
             Json(json!({ "rotated": true, "credential": credential })).into_response(),
         )),
-        Err(error) => Err(ApiError::Unavailable(error)),
+        Err(error) => Err(match error.retry_after_secs() {
+            Some(retry_after_secs) => ApiError::TooManyRequests { retry_after_secs },
+            None => ApiError::Unavailable(error.to_string()),
+        }),
     }
 }
 

@@ -71,6 +71,18 @@ pub fn deletion_due(username: &str, grace: u64) -> Option<u64> {
     user_expiry(username).map(|expiry| expiry.saturating_add(grace))
 }
 
+/// The users to keep waiting for deletion after a reconciliation: `keep`
+/// plus those whose deletion failed, so that no user leaves the state before
+/// a listing confirms it gone.
+pub fn with_undeleted(mut keep: Vec<String>, undeleted: Vec<String>) -> Vec<String> {
+    for user in undeleted {
+        if !keep.contains(&user) {
+            keep.push(user);
+        }
+    }
+    keep
+}
+
 /// A fresh credential issued at `now`, valid for `lifetime` seconds.
 pub fn issue(now: u64, lifetime: u64) -> LongTermCredential {
     let expires_at = now.saturating_add(lifetime);
@@ -153,6 +165,21 @@ mod tests {
         assert_eq!(result.keep, vec!["ta1-2000-a"]);
         assert_eq!(result.delete_now, vec!["ta1-100-b"]);
         assert_eq!(result.resume, None);
+    }
+
+    #[test]
+    fn users_whose_deletion_failed_stay_due() {
+        let state = state(None, &["ta1-900-gone"]);
+        let database = users(&["ta1-900-gone", "ta1-1500-kept"]);
+        let plan = reconcile(Some(&state), &database, 1200, 60);
+        assert_eq!(plan.delete_now, vec!["ta1-900-gone", "ta1-1500-kept"]);
+        let served = with_undeleted(plan.keep, vec!["ta1-900-gone".into()]);
+        assert_eq!(served, vec!["ta1-900-gone"]);
+        assert!(deletion_due(&served[0], 60).is_some_and(|due| due <= 1200));
+        assert_eq!(
+            with_undeleted(vec!["a".into()], vec!["a".into(), "b".into()]),
+            vec!["a", "b"]
+        );
     }
 
     #[test]

@@ -16,18 +16,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::state_file::{self, CredentialState, SharedSecret, STATE_VERSION};
-use super::turnadmin::Turnadmin;
+use super::turnadmin::{Launcher, Turnadmin};
+use super::userdb::{UserDb, UserDbError};
 use super::{
     long_term, naming, rest_api, unix_now, CredentialSource, CredentialStatus, Published,
-    RotateHandle, RotateReply,
+    RotateError, RotateHandle, RotateReply,
 };
 use crate::backoff::ExponentialBackoff;
 use crate::config::{self, Config, ConfigWatch, CredentialMode, CredentialsConfig};
+use crate::secret::Secret;
 
 /// turnadmin can find the database locked while turnserver initialises it,
 /// so the first retry comes soon.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Failed deletions of expired entries are retried from 1 s, doubling up to
+/// a minute: an expired credential that still allocates must not wait long.
+const DELETE_RETRY_MIN: Duration = Duration::from_secs(1);
+const DELETE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct CredentialManager {
     /// Timing applies at once; a new realm, mode or database retires every
@@ -38,6 +44,12 @@ pub struct CredentialManager {
     /// realm is the one the state and turnadmin work in.
     applied: Arc<Config>,
     turnadmin: Turnadmin,
+    launcher: Launcher,
+    /// The SQLite user database, when turnadmin's flags name one: REST API
+    /// secrets go there directly, never on a command line.
+    userdb: Option<UserDb>,
+    /// The last successful `POST /rotate`, for its throttle.
+    last_on_demand: Option<Instant>,
     published: Arc<ArcSwapOption<Published>>,
     status: watch::Sender<CredentialStatus>,
     rotate_requests: mpsc::Receiver<RotateReply>,
@@ -45,6 +57,7 @@ pub struct CredentialManager {
     reconciled: bool,
     retry: ExponentialBackoff,
     retry_at: Option<Instant>,
+    deletion_retry: ExponentialBackoff,
     deletion_retry_at: Option<Instant>,
 }
 
@@ -68,13 +81,28 @@ impl CredentialManager {
         let source = CredentialSource {
             published: published.clone(),
         };
+        // `credentials.state_file` needs an agent restart, so the state
+        // directory (the children's private working directory) is fixed.
+        let work_dir = credentials
+            .state_file
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
+        // Without its own thread no child could be tied to the agent.
+        let launcher =
+            Launcher::start(work_dir).expect("cannot start the turnadmin spawner thread");
         let manager = CredentialManager {
             config_watch,
+            launcher: launcher.clone(),
             turnadmin: Turnadmin::new(
+                launcher,
                 credentials.turnadmin.clone(),
                 credentials.database_args.clone(),
                 config.turnserver.realm.clone(),
             ),
+            userdb: userdb_of(&config),
+            last_on_demand: None,
             applied: config,
             published,
             status,
@@ -84,6 +112,8 @@ impl CredentialManager {
             retry: ExponentialBackoff::new(RETRY_MIN, RETRY_MAX)
                 .expect("constant bounds are valid"),
             retry_at: None,
+            deletion_retry: ExponentialBackoff::new(DELETE_RETRY_MIN, DELETE_RETRY_MAX)
+                .expect("constant bounds are valid"),
             deletion_retry_at: None,
         };
         let handles = CredentialHandles {
@@ -97,6 +127,10 @@ impl CredentialManager {
     #[tracing::instrument(name = "credentials", skip_all)]
     pub async fn run(mut self, shutdown: CancellationToken) {
         let have_state = self.load_state();
+        for path in self.launcher.sweep_leftovers() {
+            tracing::info!(path = %path.display(), "removed the log file of a turnadmin call cut short by an earlier agent");
+        }
+        self.prepare_userdb().await;
         loop {
             let now = unix_now().as_secs();
             let retry_due = self.retry_at.is_none_or(|at| Instant::now() >= at);
@@ -116,14 +150,10 @@ impl CredentialManager {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(wake) => {}
                 latest = config::next_config(&mut self.config_watch) => self.apply(latest).await,
-                Some(reply) = self.rotate_requests.recv() => {
-                    let result = if self.reconciled {
-                        self.rotate(unix_now().as_secs()).await
-                    } else {
-                        Err("the credential database has not been reconciled yet".to_string())
-                    };
+                Some(request) = self.rotate_requests.recv() => {
+                    let result = self.rotate_on_demand(request.is_repair()).await;
                     self.publish_status();
-                    let _ = reply.send(result);
+                    let _ = request.send(result);
                 }
             }
         }
@@ -137,11 +167,19 @@ impl CredentialManager {
             self.retire_everything().await;
         }
         self.turnadmin = Turnadmin::new(
+            self.launcher.clone(),
             config.credentials.turnadmin.clone(),
             config.credentials.database_args.clone(),
             config.turnserver.realm.clone(),
         );
+        let new_userdb = userdb_of(&config);
+        let userdb_moved =
+            new_userdb.as_ref().map(UserDb::path) != self.userdb.as_ref().map(UserDb::path);
+        self.userdb = new_userdb;
         self.applied = config;
+        if userdb_moved {
+            self.prepare_userdb().await;
+        }
         if fresh_start {
             tracing::info!(realm = %self.realm(), mode = ?self.config().mode, "starting a new credential state for the new turnserver");
             self.fresh_state();
@@ -177,11 +215,52 @@ impl CredentialManager {
                 tracing::warn!(user, %error, "cannot delete an agent user of the previous configuration");
             }
         }
-        for secret in &self.state.secrets {
-            if let Err(error) = self.turnadmin.delete_secret(&secret.value).await {
+        for secret in self.state.secrets.clone() {
+            if let Err(error) = self.delete_secret(secret.value).await {
                 tracing::warn!(%error, "cannot delete an agent secret of the previous configuration");
             }
         }
+    }
+
+    /// Creates the SQLite user database private and in WAL mode, or makes
+    /// an existing one so. A failure is logged; the calls that need the
+    /// database report it again.
+    async fn prepare_userdb(&self) {
+        let Some(userdb) = self.userdb.clone() else {
+            return;
+        };
+        let path = userdb.path().display().to_string();
+        match tokio::task::spawn_blocking(move || userdb.prepare()).await {
+            Ok(Ok(())) => tracing::debug!(path, "user database is private and in WAL mode"),
+            Ok(Err(error)) => tracing::error!(%error, "cannot prepare the user database"),
+            Err(error) => tracing::error!(%error, "user database preparation panicked"),
+        }
+    }
+
+    /// Runs `call` on the SQLite user database off the async threads.
+    async fn on_userdb<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&UserDb) -> Result<T, UserDbError> + Send + 'static,
+    ) -> Result<T, String> {
+        let userdb = self.userdb.clone().ok_or_else(|| {
+            "REST API mode needs an SQLite user database (credentials.database_args)".to_string()
+        })?;
+        match tokio::task::spawn_blocking(move || call(&userdb)).await {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(error) => Err(format!("user database call panicked: {error}")),
+        }
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<Secret>, String> {
+        self.on_userdb(|db| db.list_secrets()).await
+    }
+
+    async fn add_secret(&self, secret: Secret) -> Result<(), String> {
+        self.on_userdb(move |db| db.add_secret(&secret)).await
+    }
+
+    async fn delete_secret(&self, secret: Secret) -> Result<(), String> {
+        self.on_userdb(move |db| db.delete_secret(&secret)).await
     }
 
     /// Loads the state file. A missing one is created empty at once, so
@@ -260,16 +339,23 @@ impl CredentialManager {
             .await
             .map_err(|e| e.to_string())?;
         let plan = long_term::reconcile(have_state.then_some(&self.state), &users, now, grace);
+        let mut undeleted = Vec::new();
         for user in &plan.delete_now {
             match self.turnadmin.delete_user(user).await {
                 Ok(()) => tracing::info!(user, "deleted a stale agent user"),
-                Err(error) => tracing::warn!(user, %error, "cannot delete a stale agent user"),
+                Err(error) => {
+                    tracing::warn!(user, %error, "cannot delete a stale agent user; it stays in the state file and is retried");
+                    undeleted.push(user.clone());
+                }
             }
         }
         let mut next = self.state.clone();
         next.current = plan.resume.clone();
-        next.served = plan.keep;
+        // A user whose deletion failed stays in the state until a listing
+        // confirms it gone, so the next round (or the next start) retries.
+        next.served = long_term::with_undeleted(plan.keep, undeleted.clone());
         self.persist(next)?;
+        self.deletions_attempted(undeleted.len());
         if let Some(current) = &plan.resume {
             tracing::info!(user = %current.username, expires_at = current.expires_at, "resuming the persisted credential");
         }
@@ -282,21 +368,38 @@ impl CredentialManager {
         have_state: bool,
         grace: u64,
     ) -> Result<(), String> {
-        let secrets = self
-            .turnadmin
-            .list_secrets()
-            .await
-            .map_err(|e| e.to_string())?;
+        let secrets = self.list_secrets().await?;
         let plan =
             rest_api::reconcile_secrets(&self.state.secrets, &secrets, now, grace, have_state);
+        let mut undeleted = Vec::new();
         for secret in &plan.delete_now {
-            if let Err(error) = self.turnadmin.delete_secret(secret).await {
-                tracing::warn!(%error, "cannot delete a stale agent secret");
+            if let Err(error) = self.delete_secret(secret.clone()).await {
+                let created_at = naming::secret_created_at(secret.expose());
+                tracing::warn!(?created_at, %error, "cannot delete a stale agent secret; it stays in the state file and is retried");
+                undeleted.push(secret.clone());
             }
         }
         let mut next = self.state.clone();
-        next.secrets = plan.keep;
-        self.persist(next)
+        next.secrets =
+            rest_api::with_undeleted(plan.keep, &self.state.secrets, &undeleted, now, grace);
+        self.persist(next)?;
+        self.deletions_attempted(undeleted.len());
+        Ok(())
+    }
+
+    /// Schedules the next deletion round: soon after a success, with
+    /// exponential backoff after `failed` deletions.
+    fn deletions_attempted(&mut self, failed: usize) {
+        if failed == 0 {
+            self.deletion_retry.reset();
+            self.deletion_retry_at = None;
+            return;
+        }
+        let delay = self.deletion_retry.next_delay();
+        self.deletion_retry_at = Some(Instant::now() + delay);
+        self.status.send_modify(|status| {
+            status.deletion_failures = status.deletion_failures.saturating_add(failed as u64);
+        });
     }
 
     fn rotation_due(&self) -> u64 {
@@ -309,11 +412,66 @@ impl CredentialManager {
         }
     }
 
+    /// `POST /rotate` (throttled) or a self-check repair (not throttled:
+    /// the self-check backs off). Both respect the bound on live secrets.
+    async fn rotate_on_demand(&mut self, repair: bool) -> Result<String, RotateError> {
+        if !self.reconciled {
+            return Err(RotateError::Failed(
+                "the credential database has not been reconciled yet".into(),
+            ));
+        }
+        let min_interval = self.config().rotate_min_interval;
+        if let Some(last) = self
+            .last_on_demand
+            .filter(|_| !repair && !min_interval.is_zero())
+        {
+            let allowed_at = last + min_interval;
+            let now = Instant::now();
+            if now < allowed_at {
+                return Err(RotateError::Throttled {
+                    min_interval,
+                    retry_after_secs: (allowed_at - now).as_secs_f64().ceil().max(1.0) as u64,
+                });
+            }
+        }
+        let now = unix_now().as_secs();
+        self.live_secret_bound(now)?;
+        let rotated = self.rotate(now).await;
+        if rotated.is_ok() && !repair {
+            self.last_on_demand = Some(Instant::now());
+        }
+        rotated
+    }
+
+    /// REST API mode: refuses a new secret while `max_live_secrets` are
+    /// live; retry when the first retired one is due for deletion.
+    fn live_secret_bound(&self, now: u64) -> Result<(), RotateError> {
+        let live = self.state.secrets.len();
+        if self.config().mode != CredentialMode::RestApi || live < self.config().max_live_secrets {
+            return Ok(());
+        }
+        let grace = self.config().grace.as_secs();
+        let first_due = self
+            .state
+            .secrets
+            .iter()
+            .filter_map(|secret| rest_api::deletion_due(secret, grace))
+            .min()
+            .unwrap_or(now);
+        Err(RotateError::TooManyLive {
+            live,
+            retry_after_secs: first_due.saturating_sub(now).max(1),
+        })
+    }
+
     /// Creates, confirms, persists, then publishes a new credential.
-    async fn rotate(&mut self, now: u64) -> Result<String, String> {
+    async fn rotate(&mut self, now: u64) -> Result<String, RotateError> {
         let result = match self.config().mode {
             CredentialMode::LongTerm => self.rotate_user(now).await,
-            CredentialMode::RestApi => self.rotate_secret(now).await,
+            CredentialMode::RestApi => match self.live_secret_bound(now) {
+                Ok(()) => self.rotate_secret(now).await,
+                Err(error) => Err(error.to_string()),
+            },
         };
         match &result {
             Ok(name) => {
@@ -324,7 +482,7 @@ impl CredentialManager {
             }
             Err(error) => self.failed(format!("rotation failed: {error}")),
         }
-        result
+        result.map_err(RotateError::Failed)
     }
 
     async fn rotate_user(&mut self, now: u64) -> Result<String, String> {
@@ -351,10 +509,7 @@ impl CredentialManager {
             created_at: now,
             retired_until: None,
         };
-        self.turnadmin
-            .add_secret(&secret.value)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.add_secret(secret.value.clone()).await?;
         let mut next = self.state.clone();
         rest_api::rotate(
             &mut next.secrets,
@@ -363,7 +518,7 @@ impl CredentialManager {
             self.config().max_ttl.as_secs(),
         );
         if let Err(error) = self.persist(next) {
-            let _ = self.turnadmin.delete_secret(&secret.value).await;
+            let _ = self.delete_secret(secret.value.clone()).await;
             return Err(error);
         }
         Ok(format!("shared secret created at {now}"))
@@ -375,7 +530,7 @@ impl CredentialManager {
             return;
         }
         let grace = self.config().grace.as_secs();
-        let mut failed = false;
+        let mut failed = 0;
         let due_users: Vec<String> = self
             .state
             .served
@@ -388,12 +543,12 @@ impl CredentialManager {
                 Ok(()) => {
                     let mut next = self.state.clone();
                     next.served.retain(|served| served != &user);
-                    failed |= self.persist(next).is_err();
+                    failed += usize::from(self.persist(next).is_err());
                     tracing::info!(user, "deleted an expired credential");
                 }
                 Err(error) => {
-                    tracing::warn!(user, %error, "cannot delete an expired credential");
-                    failed = true;
+                    tracing::warn!(user, %error, "cannot delete an expired credential; it still allocates until a retry succeeds");
+                    failed += 1;
                 }
             }
         }
@@ -405,23 +560,23 @@ impl CredentialManager {
             .cloned()
             .collect();
         for secret in due_secrets {
-            match self.turnadmin.delete_secret(&secret.value).await {
+            match self.delete_secret(secret.value.clone()).await {
                 Ok(()) => {
                     let mut next = self.state.clone();
                     next.secrets.retain(|kept| kept.value != secret.value);
-                    failed |= self.persist(next).is_err();
+                    failed += usize::from(self.persist(next).is_err());
                     tracing::info!(
                         created_at = secret.created_at,
                         "deleted a retired shared secret"
                     );
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot delete a retired shared secret");
-                    failed = true;
+                    tracing::warn!(created_at = secret.created_at, %error, "cannot delete a retired shared secret; it is retried");
+                    failed += 1;
                 }
             }
         }
-        self.deletion_retry_at = failed.then(|| Instant::now() + RETRY_MIN * 20);
+        self.deletions_attempted(failed);
     }
 
     /// A long-term credential past its expiry is no longer served, and its
@@ -496,6 +651,22 @@ impl CredentialManager {
             CredentialMode::LongTerm => self.state.served.len() + usize::from(current.is_some()),
             CredentialMode::RestApi => self.state.secrets.len(),
         };
+        let now = unix_now().as_secs();
+        let grace = self.config().grace.as_secs();
+        let pending_deletions = self
+            .state
+            .served
+            .iter()
+            .filter(|user| long_term::deletion_due(user, grace).is_none_or(|due| due <= now))
+            .count()
+            + self
+                .state
+                .secrets
+                .iter()
+                .filter(|secret| {
+                    rest_api::deletion_due(secret, grace).is_some_and(|due| due <= now)
+                })
+                .count();
         self.status.send_if_modified(|status| {
             let before = status.clone();
             status.available = available;
@@ -504,6 +675,7 @@ impl CredentialManager {
             status.expires_at = current.as_ref().map(|c| c.expires_at);
             status.next_rotation_at = next_rotation_at;
             status.live_in_database = live_in_database;
+            status.pending_deletions = pending_deletions;
             *status != before
         });
     }
@@ -542,6 +714,14 @@ impl CredentialManager {
         }
         wake
     }
+}
+
+fn userdb_of(config: &Config) -> Option<UserDb> {
+    config
+        .credentials
+        .sqlite_userdb
+        .clone()
+        .map(|path| UserDb::new(path, config.turnserver.realm.clone()))
 }
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {

@@ -14,6 +14,7 @@ pub mod naming;
 pub mod rest_api;
 pub mod state_file;
 pub mod turnadmin;
+pub mod userdb;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,6 +176,13 @@ pub struct CredentialStatus {
     pub expires_at: Option<u64>,
     /// Agent users (long-term) or secrets (REST API) in coturn's database.
     pub live_in_database: usize,
+    /// Agent users or secrets past their expiry plus grace that are still
+    /// in the database because their deletion failed; retried with backoff,
+    /// also after a restart (they stay in the state file until a listing
+    /// confirms them gone).
+    pub pending_deletions: usize,
+    /// Failed deletions since start.
+    pub deletion_failures: u64,
     pub next_rotation_at: Option<u64>,
     pub rotations: u64,
     /// Failed reconciliations and rotations since start.
@@ -195,6 +203,8 @@ impl CredentialStatus {
             issued_at: None,
             expires_at: None,
             live_in_database: 0,
+            pending_deletions: 0,
+            deletion_failures: 0,
             next_rotation_at: None,
             rotations: 0,
             failures: 0,
@@ -204,26 +214,89 @@ impl CredentialStatus {
     }
 }
 
-/// Where a rotation request sends its outcome.
-pub type RotateReply = oneshot::Sender<Result<String, String>>;
+/// Why a rotation on demand did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotateError {
+    /// `credentials.rotate_min_interval` has not passed since the last
+    /// `POST /rotate`.
+    #[error("the credential was rotated on demand less than {min_interval:?} ago; retry in {retry_after_secs} s")]
+    Throttled {
+        min_interval: Duration,
+        retry_after_secs: u64,
+    },
+    /// `credentials.max_live_secrets` secrets are live: coturn tries each one
+    /// on every authentication.
+    #[error("{live} shared secrets are live, the most allowed; retry in {retry_after_secs} s")]
+    TooManyLive { live: usize, retry_after_secs: u64 },
+    #[error("{0}")]
+    Failed(String),
+}
 
-/// Asks the manager to rotate now (`POST /rotate`).
+impl RotateError {
+    /// Seconds after which trying again can succeed, for a 429.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            RotateError::Throttled {
+                retry_after_secs, ..
+            }
+            | RotateError::TooManyLive {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            RotateError::Failed(_) => None,
+        }
+    }
+}
+
+/// One rotation request and where its outcome goes.
+pub struct RotateReply {
+    reply: oneshot::Sender<Result<String, RotateError>>,
+    /// A repair after coturn rejected the served credential: it has its own
+    /// backoff (in the self-check) instead of the on-demand throttle.
+    repair: bool,
+}
+
+impl RotateReply {
+    /// Sends the outcome; `Err` gives it back when the asker is gone.
+    pub fn send(
+        self,
+        result: Result<String, RotateError>,
+    ) -> Result<(), Result<String, RotateError>> {
+        self.reply.send(result)
+    }
+
+    pub fn is_repair(&self) -> bool {
+        self.repair
+    }
+}
+
+/// Asks the manager to rotate now (`POST /rotate`, self-check repairs).
 #[derive(Clone)]
 pub struct RotateHandle {
     requests: mpsc::Sender<RotateReply>,
 }
 
 impl RotateHandle {
-    /// Rotates and returns the new username (long-term) or a note (REST API).
-    pub async fn rotate(&self) -> Result<String, String> {
+    /// Rotates on demand (throttled) and returns the new username
+    /// (long-term) or a note (REST API).
+    pub async fn rotate(&self) -> Result<String, RotateError> {
+        self.request(false).await
+    }
+
+    /// Rotates to repair a credential coturn rejected; not throttled (the
+    /// caller backs off).
+    pub async fn repair(&self) -> Result<String, RotateError> {
+        self.request(true).await
+    }
+
+    async fn request(&self, repair: bool) -> Result<String, RotateError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(reply)
+            .send(RotateReply { reply, repair })
             .await
-            .map_err(|_| "the credential manager is not running".to_string())?;
+            .map_err(|_| RotateError::Failed("the credential manager is not running".into()))?;
         answer
             .await
-            .map_err(|_| "the credential manager stopped".to_string())?
+            .map_err(|_| RotateError::Failed("the credential manager stopped".into()))?
     }
 }
 

@@ -105,6 +105,30 @@ pub fn reconcile_secrets(
     result
 }
 
+/// The secrets to keep after a reconciliation: `keep` plus those whose
+/// deletion failed, due for deletion at once (the state's own entry when it
+/// has one), so none leaves the state before a listing confirms it gone.
+pub fn with_undeleted(
+    mut keep: Vec<SharedSecret>,
+    state_secrets: &[SharedSecret],
+    undeleted: &[Secret],
+    now: u64,
+    grace: u64,
+) -> Vec<SharedSecret> {
+    for value in undeleted {
+        if keep.iter().any(|kept| &kept.value == value) {
+            continue;
+        }
+        let known = state_secrets.iter().find(|known| &known.value == value);
+        keep.push(known.cloned().unwrap_or_else(|| SharedSecret {
+            value: value.clone(),
+            created_at: secret_created_at(value.expose()).unwrap_or(0),
+            retired_until: Some(now.saturating_sub(grace)),
+        }));
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +200,18 @@ mod tests {
             result.delete_now,
             vec![Secret::new("ta1s-1-old"), Secret::new("ta1s-9-unknown")]
         );
+        let kept = with_undeleted(
+            result.keep.clone(),
+            &state,
+            &[Secret::new("ta1s-1-old"), Secret::new("ta1s-9-unknown")],
+            1000,
+            60,
+        );
+        assert_eq!(kept[1], state[0]);
+        assert_eq!(kept[2].retired_until, Some(940));
+        assert!(kept[1..]
+            .iter()
+            .all(|secret| deletion_due(secret, 60).is_some_and(|due| due <= 1000)));
         let without_state = reconcile_secrets(&[], &database, 1000, 60, false);
         assert!(without_state.delete_now.is_empty());
     }
