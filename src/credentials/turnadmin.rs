@@ -91,7 +91,7 @@ impl Launcher {
         if let Ok(pid) = text.trim().parse::<u32>() {
             // A pid in use again belongs to someone else now; its files are
             // not ours to judge.
-            if !Path::new("/proc").join(pid.to_string()).exists() {
+            if !is_running(pid) {
                 removed = remove_logs_of(pid, &self.work_dir);
             }
         }
@@ -134,6 +134,15 @@ impl Launcher {
         }
         let _ = std::fs::remove_file(self.journal());
     }
+}
+
+/// Whether `pid` is a live process (a zombie has exited: it only waits
+/// for a parent, or an init that does not reap, to collect it).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+    })
 }
 
 /// Runs in the child between fork and exec: writes its pid in decimal.
