@@ -217,8 +217,8 @@ async fn a_client_line_before_the_proxys_own_line_gets_no_admin_role() {
     // 127.0.0.2 is the trusted proxy (a HAProxy that adds its own
     // X-Forwarded-For line after whatever the client sent).
     let agent = Agent::start(access_options(&token, "trusted_proxies = [\"127.0.0.2\"]"));
-    agent.wait_ready(Duration::from_secs(5)).await;
-    agent.wait_credential(Duration::from_secs(5)).await;
+    agent.wait_ready(Duration::from_secs(20)).await;
+    agent.wait_credential(Duration::from_secs(20)).await;
     let rotate = "POST /rotate HTTP/1.1\r\nContent-Length: 0\r\n";
     // The client at 127.0.0.3 (a watcher) claims loopback.
     let (status, body) = raw_exchange(
@@ -275,8 +275,8 @@ async fn the_rate_limit_counts_ipv6_callers_per_64_and_forwarded_callers_one_by_
             .into(),
         ..AgentOptions::default()
     });
-    agent.wait_ready(Duration::from_secs(5)).await;
-    agent.wait_credential(Duration::from_secs(5)).await;
+    agent.wait_ready(Duration::from_secs(20)).await;
+    agent.wait_credential(Duration::from_secs(20)).await;
     let proxy = client_from("127.0.0.2");
     let started = Instant::now();
     let (mut ok, mut limited) = (0, 0);

@@ -169,7 +169,7 @@ async fn idle_and_preface_only_sockets_from_one_address_do_not_lock_out_another(
     let agent = Agent::start(options(
         "max_connections = 16\nmax_connections_per_address = 8\nheader_read_timeout = \"3s\"",
     ));
-    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_ready(Duration::from_secs(20)).await;
     let api = agent.files.api;
     // 127.0.0.1 opens far more than the whole pool: sockets that send
     // nothing, and sockets that send only the HTTP/2 preface.
@@ -230,7 +230,7 @@ async fn idle_and_preface_only_sockets_from_one_address_do_not_lock_out_another(
 #[tokio::test]
 async fn every_error_the_server_produces_is_json() {
     let agent = Agent::start(options(""));
-    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_ready(Duration::from_secs(20)).await;
     let client = reqwest::Client::new();
     let padding = "a".repeat(20 * 1024);
     let requests = [
@@ -298,9 +298,13 @@ fn open_descriptors(pid: u32) -> usize {
 /// opening more.
 #[tokio::test]
 async fn a_thousand_idle_sockets_cost_little_and_do_not_slow_others() {
-    let agent = Agent::start(options("header_read_timeout = \"60s\""));
-    agent.wait_ready(Duration::from_secs(5)).await;
-    agent.wait_credential(Duration::from_secs(5)).await;
+    // A pool with room for the 1,000 held sockets plus the flood below: a
+    // full pool refuses everyone, which is what max_connections is for.
+    let agent = Agent::start(options(
+        "header_read_timeout = \"60s\"\nmax_connections = 2048",
+    ));
+    agent.wait_ready(Duration::from_secs(20)).await;
+    agent.wait_credential(Duration::from_secs(20)).await;
     let api = agent.files.api;
     let pid = agent.pid();
     let before_kib = vm_rss_kib(pid);
@@ -356,4 +360,41 @@ async fn a_thousand_idle_sockets_cost_little_and_do_not_slow_others() {
         after_kib - before_kib
     );
     drop(idle);
+}
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_json_errors_too() {
+    let agent = Agent::start(options(""));
+    agent.wait_ready(Duration::from_secs(20)).await;
+    let heads = [
+        // Far over the limit: hyper's own 431.
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+                "a".repeat(64 * 1024)
+            ),
+            "431",
+            "request_header_fields_too_large",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_string(),
+            "400",
+            "bad_request",
+        ),
+        ("G@T / HTTP/1.1\r\n\r\n".to_string(), "400", "bad_request"),
+    ];
+    for (head, status, code) in heads {
+        let mut stream = TcpStream::connect(agent.files.api).await.unwrap();
+        let _ = stream.write_all(head.as_bytes()).await;
+        let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(closed, "{answer:?}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer:?}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], code, "{body}");
+    }
 }

@@ -157,3 +157,115 @@ pub async fn limit_header_bytes(
     }
     next.run(request).await
 }
+
+/// hyper answers a request it cannot parse by itself (400 for a bad
+/// request line or header, 414, 431 beyond its buffer) with a bare head and
+/// `content-length: 0`, before any router runs. Given the bytes hyper is
+/// about to write, this returns the same answer with a JSON body, or
+/// `None` for anything else (every answer of the router that is an error
+/// already carries a JSON content type).
+pub fn render_bare_error_head(head: &[u8]) -> Option<Vec<u8>> {
+    // hyper writes such a head in one piece; anything long is a body.
+    if head.len() > 1024 || !head.starts_with(b"HTTP/1.1 ") {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    let head_end = text.find("\r\n\r\n")?;
+    if head_end + 4 != text.len() {
+        return None;
+    }
+    let mut lines = text[..head_end].split("\r\n");
+    let status: StatusCode = lines
+        .next()?
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    if !(status.is_client_error() || status.is_server_error()) {
+        return None;
+    }
+    let mut bare = false;
+    let mut kept = Vec::new();
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-type" => return None,
+            "content-length" if value.trim() == "0" => bare = true,
+            "content-length" => return None,
+            "connection" => {}
+            _ => kept.push(line),
+        }
+    }
+    if !bare {
+        return None;
+    }
+    let reason = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    let body =
+        json!({ "type": "result", "code": status_code_name(status), "reason": reason }).to_string();
+    let mut rendered = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for line in kept {
+        rendered.push_str(line);
+        rendered.push_str("\r\n");
+    }
+    rendered.push_str("\r\n");
+    rendered.push_str(&body);
+    Some(rendered.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hyper_bare_error_heads_get_a_json_body() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Sun, 29 Nov 2026 19:30:00 GMT\r\n\r\n";
+        let rendered = String::from_utf8(render_bare_error_head(head).unwrap()).unwrap();
+        let (head, body) = rendered.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\ncontent-type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\ndate: Sun, 29 Nov 2026 19:30:00 GMT"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["type"], "result");
+        assert_eq!(body["code"], "request_header_fields_too_large");
+        let bad = render_bare_error_head(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        assert!(String::from_utf8(bad)
+            .unwrap()
+            .contains("\"code\":\"bad_request\""));
+    }
+
+    #[test]
+    fn other_writes_pass_unchanged() {
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 12\r\n\r\n",
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n{}",
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n",
+            b"{\"type\":\"result\"}",
+            b"",
+            b"HTTP/1.1 4",
+        ] {
+            assert_eq!(render_bare_error_head(bytes), None, "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
+}

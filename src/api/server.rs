@@ -14,14 +14,18 @@
 //!   client by its /64), so one address cannot take the pool; refusals are
 //!   logged at most once per [`REFUSAL_LOG_INTERVAL`] with a count.
 //! - The request head is bounded: beyond `max_header_bytes` a JSON 431
-//!   (see [`super::error`]); beyond twice that hyper's own bare 431.
-//!   Every error the stack produces in the router (404, 405, 408, ...) is
-//!   rendered in the API's JSON shape by [`super::error::json_errors`].
+//!   (see [`super::error`]). Every error the stack produces in the router
+//!   (404, 405, 408, ...) is rendered in the API's JSON shape by
+//!   [`super::error::json_errors`]; the answers hyper writes by itself for
+//!   requests it cannot parse (400, 414, 431 beyond twice the limit) are
+//!   rewritten into the same shape on their way out ([`JsonErrorWrites`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -29,6 +33,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -260,15 +265,18 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection = builder
+                        .serve_connection(TokioIo::new(JsonErrorWrites::new(stream)), service);
                     let _ = watcher.watch(connection).await;
                 }
                 Some(acceptor) => {
                     // The handshake gets the same deadline as a request head.
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let connection =
-                                builder.serve_connection(TokioIo::new(stream), service);
+                            let connection = builder.serve_connection(
+                                TokioIo::new(JsonErrorWrites::new(stream)),
+                                service,
+                            );
                             let _ = watcher.watch(connection).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -282,6 +290,83 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A connection's stream that renders hyper's own bare error answers
+/// (written before any router runs) in the API's JSON shape; everything
+/// else passes through. Vectored writes are off so that hyper hands over a
+/// whole answer in one write.
+pub struct JsonErrorWrites<S> {
+    inner: S,
+    /// A rewritten answer being written: bytes, how many are out, and the
+    /// length of hyper's original to report once all are.
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl<S> JsonErrorWrites<S> {
+    pub fn new(inner: S) -> Self {
+        JsonErrorWrites {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for JsonErrorWrites<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrorWrites<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.pending.is_none() {
+            match super::error::render_bare_error_head(buf) {
+                Some(rendered) => this.pending = Some((rendered, 0, buf.len())),
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        let Some((rendered, written, original)) = this.pending.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while *written < rendered.len() {
+            match ready!(Pin::new(&mut this.inner).poll_write(cx, &rendered[*written..])) {
+                Ok(0) => {
+                    this.pending = None;
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(count) => *written += count,
+                Err(error) => {
+                    this.pending = None;
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+        let original = *original;
+        this.pending = None;
+        Poll::Ready(Ok(original))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
