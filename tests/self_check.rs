@@ -68,11 +68,20 @@ async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
     let node = "/turn/servers/checked";
     wait_for(Duration::from_secs(5), "the node", || reader.node(node)).await;
 
-    // Overwrite the database in place (same inode, so turnserver sees it).
+    // Overwrite the database in place (same inodes, so turnserver sees
+    // it). The agent keeps it in WAL mode, where recent pages are read from
+    // the -wal file, so that one is overwritten too.
     let db = agent.userdb();
-    let original = std::fs::read(&db).unwrap();
-    let garbage = vec![0x5a_u8; original.len()];
-    std::fs::write(&db, &garbage).unwrap();
+    let files = [
+        db.clone(),
+        std::path::PathBuf::from(format!("{}-wal", db.display())),
+    ];
+    let originals: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    for (file, original) in files.iter().zip(&originals) {
+        if let Some(original) = original {
+            std::fs::write(file, vec![0x5a_u8; original.len()]).unwrap();
+        }
+    }
     let corrupted = tokio::time::Instant::now();
     let body = wait_for(Duration::from_secs(5), "/readyz to say why", || async {
         match agent.get("/readyz").await? {
@@ -93,7 +102,11 @@ async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
     )
     .await;
 
-    std::fs::write(&db, &original).unwrap();
+    for (file, original) in files.iter().zip(&originals) {
+        if let Some(original) = original {
+            std::fs::write(file, original).unwrap();
+        }
+    }
     wait_for(Duration::from_secs(10), "the host to come back", || async {
         match agent.get("/readyz").await? {
             (200, _) => reader.node(node).await.map(|_| ()),
