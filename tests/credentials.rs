@@ -535,7 +535,7 @@ async fn an_expired_user_whose_delete_fails_is_retried_across_a_restart_until_it
         );
     std::fs::write(&files.config_path, text).unwrap();
     let mut agent = Agent::start_with(files, &options);
-    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_ready(Duration::from_secs(15)).await;
     let expired = agent.wait_credential(Duration::from_secs(5)).await;
     std::fs::write(&flag, "").unwrap();
 
@@ -573,7 +573,7 @@ async fn an_expired_user_whose_delete_fails_is_retried_across_a_restart_until_it
     let files = agent.take_files();
     drop(agent);
     let agent = Agent::start_with(files, &options);
-    agent.wait_ready(Duration::from_secs(5)).await;
+    agent.wait_ready(Duration::from_secs(15)).await;
     wait_for(
         Duration::from_secs(10),
         "the restarted agent to keep the undeleted user",
