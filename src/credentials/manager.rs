@@ -141,6 +141,9 @@ impl CredentialManager {
             if self.reconciled && retry_due && self.rotation_due() <= now {
                 let _ = self.rotate(now).await;
             }
+            // turnadmin calls above can take seconds on a busy host: an
+            // expired credential is judged by the time now, not at the top.
+            let now = unix_now().as_secs();
             self.delete_due(now).await;
             self.expire_current(now);
             self.publish_status();
