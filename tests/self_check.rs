@@ -70,11 +70,13 @@ async fn a_corrupt_user_database_withdraws_the_host_until_it_is_restored() {
 
     // Overwrite the database in place (same inodes, so turnserver sees
     // it). The agent keeps it in WAL mode, where recent pages are read from
-    // the -wal file, so that one is overwritten too.
+    // the -wal file through the -shm index, so those are overwritten too:
+    // with the index intact some reads still find good pages.
     let db = agent.userdb();
     let files = [
         db.clone(),
         std::path::PathBuf::from(format!("{}-wal", db.display())),
+        std::path::PathBuf::from(format!("{}-shm", db.display())),
     ];
     let originals: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
     for (file, original) in files.iter().zip(&originals) {
