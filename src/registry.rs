@@ -387,15 +387,7 @@ impl Registry {
                 owner = %format!("{:#x}", stat.ephemeral_owner),
                 "replacing the node left by an earlier session of this host"
             );
-            match client.delete(&self.node_path, Some(stat.version)).await {
-                Ok(()) | Err(zk::Error::NoNode) => {}
-                Err(error) => return Err(format!("cannot delete the stale node: {error}")),
-            }
-            let (stat, _) = client
-                .create(&self.node_path, &data, &options)
-                .await
-                .map_err(|error| format!("cannot create the node: {error}"))?;
-            return Ok(stat.version);
+            return self.replace(client, stat.version, &data, &options).await;
         }
         tracing::error!(
             owner = %format!("{:#x}", stat.ephemeral_owner),
@@ -406,6 +398,31 @@ impl Registry {
             "{} is owned by another live session ({:#x})",
             self.node_path, stat.ephemeral_owner
         ))
+    }
+
+    /// Replaces a stale node (at `version`) with ours in one multi
+    /// operation, version-checked delete then create, so no reader ever
+    /// sees the host missing in between.
+    async fn replace(
+        &mut self,
+        client: &zk::Client,
+        version: i32,
+        data: &[u8],
+        options: &zk::CreateOptions<'_>,
+    ) -> Result<i32, String> {
+        let mut writer = client.new_multi_writer();
+        writer
+            .add_delete(&self.node_path, Some(version))
+            .and_then(|()| writer.add_create(&self.node_path, data, options))
+            .map_err(|error| format!("cannot prepare the node's replacement: {error}"))?;
+        match writer.commit().await {
+            // A new node's data version is 0 (the returned stat can be
+            // invalid on some servers).
+            Ok(_) => Ok(0),
+            // The stale node changed or went in between: the next attempt
+            // looks again.
+            Err(error) => Err(format!("cannot replace the stale node: {error}")),
+        }
     }
 
     async fn withdraw(

@@ -489,3 +489,73 @@ async fn with_an_auth_file_only_the_agent_writes_and_anyone_reads() {
     );
     assert!(!agent.log().contains("s3cret"));
 }
+
+#[tokio::test]
+async fn a_stale_node_is_replaced_in_one_transaction_so_readers_never_see_it_missing() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let options = options(&zookeeper, "session_timeout = \"20s\"", "");
+    let mut agent = Agent::start(options_clone(&options));
+    let reader = Reader::connect(&zookeeper).await;
+    agent.wait_ready(Duration::from_secs(5)).await;
+    let (_, old) = wait_present(&reader, Duration::from_secs(2), "the node").await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(2)).await;
+
+    // Two independent readers: one reads the node the moment a watch says
+    // it changed (ZooKeeper delivers the event before any later state), the
+    // other polls it without pause. Neither may ever find it missing.
+    let watching = Reader::connect(&zookeeper).await;
+    let polling = Reader::connect(&zookeeper).await;
+    let mut watcher = watching
+        .client
+        .watch(&node(), zookeeper_client::AddWatchMode::Persistent)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poller = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut reads, mut missing) = (0u64, 0u64);
+            while !stop.is_cancelled() {
+                match polling.exists(&node()).await {
+                    Some(false) => missing += 1,
+                    Some(true) => {}
+                    None => continue,
+                }
+                reads += 1;
+            }
+            (reads, missing)
+        })
+    };
+
+    // The old session lives on for 20 s, so the new agent replaces its node.
+    let agent = Agent::start_with(agent.take_files(), &options);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen_missing_after_event = 0;
+    loop {
+        let event = tokio::time::timeout_at(deadline, watcher.changed())
+            .await
+            .expect("the node to be replaced within 10 s");
+        if event.event_type == zookeeper_client::EventType::Session {
+            continue;
+        }
+        if watching.exists(&node()).await == Some(false) {
+            seen_missing_after_event += 1;
+        }
+        if event.event_type == zookeeper_client::EventType::NodeCreated {
+            break;
+        }
+    }
+    // Let the poller run past the replacement.
+    let (_, new) = wait_present(&reader, Duration::from_secs(1), "the new node").await;
+    assert_ne!(new.ephemeral_owner, old.ephemeral_owner);
+    stop.cancel();
+    let (reads, missing) = poller.await.unwrap();
+    assert!(reads > 0);
+    assert_eq!(
+        (seen_missing_after_event, missing),
+        (0, 0),
+        "a reader saw the host missing while its node was replaced ({reads} polls)"
+    );
+    drop(agent);
+}
