@@ -78,6 +78,17 @@ pub fn validate_node_name(name: &str) -> Result<(), InvalidZookeeperSetting> {
     }
 }
 
+/// The connection timeout for a session over `servers` servers: the
+/// session timeout divided among them, as the Java client and Curator do,
+/// so that one frozen or dead server costs at most its share and the
+/// session survives on another. zookeeper-client 0.11 uses this one value
+/// as both the connect and the read timeout (no answer, pings included,
+/// for that long drops the connection); it has no separate read timeout.
+pub fn connection_timeout(session_timeout: Duration, servers: usize) -> Duration {
+    let servers = u32::try_from(servers.max(1)).unwrap_or(u32::MAX);
+    (session_timeout / servers).max(Duration::from_millis(10))
+}
+
 /// Opens a session to `hosts`, failing fast when no host answers so the
 /// caller can back off on its own schedule.
 pub async fn connect(
@@ -85,9 +96,13 @@ pub async fn connect(
     session_timeout: Duration,
     digest: Option<&str>,
 ) -> Result<zk::Client, zk::Error> {
+    let servers = hosts
+        .split(',')
+        .filter(|host| !host.trim().is_empty())
+        .count();
     let mut connector = zk::Client::connector()
         .with_session_timeout(session_timeout)
-        .with_connection_timeout(Duration::from_secs(1).min(session_timeout))
+        .with_connection_timeout(connection_timeout(session_timeout, servers))
         .with_fail_eagerly();
     if let Some(digest) = digest {
         connector = connector.with_auth("digest", digest.as_bytes());
@@ -124,6 +139,21 @@ mod tests {
         ] {
             assert!(parse_connect_string(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_session_timeout_is_shared_among_the_servers() {
+        let session = Duration::from_secs(2);
+        assert_eq!(connection_timeout(session, 1), session);
+        assert_eq!(
+            connection_timeout(session, 3),
+            Duration::from_nanos(666_666_666)
+        );
+        assert_eq!(connection_timeout(session, 0), session);
+        assert_eq!(
+            connection_timeout(Duration::from_millis(20), 1000),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ async fn a_freeze_shorter_than_the_session_timeout_does_not_blind_the_allocator(
     let writer = Reader::connect(&zookeeper).await;
     put(&writer, "a", &payload(100.0, 1)).await;
     let mut settings = AllocatorSettings::new(zookeeper.connect_string(), BASE);
-    settings.session_timeout = Duration::from_secs(5);
+    settings.session_timeout = Duration::from_secs(4);
     let allocator = Allocator::start(settings);
     assert!(allocator.wait_synced(Duration::from_secs(10)).await);
     assert_eq!(hosts(&allocator.snapshot()), vec![("a".to_string(), 100.0)]);
