@@ -259,6 +259,14 @@ impl Ensemble {
         })
     }
 
+    /// Starts a killed node again with its data (it rejoins the quorum).
+    pub fn revive(&mut self, index: usize) {
+        if self.children[index].is_none() {
+            let node_dir = self.dir.path().join(format!("node{}", index + 1));
+            self.children[index] = Some(spawn_java(&node_dir));
+        }
+    }
+
     pub fn freeze(&self, index: usize) {
         signal_child(
             self.children[index].as_ref(),
