@@ -144,6 +144,7 @@ async fn a_freeze_shorter_than_the_session_timeout_does_not_blind_the_allocator(
 struct SimulatedAgent {
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    status: tokio::sync::watch::Receiver<turn_agent::registry::RegistryStatus>,
 }
 
 impl SimulatedAgent {
@@ -180,7 +181,7 @@ impl SimulatedAgent {
             credentials,
             health,
         };
-        let (registry, _status) = Registry::new(config, readiness);
+        let (registry, status) = Registry::new(config, readiness);
         let registry = registry
             .expect("zookeeper.connect is set")
             .with_traffic_source(TrafficSource::Synthetic(Box::new(|| {
@@ -197,7 +198,11 @@ impl SimulatedAgent {
                 registry.run(stop).await
             }
         });
-        SimulatedAgent { stop, task }
+        SimulatedAgent { stop, task, status }
+    }
+
+    fn session(&self) -> Option<String> {
+        self.status.borrow().session.clone()
     }
 
     async fn stop(self) {
@@ -277,6 +282,59 @@ async fn an_ensemble_losing_its_leader_then_its_quorum_costs_no_pick_and_no_host
     })
     .await;
 
+    // The server most clients are on frozen for longer than the session
+    // timeout: the clients move to another server and keep their sessions.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let observer = tokio::spawn(observe(allocator.clone(), nodes.clone(), stop.clone()));
+    let sessions: Vec<_> = agents.iter().map(SimulatedAgent::session).collect();
+    let busiest = (0..3)
+        .max_by_key(|&index| alive_connections(ensemble.client_ports[index]))
+        .unwrap();
+    let role = if ensemble.leader() == Some(busiest) {
+        "leader"
+    } else {
+        "follower"
+    };
+    let clients = alive_connections(ensemble.client_ports[busiest]);
+    ensemble.freeze(busiest);
+    let frozen = Instant::now();
+    tokio::time::sleep_until(frozen + Duration::from_secs(3)).await;
+    ensemble.thaw(busiest);
+    let writer = Reader::connect_to(connect.clone()).await;
+    put(&writer, "freeze", &payload(1.0, 9)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the write after the freeze in the view",
+        || {
+            let seen = allocator
+                .snapshot()
+                .hosts
+                .iter()
+                .any(|host| host.node == "freeze");
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
+    stop.cancel();
+    let observed = observer.await.unwrap();
+    let kept: Vec<_> = agents.iter().map(SimulatedAgent::session).collect();
+    println!(
+        "{role} freeze ({clients} clients on it): {observed:?}, agent sessions kept: {}",
+        kept == sessions
+    );
+    assert_eq!(
+        kept, sessions,
+        "a 3 s freeze of one server must cost no agent session"
+    );
+    assert_eq!(observed.failed_picks, 0, "{observed:?}");
+    assert!(
+        observed
+            .longest_gap
+            .iter()
+            .all(|gap| *gap <= Duration::from_secs(1)),
+        "{observed:?}"
+    );
+
     // Leader killed (and brought back), then quorum lost for 5 s: longer
     // than the session timeout, so every client replaces its session at
     // the same time.
@@ -347,4 +405,16 @@ async fn an_ensemble_losing_its_leader_then_its_quorum_costs_no_pick_and_no_host
             "a host was missing from the view for longer than a publish interval: {observed:?}"
         );
     }
+}
+
+/// Connections a server holds, from its `mntr` answer.
+fn alive_connections(port: u16) -> u64 {
+    common::zookeeper::four_letter(port, "mntr")
+        .and_then(|answer| {
+            answer.lines().find_map(|line| {
+                line.strip_prefix("zk_num_alive_connections")
+                    .and_then(|count| count.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
 }
