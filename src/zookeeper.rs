@@ -78,15 +78,23 @@ pub fn validate_node_name(name: &str) -> Result<(), InvalidZookeeperSetting> {
     }
 }
 
+/// Upper bound on [`connection_timeout`]: a server that has not answered
+/// a new connection in a second is better retried (or another tried).
+pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+
 /// The connection timeout for a session over `servers` servers: the
 /// session timeout divided among them, as the Java client and Curator do,
 /// so that one frozen or dead server costs at most its share and the
-/// session survives on another. zookeeper-client 0.11 uses this one value
-/// as both the connect and the read timeout (no answer, pings included,
-/// for that long drops the connection); it has no separate read timeout.
+/// session survives on another; at most [`CONNECTION_TIMEOUT_MAX`], so a
+/// server still starting is retried soon. zookeeper-client 0.11 uses this
+/// one value as both the connect and the read timeout (no answer, pings
+/// included, for that long drops the connection); it has no separate read
+/// timeout.
 pub fn connection_timeout(session_timeout: Duration, servers: usize) -> Duration {
     let servers = u32::try_from(servers.max(1)).unwrap_or(u32::MAX);
-    (session_timeout / servers).max(Duration::from_millis(10))
+    (session_timeout / servers)
+        .min(CONNECTION_TIMEOUT_MAX)
+        .max(Duration::from_millis(10))
 }
 
 /// Opens a session to `hosts`, failing fast when no host answers so the
@@ -144,12 +152,16 @@ mod tests {
     #[test]
     fn the_session_timeout_is_shared_among_the_servers() {
         let session = Duration::from_secs(2);
-        assert_eq!(connection_timeout(session, 1), session);
+        assert_eq!(connection_timeout(session, 1), CONNECTION_TIMEOUT_MAX);
         assert_eq!(
             connection_timeout(session, 3),
             Duration::from_nanos(666_666_666)
         );
-        assert_eq!(connection_timeout(session, 0), session);
+        assert_eq!(connection_timeout(session, 0), CONNECTION_TIMEOUT_MAX);
+        assert_eq!(
+            connection_timeout(Duration::from_millis(1500), 3),
+            Duration::from_millis(500)
+        );
         assert_eq!(
             connection_timeout(Duration::from_millis(20), 1000),
             Duration::from_millis(10)
