@@ -4,10 +4,18 @@
 //! `freeTraffic` and `restAddr` are what existing signalling servers read;
 //! everything else is additive. Readers ignore fields they do not know, so
 //! newer agents can add fields without breaking older allocators.
+//!
+//! Anyone who can write a znode controls its payload (ZooKeeper requires no
+//! ACL by default), so the reader treats it as hostile:
+//! [`HostPayload::decode`] refuses a payload over [`PayloadLimits`] before
+//! it is kept, and [`LogBudget`] bounds how often such refusals are logged.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::log_safe::LogSafe;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,33 +46,170 @@ pub struct HostPayload {
     pub restarts: u64,
 }
 
+/// How much of the fleet's data a reader keeps: a payload, or a host, over
+/// a cap is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// Bytes of one znode's data, checked before it is parsed.
+    pub max_payload_bytes: usize,
+    /// Characters of any one string field (and of each list item).
+    pub max_string_chars: usize,
+    /// Items of any one list field.
+    pub max_list_items: usize,
+    /// Hosts in a view; nodes past this count are skipped.
+    pub max_hosts: usize,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        PayloadLimits {
+            max_payload_bytes: 16 * 1024,
+            max_string_chars: 256,
+            max_list_items: 32,
+            max_hosts: 100_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
+    #[error("payload of {bytes} bytes is over the cap of {max}")]
+    TooLarge { bytes: usize, max: usize },
     #[error("payload is not the expected JSON: {0}")]
     Json(String),
     #[error("freeTraffic must be a finite, non-negative number")]
     BadFreeTraffic,
-    #[error("restAddr `{0}` is not an ip:port address")]
+    #[error("restAddr `{}` is not a unicast ip:port address", LogSafe::new(.0))]
     BadRestAddr(String),
+    #[error("{field} is longer than {max} characters")]
+    StringTooLong { field: &'static str, max: usize },
+    #[error("{field} has more than {max} items")]
+    ListTooLong { field: &'static str, max: usize },
 }
 
 impl HostPayload {
-    /// Parses and checks a payload read from ZooKeeper.
+    /// Parses and checks a payload read from ZooKeeper with the default
+    /// [`PayloadLimits`].
     pub fn parse(bytes: &[u8]) -> Result<HostPayload, PayloadError> {
-        let payload: HostPayload =
-            serde_json::from_slice(bytes).map_err(|error| PayloadError::Json(error.to_string()))?;
-        if !payload.free_traffic.is_finite() || payload.free_traffic < 0.0 {
+        HostPayload::decode(bytes, &PayloadLimits::default())
+    }
+
+    /// Parses and checks a payload read from ZooKeeper: the size is checked
+    /// before parsing, then every string and list against `limits`, and
+    /// `restAddr` must be a unicast `ip:port` (no host name, no URL).
+    pub fn decode(bytes: &[u8], limits: &PayloadLimits) -> Result<HostPayload, PayloadError> {
+        if bytes.len() > limits.max_payload_bytes {
+            return Err(PayloadError::TooLarge {
+                bytes: bytes.len(),
+                max: limits.max_payload_bytes,
+            });
+        }
+        let payload: HostPayload = serde_json::from_slice(bytes).map_err(|error| {
+            // serde_json's message can quote the input: keep only where and what kind.
+            PayloadError::Json(format!(
+                "{:?} error at line {} column {}",
+                error.classify(),
+                error.line(),
+                error.column()
+            ))
+        })?;
+        payload.check(limits)?;
+        Ok(payload)
+    }
+
+    fn check(&self, limits: &PayloadLimits) -> Result<(), PayloadError> {
+        let string = |field: &'static str, value: &str| {
+            if value.chars().count() > limits.max_string_chars {
+                Err(PayloadError::StringTooLong {
+                    field,
+                    max: limits.max_string_chars,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let list = |field: &'static str, values: &[String]| {
+            if values.len() > limits.max_list_items {
+                return Err(PayloadError::ListTooLong {
+                    field,
+                    max: limits.max_list_items,
+                });
+            }
+            values.iter().try_for_each(|value| string(field, value))
+        };
+        string("restAddr", &self.rest_addr)?;
+        string("realm", &self.realm)?;
+        string("region", &self.region)?;
+        string("updatedAt", &self.updated_at)?;
+        string("version", &self.version)?;
+        list("turnUris", &self.turn_uris)?;
+        list("isp", &self.isp)?;
+        if !self.free_traffic.is_finite() || self.free_traffic < 0.0 {
             return Err(PayloadError::BadFreeTraffic);
         }
-        if payload.rest_addr.parse::<SocketAddr>().is_err() {
-            return Err(PayloadError::BadRestAddr(payload.rest_addr));
+        if self.rest_socket_addr().is_none() {
+            return Err(PayloadError::BadRestAddr(self.rest_addr.clone()));
         }
-        Ok(payload)
+        Ok(())
+    }
+
+    /// `restAddr` as an address to connect to: a unicast IP and a port
+    /// other than 0, or `None`.
+    pub fn rest_socket_addr(&self) -> Option<SocketAddr> {
+        let addr: SocketAddr = self.rest_addr.parse().ok()?;
+        let ip = addr.ip().to_canonical();
+        let unicast = !ip.is_unspecified()
+            && !ip.is_multicast()
+            && ip != std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+        (unicast && addr.port() != 0).then_some(SocketAddr::new(ip, addr.port()))
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain strings and numbers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// At most `per_window` log lines per `window` for one kind of repeated
+/// warning (a skipped record, a failed host), so hostile data re-read on
+/// every re-list or request cannot flood the log. Time is a parameter.
+#[derive(Debug)]
+pub struct LogBudget {
+    per_window: u32,
+    window: Duration,
+    window_start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    pub const fn new(per_window: u32, window: Duration) -> LogBudget {
+        LogBudget {
+            per_window,
+            window,
+            window_start: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when a line may be logged at `now`, `n` being the lines
+    /// suppressed since the last one logged; `None` to stay quiet.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        let expired = self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= self.window);
+        if expired {
+            self.window_start = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.per_window {
+            self.used += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
     }
 }
 
@@ -129,6 +274,135 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    fn limits() -> PayloadLimits {
+        PayloadLimits {
+            max_payload_bytes: 200,
+            max_string_chars: 12,
+            max_list_items: 2,
+            max_hosts: 10,
+        }
+    }
+
+    #[test]
+    fn payloads_over_a_cap_are_refused_by_kind() {
+        let limits = limits();
+        let ok = br#"{"freeTraffic":1,"restAddr":"10.0.0.1:80","isp":["a","b"]}"#;
+        assert!(HostPayload::decode(ok, &limits).is_ok());
+        let table: &[(&[u8], PayloadError)] = &[
+            (
+                &[b' '; 201],
+                PayloadError::TooLarge {
+                    bytes: 201,
+                    max: 200,
+                },
+            ),
+            (
+                br#"{"freeTraffic":1,"restAddr":"10.0.0.1:80","region":"1234567890123"}"#,
+                PayloadError::StringTooLong {
+                    field: "region",
+                    max: 12,
+                },
+            ),
+            (
+                br#"{"freeTraffic":1,"restAddr":"10.0.0.1:80","isp":["a","b","c"]}"#,
+                PayloadError::ListTooLong {
+                    field: "isp",
+                    max: 2,
+                },
+            ),
+            (
+                br#"{"freeTraffic":1,"restAddr":"10.0.0.1:80","turnUris":["turn:123456789"]}"#,
+                PayloadError::StringTooLong {
+                    field: "turnUris",
+                    max: 12,
+                },
+            ),
+        ];
+        for (bytes, expected) in table {
+            assert_eq!(
+                HostPayload::decode(bytes, &limits).unwrap_err(),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn rest_addr_must_be_a_unicast_ip_and_port() {
+        for bad in [
+            "0.0.0.0:80",
+            "[::]:80",
+            "10.0.0.1:0",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+            "turn.example.org:80",
+            "http://10.0.0.1:80/",
+            "10.0.0.1:80/admin",
+        ] {
+            let json = format!(r#"{{"freeTraffic":1,"restAddr":"{bad}"}}"#);
+            assert!(
+                matches!(
+                    HostPayload::parse(json.as_bytes()),
+                    Err(PayloadError::BadRestAddr(_))
+                ),
+                "{bad}"
+            );
+        }
+        let mapped =
+            HostPayload::parse(br#"{"freeTraffic":1,"restAddr":"[::ffff:10.0.0.1]:80"}"#).unwrap();
+        assert_eq!(
+            mapped.rest_socket_addr(),
+            Some("10.0.0.1:80".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn errors_never_echo_a_long_or_hostile_value() {
+        let hostile = format!(r"\u001b[31m{}", "x".repeat(10_000));
+        let json = format!(r#"{{"freeTraffic":1,"restAddr":"{hostile}"}}"#);
+        let limits = PayloadLimits {
+            max_payload_bytes: 1 << 20,
+            max_string_chars: 1 << 20,
+            ..PayloadLimits::default()
+        };
+        let shown = HostPayload::decode(json.as_bytes(), &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(shown.len() < 400, "{shown}");
+        assert!(!shown.contains('\x1b'), "{shown}");
+        let shown = HostPayload::parse(br#"{"freeTraffic":"\u001b[2J secret"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn log_budget_allows_a_burst_per_window_and_counts_the_rest() {
+        let start = Instant::now();
+        let mut budget = LogBudget::new(2, Duration::from_secs(60));
+        assert_eq!(budget.admit(start), Some(0));
+        assert_eq!(budget.admit(start), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(budget.admit(start + Duration::from_secs(1)), None);
+        }
+        assert_eq!(budget.admit(start + Duration::from_secs(60)), Some(1000));
+        assert_eq!(budget.admit(start + Duration::from_secs(61)), Some(0));
+        assert_eq!(budget.admit(start + Duration::from_secs(62)), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics_and_respects_the_caps(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let limits = limits();
+            if let Ok(payload) = HostPayload::decode(&bytes, &limits) {
+                proptest::prop_assert!(bytes.len() <= limits.max_payload_bytes);
+                proptest::prop_assert!(payload.isp.len() <= limits.max_list_items);
+                proptest::prop_assert!(payload.rest_socket_addr().is_some());
+            }
         }
     }
 

@@ -123,7 +123,10 @@ mod tests {
                     node: "turn-2".into(),
                     payload: payload(0.5),
                 },
-            ],
+            ]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
             synced_at: Some(tokio::time::Instant::now()),
             disconnected_since: None,
             confirmed_at: None,

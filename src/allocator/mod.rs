@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use strategy::{Preference, Strategy};
 
-use crate::znode::HostPayload;
+use crate::znode::{HostPayload, PayloadLimits};
 use strategy::Selector;
 
 /// One TURN host as published.
@@ -61,6 +61,8 @@ pub struct AllocatorSettings {
     pub min_free_mbps: f64,
     /// How long a view may go without ZooKeeper before picks fail.
     pub max_staleness: Duration,
+    /// Caps on host records and their count; records over a cap are skipped.
+    pub limits: PayloadLimits,
 }
 
 impl AllocatorSettings {
@@ -73,6 +75,7 @@ impl AllocatorSettings {
             strategy: Strategy::RoundRobin,
             min_free_mbps: 1.0,
             max_staleness: Duration::from_secs(60),
+            limits: PayloadLimits::default(),
         }
     }
 }
@@ -90,9 +93,9 @@ pub enum AllocError {
 /// The view the watcher publishes.
 #[derive(Debug, Clone)]
 pub struct View {
-    /// Sorted by node name.
-    pub hosts: Vec<Host>,
-    /// When the last full listing arrived; `None` until the first one.
+    /// Sorted by node name; shared, so an update copies pointers, not hosts.
+    pub hosts: Vec<Arc<Host>>,
+    /// `None` until the first full listing.
     pub synced_at: Option<Instant>,
     /// Set from a disconnection (or a failed listing) until the watch is
     /// re-armed and the hosts re-listed: how long the view has not been
@@ -181,7 +184,7 @@ impl Allocator {
                 preference,
                 self.settings.min_free_mbps,
             )
-            .map(|index| view.hosts[index].clone())
+            .map(|index| Host::clone(&view.hosts[index]))
             .ok_or(AllocError::NoHost {
                 min_free_mbps: self.settings.min_free_mbps,
             })

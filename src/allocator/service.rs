@@ -1,13 +1,26 @@
 //! The allocator's HTTP front and one-shot CLI, for signalling servers not
 //! written in Rust: `turn-agent allocator --config FILE` and
 //! `turn-agent allocate --zookeeper CONNECT --path P`.
+//!
+//! Host records and the hosts' answers are hostile input: anyone who can
+//! write a znode chooses a host's `restAddr`. `/ice` therefore calls only a
+//! unicast `ip:port` that is not this service ([`rest_target`]), never
+//! follows a redirect, reads at most [`ice_answer::MAX_BODY_BYTES`] within
+//! `ice_timeout`, and hands back only the typed RTCConfiguration fields
+//! ([`ice_answer`]). Its own requests carry [`rest_target::HOP_HEADER`],
+//! and a request carrying it is refused, so no chain of allocators loops.
 
-use std::net::SocketAddr;
+pub mod ice_answer;
+pub mod rest_target;
+
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,9 +35,15 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use super::strategy::Selector;
 use super::{AllocError, Allocator, AllocatorSettings, Host, Preference, Strategy};
+use crate::access::AccessPolicy;
 use crate::api::ApiError;
 use crate::config::{parse_duration, AccessConfig, ConfigError, ConfigProblem, RawAccess};
+use crate::log_safe::LogSafe;
+use crate::znode::{LogBudget, PayloadLimits};
+use ice_answer::{IceAnswer, IceAnswerError, MAX_BODY_BYTES};
+use rest_target::{TargetError, HOP_HEADER};
 
 /// `[allocator]` of the allocator service's file.
 #[derive(Debug, Clone)]
@@ -61,6 +80,10 @@ struct RawService {
     ice_attempts: i64,
     ice_timeout: String,
     log_level: String,
+    max_payload_bytes: i64,
+    max_string_chars: i64,
+    max_list_items: i64,
+    max_hosts: i64,
 }
 
 impl Default for RawService {
@@ -77,6 +100,10 @@ impl Default for RawService {
             ice_attempts: 3,
             ice_timeout: "2s".into(),
             log_level: "info".into(),
+            max_payload_bytes: PayloadLimits::default().max_payload_bytes as i64,
+            max_string_chars: PayloadLimits::default().max_string_chars as i64,
+            max_list_items: PayloadLimits::default().max_list_items as i64,
+            max_hosts: PayloadLimits::default().max_hosts as i64,
         }
     }
 }
@@ -156,6 +183,24 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
             "must be between 1 and 100".into(),
         ));
     }
+    let mut cap = |key: &str, value: i64, max: i64| match usize::try_from(value) {
+        Ok(value) if value >= 1 && value as i64 <= max => value,
+        _ => {
+            problems.push(problem(key, format!("must be between 1 and {max}")));
+            1
+        }
+    };
+    let limits = PayloadLimits {
+        // ZooKeeper's own cap on a node's data is 1 MiB (jute.maxbuffer).
+        max_payload_bytes: cap(
+            "allocator.max_payload_bytes",
+            raw.max_payload_bytes,
+            1 << 20,
+        ),
+        max_string_chars: cap("allocator.max_string_chars", raw.max_string_chars, 1 << 16),
+        max_list_items: cap("allocator.max_list_items", raw.max_list_items, 1 << 12),
+        max_hosts: cap("allocator.max_hosts", raw.max_hosts, 10_000_000),
+    };
     let digest = match &raw.auth_file {
         Some(file) => match std::fs::read_to_string(file) {
             Ok(text) => Some(text.trim().to_string()),
@@ -183,6 +228,7 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
             strategy,
             min_free_mbps: raw.min_free_mbps,
             max_staleness,
+            limits,
         },
         ice_attempts,
         ice_timeout,
@@ -190,13 +236,87 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
     })
 }
 
+/// How `/ice` reaches the hosts.
+#[derive(Debug, Clone)]
+pub struct IceFetch {
+    /// Hosts tried before giving up, never the same one twice.
+    pub attempts: usize,
+    /// Deadline for one host's whole answer.
+    pub timeout: Duration,
+    /// The service's bound address: a host listed there is the service.
+    pub listener: SocketAddr,
+    /// The service's access policy, for the caller's address behind
+    /// trusted proxies, which `/ice` forwards in `X-Forwarded-For`.
+    pub policy: AccessPolicy,
+}
+
 #[derive(Clone)]
 struct ServiceState {
     allocator: Arc<Allocator>,
     http: reqwest::Client,
-    ice_attempts: usize,
+    ice: Arc<IceFetch>,
+    /// Picks among the hosts not yet tried by one `/ice` call.
+    retry_selector: Arc<Selector>,
     picks: Family<PickLabels, Counter>,
+    fetches: Family<FetchLabels, Counter>,
     metrics: Arc<prometheus_client::registry::Registry>,
+}
+
+/// `/ice` fetches from hosts by outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    outcome: &'static str,
+}
+
+/// Why a host's `/ice` was not handed out. Nothing of the host's answer is
+/// kept: only its status code and our own description.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("answered {0}; redirects are not followed")]
+    Redirect(reqwest::StatusCode),
+    #[error("answered {0}: busy")]
+    Busy(reqwest::StatusCode),
+    #[error("answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("answered more than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Answer(#[from] IceAnswerError),
+    #[error("no complete answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot fetch: {0}")]
+    Transport(reqwest::Error),
+}
+
+impl FetchError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            FetchError::Target(TargetError::OwnListener) => "own_listener",
+            FetchError::Target(TargetError::NotUnicast) => "bad_target",
+            FetchError::Redirect(_) => "redirect",
+            FetchError::Busy(_) => "busy",
+            FetchError::Status(_) => "status",
+            FetchError::TooLarge => "too_large",
+            FetchError::Answer(_) => "bad_answer",
+            FetchError::Timeout(_) => "timeout",
+            FetchError::Transport(_) => "unreachable",
+        }
+    }
+}
+
+/// Warnings about hosts that failed an `/ice` fetch: callers drive them,
+/// so they are rate-limited.
+static FETCH_WARNINGS: Mutex<LogBudget> = Mutex::new(LogBudget::new(10, Duration::from_secs(10)));
+/// Warnings about refused hop requests.
+static HOP_WARNINGS: Mutex<LogBudget> = Mutex::new(LogBudget::new(1, Duration::from_secs(10)));
+
+fn admit(budget: &Mutex<LogBudget>) -> Option<u64> {
+    budget
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .admit(std::time::Instant::now())
 }
 
 /// Picks by endpoint and outcome.
@@ -220,6 +340,100 @@ impl ServiceState {
             .get_or_create(&PickLabels { endpoint, outcome })
             .inc();
         result.map_err(|error| ApiError::Unavailable(error.to_string()))
+    }
+
+    /// Picks among the hosts this call has not tried yet (`None` when none
+    /// is left), with the configured strategy.
+    fn pick_untried(&self, preference: &Preference, tried: &[String]) -> Option<Host> {
+        let view = self.allocator.snapshot();
+        let untried: Vec<_> = view
+            .hosts
+            .iter()
+            .filter(|host| !tried.contains(&host.node))
+            .cloned()
+            .collect();
+        let settings = self.allocator.settings();
+        let picked = self
+            .retry_selector
+            .select(
+                settings.strategy,
+                &untried,
+                preference,
+                settings.min_free_mbps,
+            )
+            .map(|index| Host::clone(&untried[index]));
+        let outcome = if picked.is_some() { "ok" } else { "no_host" };
+        self.picks
+            .get_or_create(&PickLabels {
+                endpoint: "ice",
+                outcome,
+            })
+            .inc();
+        picked
+    }
+
+    /// One host's `/ice`, as typed fields, within the deadline.
+    async fn fetch_ice(
+        &self,
+        host: &Host,
+        username: Option<&str>,
+        client: IpAddr,
+    ) -> Result<IceAnswer, FetchError> {
+        let target = host
+            .payload
+            .rest_socket_addr()
+            .ok_or(TargetError::NotUnicast)?;
+        let target = rest_target::check(target, self.ice.listener, rest_target::is_local_address)?;
+        let mut url = format!("http://{target}/ice");
+        if let Some(user) = username {
+            url.push_str("?username=");
+            url.push_str(user);
+        }
+        let fetch = async {
+            let mut response = self
+                .http
+                .get(&url)
+                .header(HOP_HEADER, "1")
+                .header("x-forwarded-for", client.to_string())
+                .send()
+                .await
+                .map_err(|error| FetchError::Transport(error.without_url()))?;
+            let status = response.status();
+            if status.is_redirection() {
+                return Err(FetchError::Redirect(status));
+            }
+            if matches!(
+                status,
+                reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                return Err(FetchError::Busy(status));
+            }
+            if !status.is_success() {
+                return Err(FetchError::Status(status));
+            }
+            if response
+                .content_length()
+                .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+            {
+                return Err(FetchError::TooLarge);
+            }
+            // Read incrementally; stop at the cap instead of buffering it all.
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|error| FetchError::Transport(error.without_url()))?
+            {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(FetchError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(IceAnswer::parse(&body)?)
+        };
+        tokio::time::timeout(self.ice.timeout, fetch)
+            .await
+            .map_err(|_| FetchError::Timeout(self.ice.timeout))?
     }
 }
 
@@ -246,23 +460,36 @@ impl Collector for ViewCollector {
 }
 
 /// The allocator's routes behind the same access guard as the agent's:
-/// `/allocate` and `/ice` need `ice`, `/hosts` needs `status`.
+/// `/allocate` and `/ice` need `ice`, `/hosts` needs `status`. In front of
+/// the guard, a request carrying the hop header is refused.
 pub fn router(
     allocator: Arc<Allocator>,
-    ice_attempts: usize,
-    ice_timeout: Duration,
+    ice_fetch: IceFetch,
     guard: crate::api::guard::Guard,
 ) -> Router {
     let http = reqwest::Client::builder()
-        .timeout(ice_timeout)
+        .timeout(ice_fetch.timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
     let picks = Family::<PickLabels, Counter>::default();
+    let fetches = Family::<FetchLabels, Counter>::default();
+    let loops_refused = Counter::default();
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register(
         "turn_allocator_picks",
         "picks by endpoint and outcome",
         picks.clone(),
+    );
+    metrics.register(
+        "turn_allocator_ice_fetches",
+        "/ice fetches from hosts by outcome",
+        fetches.clone(),
+    );
+    metrics.register(
+        "turn_allocator_hop_requests_refused",
+        "requests refused because they came from an allocator",
+        loops_refused.clone(),
     );
     metrics.register_collector(Box::new(ViewCollector(allocator.clone())));
     Router::new()
@@ -278,14 +505,42 @@ pub fn router(
         .with_state(ServiceState {
             allocator,
             http,
-            ice_attempts,
+            ice: Arc::new(ice_fetch),
+            retry_selector: Arc::new(Selector::default()),
             picks,
+            fetches,
             metrics: Arc::new(metrics),
         })
         .layer(axum::middleware::from_fn_with_state(
             guard,
             crate::api::guard::guard,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            loops_refused,
+            refuse_hops,
+        ))
+}
+
+/// An allocator never serves another allocator (nor itself): that is how
+/// a `restAddr` pointing at an allocator ends after one request.
+async fn refuse_hops(
+    State(refused): State<Counter>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !request.headers().contains_key(HOP_HEADER) {
+        return Ok(next.run(request).await);
+    }
+    refused.inc();
+    if let Some(suppressed) = admit(&HOP_WARNINGS) {
+        tracing::warn!(
+            suppressed,
+            "refused a request from an allocator: some host's restAddr points at an allocator"
+        );
+    }
+    Err(ApiError::Forbidden(
+        "this is an allocator: requests from an allocator are refused".into(),
+    ))
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -295,12 +550,17 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "allocator listening");
     let allocator = Arc::new(Allocator::start(config.settings.clone()));
     let stop = CancellationToken::new();
+    let ice = IceFetch {
+        attempts: config.ice_attempts,
+        timeout: config.ice_timeout,
+        listener: listener.local_addr()?,
+        policy: config.access.policy.clone(),
+    };
     let server = tokio::spawn(crate::api::serve(
         listener,
         router(
             allocator,
-            config.ice_attempts,
-            config.ice_timeout,
+            ice,
             crate::api::guard::Guard::new(&config.access),
         ),
         crate::api::ServerLimits::default(),
@@ -376,44 +636,56 @@ async fn allocate(
     Ok(Json(Allocated::from(&host)).into_response())
 }
 
-/// Picks a host and returns its `/ice`, trying the next host when one
-/// does not answer.
+/// Picks a host and returns its `/ice`, trying the next untried host when
+/// one does not answer, is busy (429/503) or answers something else.
 async fn ice(
     State(state): State<ServiceState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     raw: Result<Query<PickQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(request) = raw?;
     let preference = request.preference();
+    let username = request
+        .username
+        .as_deref()
+        .filter(|user| crate::credentials::rest_api::is_safe_user(user));
+    let client = state
+        .ice
+        .policy
+        .client_address(peer.ip(), &crate::api::guard::forwarded_for_lines(&headers));
+    let mut tried: Vec<String> = Vec::new();
     let mut failures = Vec::new();
-    for _ in 0..state.ice_attempts {
-        let host = state.pick("ice", &preference)?;
-        let mut url = format!("http://{}/ice", host.payload.rest_addr);
-        if let Some(user) = request
-            .username
-            .as_deref()
-            .filter(|u| crate::credentials::rest_api::is_safe_user(u))
-        {
-            url.push_str("?username=");
-            url.push_str(user);
-        }
-        match state.http.get(&url).send().await {
-            Ok(response) if response.status().is_success() => {
-                match response.json::<serde_json::Value>().await {
-                    Ok(body) => {
-                        let mut response = Json(body).into_response();
-                        response.headers_mut().insert(
-                            axum::http::header::CACHE_CONTROL,
-                            axum::http::HeaderValue::from_static("no-store"),
-                        );
-                        return Ok(response);
-                    }
-                    Err(error) => failures.push(format!("{}: {error}", host.node)),
-                }
+    for attempt in 0..state.ice.attempts {
+        let host = if attempt == 0 {
+            state.pick("ice", &preference)?
+        } else {
+            match state.pick_untried(&preference, &tried) {
+                Some(host) => host,
+                None => break,
             }
-            Ok(response) => failures.push(format!("{}: {}", host.node, response.status())),
-            Err(error) => failures.push(format!("{}: {error}", host.node)),
+        };
+        let result = state.fetch_ice(&host, username, client).await;
+        let outcome = result.as_ref().map_or_else(FetchError::outcome, |_| "ok");
+        state.fetches.get_or_create(&FetchLabels { outcome }).inc();
+        match result {
+            Ok(answer) => {
+                let mut response = Json(answer).into_response();
+                response.headers_mut().insert(
+                    axum::http::header::CACHE_CONTROL,
+                    axum::http::HeaderValue::from_static("no-store"),
+                );
+                return Ok(response);
+            }
+            Err(error) => {
+                let node = LogSafe::new(&host.node).truncated_at(64);
+                if let Some(suppressed) = admit(&FETCH_WARNINGS) {
+                    tracing::warn!(%node, %error, suppressed, "host did not hand out ICE servers; trying the next");
+                }
+                failures.push(format!("{node}: {error}"));
+                tried.push(host.node);
+            }
         }
-        tracing::warn!(node = %host.node, "host did not hand out ICE servers; trying the next");
     }
     Err(ApiError::Unavailable(format!(
         "no host answered /ice: {}",

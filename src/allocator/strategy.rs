@@ -1,6 +1,8 @@
 //! Which host to hand out: eligibility, ISP/region preference and the
-//! selection strategies, as pure functions over a view.
+//! selection strategies, as pure functions over a view. They take the
+//! view's hosts as they are shared (`&[Arc<Host>]`) or plain (`&[Host]`).
 
+use std::borrow::Borrow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -58,8 +60,8 @@ pub fn eligible(host: &Host, preference: &Preference, min_free_mbps: f64) -> boo
 
 /// Eligible hosts narrowed to the preferred region when any is there;
 /// otherwise every eligible host. Yields indexes into `hosts`.
-pub fn candidates<'a>(
-    hosts: &'a [Host],
+pub fn candidates<'a, H: Borrow<Host>>(
+    hosts: &'a [H],
     preference: &'a Preference,
     min_free_mbps: f64,
 ) -> impl Iterator<Item = usize> + Clone + 'a {
@@ -71,8 +73,10 @@ pub fn candidates<'a>(
     };
     let any_in_region = hosts
         .iter()
+        .map(Borrow::borrow)
         .any(|host| in_region(host) && eligible(host, preference, min_free_mbps));
     hosts.iter().enumerate().filter_map(move |(index, host)| {
+        let host: &Host = host.borrow();
         let ok = eligible(host, preference, min_free_mbps) && (!any_in_region || in_region(host));
         ok.then_some(index)
     })
@@ -88,10 +92,10 @@ pub struct Selector {
 
 impl Selector {
     /// Picks an index into `hosts`, or `None` when no host qualifies.
-    pub fn select(
+    pub fn select<H: Borrow<Host>>(
         &self,
         strategy: Strategy,
-        hosts: &[Host],
+        hosts: &[H],
         preference: &Preference,
         min_free_mbps: f64,
     ) -> Option<usize> {
@@ -107,12 +111,12 @@ impl Selector {
             }
             Strategy::Random => candidates.clone().nth(rand::random_range(0..count)),
             Strategy::MostFree => candidates.clone().max_by(|&a, &b| {
-                hosts[a]
-                    .payload
+                let (a, b): (&Host, &Host) = (hosts[a].borrow(), hosts[b].borrow());
+                a.payload
                     .free_traffic
-                    .total_cmp(&hosts[b].payload.free_traffic)
+                    .total_cmp(&b.payload.free_traffic)
                     // Ties go to the first host by name, for stable answers.
-                    .then_with(|| hosts[b].node.cmp(&hosts[a].node))
+                    .then_with(|| b.node.cmp(&a.node))
             }),
             Strategy::Weighted => self.weighted(hosts, candidates),
         }
@@ -120,20 +124,20 @@ impl Selector {
 
     /// nginx's smooth weighted round-robin: every candidate gains its
     /// weight, the richest is picked and pays the total.
-    fn weighted(
+    fn weighted<H: Borrow<Host>>(
         &self,
-        hosts: &[Host],
+        hosts: &[H],
         candidates: impl Iterator<Item = usize> + Clone,
     ) -> Option<usize> {
         let mut weights = self
             .weights
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        weights.retain(|(node, _)| hosts.iter().any(|host| &host.node == node));
+        weights.retain(|(node, _)| hosts.iter().any(|host| &host.borrow().node == node));
         let mut total = 0.0;
         let mut best: Option<(usize, f64)> = None;
         for index in candidates.clone() {
-            let host = &hosts[index];
+            let host: &Host = hosts[index].borrow();
             let weight = host.payload.free_traffic.max(0.0);
             total += weight;
             let slot = match weights.iter().position(|(node, _)| node == &host.node) {
@@ -157,7 +161,7 @@ impl Selector {
         }
         if let Some(slot) = weights
             .iter()
-            .position(|(node, _)| node == &hosts[index].node)
+            .position(|(node, _)| node == &hosts[index].borrow().node)
         {
             weights[slot].1 -= total;
         }

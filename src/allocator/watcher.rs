@@ -10,7 +10,7 @@
 //! confirmed only by what the server answered on a connection whose watch
 //! this code armed: a listing, a watch event or a periodic probe.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,10 @@ use zookeeper_client as zk;
 use super::{AllocatorSettings, Host, View};
 use crate::backoff::ExponentialBackoff;
 use crate::log_safe::LogSafe;
-use crate::znode::HostPayload;
+use crate::znode::{HostPayload, LogBudget, PayloadLimits};
+
+/// Skipped records are re-read on every re-list: warn about a few per minute.
+static SKIP_WARNINGS: Mutex<LogBudget> = Mutex::new(LogBudget::new(20, Duration::from_secs(60)));
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
@@ -82,7 +85,16 @@ pub(super) async fn run(
             }
         };
         backoff.reset();
-        if let Err(error) = watch_session(&client, &base, &view, probe_interval, &stop).await {
+        if let Err(error) = watch_session(
+            &client,
+            &base,
+            &view,
+            probe_interval,
+            &settings.limits,
+            &stop,
+        )
+        .await
+        {
             tracing::warn!(%error, "allocator session ended; opening a new one");
             mark_disconnected(&view);
         }
@@ -105,12 +117,13 @@ async fn watch_session(
     base: &str,
     view: &ArcSwap<View>,
     probe_interval: Duration,
+    limits: &PayloadLimits,
     stop: &CancellationToken,
 ) -> Result<(), SessionEnded> {
     let mut watcher = arm(client, base).await?;
     // `None` while the view is live; otherwise when to try re-arming (or
     // re-listing) next.
-    let mut rearm_at = relist_or_retry(client, base, view).await;
+    let mut rearm_at = relist_or_retry(client, base, view, limits).await;
     let mut probe = tokio::time::interval(probe_interval);
     probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -125,7 +138,7 @@ async fn watch_session(
             event = watcher.changed() => event,
             _ = rearm_due => {
                 if is_connected(client.state()) {
-                    rearm_at = rearm(client, base, view, &mut watcher).await?;
+                    rearm_at = rearm(client, base, view, &mut watcher, limits).await?;
                 } else {
                     // The next SyncConnected re-arms.
                     rearm_at = None;
@@ -148,19 +161,24 @@ async fn watch_session(
             zk::EventType::Session => match event.session_state {
                 zk::SessionState::Disconnected => mark_disconnected(view),
                 state if is_connected(state) => {
-                    rearm_at = rearm(client, base, view, &mut watcher).await?;
+                    rearm_at = rearm(client, base, view, &mut watcher, limits).await?;
                 }
                 terminal => return Err(SessionEnded::Terminal(terminal)),
             },
             zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
                 if let Some(node) = direct_child(base, &event.path) {
                     match client.get_data(&event.path).await {
-                        Ok((data, _)) => update(view, node, decode_host(node, &data)),
-                        Err(zk::Error::NoNode) => update(view, node, None),
+                        Ok((data, _)) => update(
+                            view,
+                            node,
+                            decode_host(node, &data, limits),
+                            limits.max_hosts,
+                        ),
+                        Err(zk::Error::NoNode) => update(view, node, None, limits.max_hosts),
                         Err(error) => {
                             tracing::warn!(%error, node = %LogSafe::new(node), "cannot read a host; re-listing");
                             if rearm_at.is_none() {
-                                rearm_at = relist_or_retry(client, base, view).await;
+                                rearm_at = relist_or_retry(client, base, view, limits).await;
                             }
                         }
                     }
@@ -168,7 +186,7 @@ async fn watch_session(
             }
             zk::EventType::NodeDeleted => {
                 if let Some(node) = direct_child(base, &event.path) {
-                    update(view, node, None);
+                    update(view, node, None, limits.max_hosts);
                 }
             }
             zk::EventType::NodeChildrenChanged => {}
@@ -203,6 +221,7 @@ async fn rearm(
     base: &str,
     view: &ArcSwap<View>,
     watcher: &mut zk::PersistentWatcher,
+    limits: &PayloadLimits,
 ) -> Result<Option<Instant>, SessionEnded> {
     match arm(client, base).await {
         // Assigning drops the old watcher after the new one is registered.
@@ -213,12 +232,17 @@ async fn rearm(
         }
         Err(error) => return Err(error),
     }
-    Ok(relist_or_retry(client, base, view).await)
+    Ok(relist_or_retry(client, base, view, limits).await)
 }
 
 /// Re-lists; on failure, when to try again.
-async fn relist_or_retry(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Option<Instant> {
-    match relist(client, base, view).await {
+async fn relist_or_retry(
+    client: &zk::Client,
+    base: &str,
+    view: &ArcSwap<View>,
+    limits: &PayloadLimits,
+) -> Option<Instant> {
+    match relist(client, base, view, limits).await {
         Ok(()) => None,
         Err(error) => {
             tracing::warn!(%error, "cannot re-list the hosts; retrying");
@@ -230,8 +254,13 @@ async fn relist_or_retry(client: &zk::Client, base: &str, view: &ArcSwap<View>) 
 
 /// Reads every host afresh and replaces the view; the view is live and
 /// confirmed from here on.
-async fn relist(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Result<(), ListError> {
-    let children = match client.list_children(base).await {
+async fn relist(
+    client: &zk::Client,
+    base: &str,
+    view: &ArcSwap<View>,
+    limits: &PayloadLimits,
+) -> Result<(), ListError> {
+    let mut children = match client.list_children(base).await {
         Ok(children) => children,
         Err(zk::Error::NoNode) => Vec::new(),
         Err(error) => {
@@ -241,20 +270,30 @@ async fn relist(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Result
             })
         }
     };
-    let mut hosts = Vec::with_capacity(children.len());
-    for node in children {
+    // By name, so which hosts a full view keeps does not depend on order.
+    children.sort_unstable();
+    let mut hosts = Vec::with_capacity(children.len().min(limits.max_hosts));
+    let total = children.len();
+    for (read, node) in children.into_iter().enumerate() {
+        if hosts.len() == limits.max_hosts {
+            tracing::warn!(
+                skipped = total - read,
+                max_hosts = limits.max_hosts,
+                "more host records than max_hosts; the view keeps the first by name"
+            );
+            break;
+        }
         let path = format!("{base}/{node}");
         match client.get_data(&path).await {
             Ok((data, _)) => {
-                if let Some(payload) = decode_host(&node, &data) {
-                    hosts.push(Host { node, payload });
+                if let Some(payload) = decode_host(&node, &data, limits) {
+                    hosts.push(Arc::new(Host { node, payload }));
                 }
             }
             Err(zk::Error::NoNode) => {}
             Err(error) => return Err(ListError::Read { path, error }),
         }
     }
-    hosts.sort_by(|a, b| a.node.cmp(&b.node));
     tracing::debug!(hosts = hosts.len(), "host list re-read");
     let now = Instant::now();
     view.store(Arc::new(View {
@@ -269,13 +308,25 @@ async fn relist(client: &zk::Client, base: &str, view: &ArcSwap<View>) -> Result
 
 /// One host record as read from its znode; `None` (logged) when it cannot
 /// be used.
-fn decode_host(node: &str, data: &[u8]) -> Option<HostPayload> {
-    match HostPayload::parse(data) {
+fn decode_host(node: &str, data: &[u8], limits: &PayloadLimits) -> Option<HostPayload> {
+    match HostPayload::decode(data, limits) {
         Ok(payload) => Some(payload),
         Err(error) => {
-            tracing::warn!(node = %LogSafe::new(node), %error, "skipping a host with a malformed payload");
+            warn_skipped(node, &error);
             None
         }
+    }
+}
+
+/// Names the skipped node (escaped, truncated), a few times a minute.
+fn warn_skipped(node: &str, error: &dyn std::fmt::Display) {
+    let admitted = SKIP_WARNINGS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .admit(std::time::Instant::now());
+    if let Some(suppressed) = admitted {
+        let node = LogSafe::new(node);
+        tracing::warn!(%node, %error, suppressed, "skipping a host record");
     }
 }
 
@@ -295,28 +346,47 @@ fn direct_child<'a>(base: &str, path: &'a str) -> Option<&'a str> {
     (!node.is_empty() && !node.contains('/')).then_some(node)
 }
 
-/// Replaces (or with `None` removes) one host, copy-on-write. The server
-/// just told us about it, which confirms a live view.
-fn update(view: &ArcSwap<View>, node: &str, payload: Option<HostPayload>) {
+/// Replaces (or with `None` removes) one host, copy-on-write: the other
+/// hosts are shared with the previous view, not copied. A new host past
+/// `max_hosts` is skipped. The server just told us about it, which
+/// confirms a live view.
+fn update(view: &ArcSwap<View>, node: &str, payload: Option<HostPayload>, max_hosts: usize) {
     let now = Instant::now();
+    let host = payload.map(|payload| {
+        Arc::new(Host {
+            node: node.to_string(),
+            payload,
+        })
+    });
+    let mut over_cap = false;
     view.rcu(|current| {
         let mut next = View::clone(current);
         if next.live {
             next.confirmed_at = Some(now);
         }
-        next.hosts.retain(|host| host.node != node);
-        if let Some(payload) = payload.clone() {
-            let index = next.hosts.partition_point(|host| host.node.as_str() < node);
-            next.hosts.insert(
-                index,
-                Host {
-                    node: node.to_string(),
-                    payload,
-                },
-            );
+        match (
+            next.hosts
+                .binary_search_by(|host| host.node.as_str().cmp(node)),
+            &host,
+        ) {
+            (Ok(index), Some(host)) => next.hosts[index] = host.clone(),
+            (Ok(index), None) => {
+                next.hosts.remove(index);
+            }
+            (Err(index), Some(host)) if next.hosts.len() < max_hosts => {
+                next.hosts.insert(index, host.clone());
+            }
+            (Err(_), Some(_)) => over_cap = true,
+            (Err(_), None) => {}
         }
         next
     });
+    if over_cap {
+        warn_skipped(
+            node,
+            &format_args!("the view already holds max_hosts {max_hosts} hosts"),
+        );
+    }
 }
 
 /// The server answered on a connection whose watch is armed: the view is
@@ -373,10 +443,11 @@ mod tests {
             )
             .unwrap()
         };
-        update(&view, "c", Some(payload(1.0)));
-        update(&view, "a", Some(payload(2.0)));
-        update(&view, "b", decode_host("b", b"garbage"));
-        update(&view, "a", Some(payload(3.0)));
+        let limits = PayloadLimits::default();
+        update(&view, "c", Some(payload(1.0)), 3);
+        update(&view, "a", Some(payload(2.0)), 3);
+        update(&view, "b", decode_host("b", b"garbage", &limits), 3);
+        update(&view, "a", Some(payload(3.0)), 3);
         let nodes: Vec<_> = view
             .load()
             .hosts
@@ -384,7 +455,16 @@ mod tests {
             .map(|h| (h.node.clone(), h.payload.free_traffic))
             .collect();
         assert_eq!(nodes, vec![("a".to_string(), 3.0), ("c".to_string(), 1.0)]);
-        update(&view, "c", None);
+        let shared = view.load().hosts[1].clone();
+        update(&view, "b", Some(payload(4.0)), 3);
+        assert!(
+            Arc::ptr_eq(&shared, &view.load().hosts[2]),
+            "an update shares the hosts it did not change"
+        );
+        update(&view, "d", Some(payload(5.0)), 3);
+        assert_eq!(view.load().hosts.len(), 3, "max_hosts holds");
+        update(&view, "b", None, 3);
+        update(&view, "c", None, 3);
         assert_eq!(view.load().hosts.len(), 1);
         mark_disconnected(&view);
         let since = view.load().disconnected_since.unwrap();

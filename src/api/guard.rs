@@ -92,6 +92,17 @@ fn bearer(request: &Request) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// Every `X-Forwarded-For` line, in order: a proxy may add its own line
+/// after the client's. A line that is not text stays in the list as
+/// garbage, so reaching it falls back to the peer.
+pub fn forwarded_for_lines(headers: &axum::http::HeaderMap) -> Vec<std::borrow::Cow<'_, str>> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+        .collect()
+}
+
 pub async fn guard(
     State(guard): State<Guard>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -102,15 +113,7 @@ pub async fn guard(
         return Ok(next.run(request).await);
     };
     let guard = guard.rules.load();
-    // Every line, in order: a proxy may add its own line after the
-    // client's. A line that is not text stays in the list as garbage, so
-    // reaching it falls back to the peer.
-    let forwarded: Vec<_> = request
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|value| String::from_utf8_lossy(value.as_bytes()))
-        .collect();
+    let forwarded = forwarded_for_lines(request.headers());
     let client = guard.policy.client_address(peer.ip(), &forwarded);
     match guard.policy.decide(client, bearer(&request), permission) {
         Decision::Allowed => {}
