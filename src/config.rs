@@ -679,9 +679,9 @@ pub fn load_raw(
     path: &Path,
     env: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigError::single(path.display().to_string(), format!("cannot read: {error}"))
-    })?;
+    // A FIFO, a device or a huge file is refused before it is read.
+    let text = crate::file_checks::read_limited_text(path, crate::file_checks::MAX_CONFIG_BYTES)
+        .map_err(|error| ConfigError::single(path.display().to_string(), error.to_string()))?;
     parse_raw(&text, env).map_err(|mut error| {
         for problem in &mut error.problems {
             if problem.key.is_empty() {
@@ -782,6 +782,12 @@ fn apply_env_overrides(
             continue;
         }
         match value.into_string() {
+            // A line break would end the value early in the TOML it is read
+            // as, silently dropping the rest.
+            Ok(value) if value.contains(char::is_control) => problems.push(ConfigProblem {
+                key: name.to_string(),
+                message: "value holds a control character (a line break, NUL, ...)".into(),
+            }),
             Ok(value) => {
                 overrides.insert(name.to_string(), value);
             }
@@ -947,6 +953,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     let mut v = Validator {
         problems: Vec::new(),
     };
+    refuse_control_characters(&mut v, raw);
 
     let agent = AgentConfig {
         log_level: raw.agent.log_level.clone(),
@@ -1094,6 +1101,51 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     }
 }
 
+/// No setting has a use for control characters, and in strings that reach
+/// turnserver's or turnadmin's argv or coturn's database a NUL or a line
+/// break cuts or splits the value: every string is checked, by key.
+fn refuse_control_characters(v: &mut Validator, raw: &RawConfig) {
+    fn walk(v: &mut Validator, key: &str, value: &toml::Value) {
+        match value {
+            toml::Value::String(text) if text.contains(char::is_control) => v.problem(
+                key,
+                "must not hold control characters (NUL, line breaks, tabs, escapes)",
+            ),
+            toml::Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    walk(v, &format!("{key}[{index}]"), item);
+                }
+            }
+            toml::Value::Table(table) => {
+                for (name, item) in table {
+                    walk(v, &format!("{key}.{name}"), item);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, value) in flat_keys(raw) {
+        walk(v, &key, &value);
+    }
+}
+
+/// The realm as coturn and the agent's turnadmin listing parser accept it:
+/// coturn pastes it unescaped into SQL (`'`), turnadmin lists users as
+/// `user[realm]` (`[`, `]`), and STUN caps it at 127 bytes.
+pub fn check_realm(realm: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if realm.is_empty() || realm.len() > 127 {
+        return Err("must be 1 to 127 characters".into());
+    }
+    if let Some(bad) = realm.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "must hold only ASCII letters, digits, `.`, `-` and `_` (found {:?})",
+            bad
+        ));
+    }
+    Ok(())
+}
+
 /// `turn:HOST:PORT?transport=udp|tcp` for the address clients reach
 /// turnserver on: its listening address when concrete, else the advertised
 /// API address, else the relay address, else the host name.
@@ -1139,11 +1191,8 @@ fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConf
         Some(realm) => realm.to_string(),
         None => default_host_name(),
     };
-    if realm.is_empty() || realm.contains(char::is_whitespace) {
-        v.problem(
-            "turnserver.realm",
-            "must be a non-empty name without spaces",
-        );
+    if let Err(message) = check_realm(&realm) {
+        v.problem("turnserver.realm", message);
     }
     let userdb = v.path("turnserver.userdb", &raw.userdb);
     let pidfile = v.path("turnserver.pidfile", &raw.pidfile);
@@ -1421,7 +1470,10 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
     for (index, token) in raw.tokens.iter().enumerate() {
         let key = format!("access.tokens[{index}].token_file");
         let path = v.path(&key, &token.token_file);
-        match std::fs::read_to_string(&path) {
+        match crate::file_checks::read_limited_text(
+            &path,
+            crate::file_checks::MAX_SECRET_FILE_BYTES,
+        ) {
             Ok(text) if text.trim().len() >= 16 => match role_index(&token.role) {
                 Some(role) => tokens.push((Secret::new(text.trim()), role)),
                 None => v.problem(
@@ -1430,7 +1482,7 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
                 ),
             },
             Ok(_) => v.problem(&key, "the token must be at least 16 characters"),
-            Err(error) => v.problem(&key, format!("cannot read `{}`: {error}", token.token_file)),
+            Err(error) => v.problem(&key, format!("`{}` {error}", token.token_file)),
         }
         token_files.push(path);
     }
@@ -1861,6 +1913,26 @@ state_file = "/tmp/credential.json"
             changed_keys(&new, &old),
             vec!["api.listen", "turnserver.relay_ip"]
         );
+    }
+
+    #[test]
+    fn realms_coturn_or_the_listing_parser_would_break_are_refused() {
+        assert!(check_realm("turn.example.org").is_ok());
+        assert!(check_realm("a_b-c.1").is_ok());
+        for realm in ["", "bar[1]", "it's", "a b", "x\0y", "é", &"x".repeat(128)] {
+            assert!(check_realm(realm).is_err(), "{realm:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused_by_key_and_variable() {
+        let found = problems(BASE, &[("TURN_AGENT_ZOOKEEPER_REGION", "eu\nwest")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("TURN_AGENT_ZOOKEEPER_REGION: value holds a control character")
+        );
+        let found = problems(&format!("{BASE}[zookeeper]\nisp = [\"a\\u0000b\"]\n"), &[]);
+        assert_eq!(found, vec!["zookeeper.isp[0]: must not hold control characters (NUL, line breaks, tabs, escapes)"]);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
 //! - [`znode`]: the host payload schema shared by registry and allocator.
 //! - [`zookeeper`]: connect strings, paths and sessions, shared by registry and allocator.
+//! - [`file_checks`]: reading operator-named files safely (regular, size cap, no FIFO wait) and secret-file modes.
 //! - [`drain`]: waiting for relayed traffic to end before stopping.
 //! - [`self_check`]: the periodic allocation check that gates readiness.
 //! - [`stun_client`]: one STUN request and its answer over UDP, shared by the probe and the self-check.
@@ -59,6 +60,8 @@ pub mod credentials;
 #[cfg(feature = "agent")]
 pub mod drain;
 pub mod forwarded;
+#[cfg(feature = "agent")]
+pub mod file_checks;
 pub mod log_safe;
 #[cfg(feature = "agent")]
 pub mod logging;

@@ -281,3 +281,92 @@ fn a_flag_listed_in_pass_through_flags_is_accepted() {
         "turnserver.pass_through_flags[0]: `--daemo` is turnserver's -o (--daemon)",
     );
 }
+
+/// `check-config --config PATH`: exit code, stderr, wall time.
+fn check_config_of(path: &str) -> (i32, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = run_agent_cli(&["check-config", "--config", path], &[]);
+    (code, stderr, started.elapsed())
+}
+
+#[test]
+fn a_device_a_fifo_or_a_huge_file_as_config_exits_2_at_once_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("agent.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let huge = dir.path().join("huge.toml");
+    // Sparse: 200 MB that cost no disk.
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(200 * 1024 * 1024)
+        .unwrap();
+    for (path, expected) in [
+        (
+            "/dev/zero".to_string(),
+            "/dev/zero: is a character device, not a regular file",
+        ),
+        (
+            fifo.display().to_string(),
+            "agent.fifo: is a FIFO, not a regular file",
+        ),
+        (
+            huge.display().to_string(),
+            "huge.toml: is 209715200 bytes, more than the 1048576 bytes allowed",
+        ),
+    ] {
+        let (code, stderr, took) = check_config_of(&path);
+        assert_eq!(code, 2, "{path}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.ends_with(expected) || line.contains(expected)),
+            "{path}: {stderr}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{path} took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn control_characters_and_bad_realms_exit_2_naming_the_key() {
+    assert_rejected(
+        "[zookeeper]\nregion = \"eu\\u0000west\"\n",
+        &[],
+        "zookeeper.region: must not hold control characters",
+    );
+    // The TOML escape makes a real line break once parsed.
+    assert_rejected(
+        "",
+        &[(
+            "TURN_AGENT_CREDENTIALS_DATABASE_ARGS",
+            r#"["-b", "/tmp/db\nx"]"#,
+        )],
+        "credentials.database_args[1]: must not hold control characters",
+    );
+    for realm in ["bar[1]", "it's", "a b", "x]"] {
+        assert_rejected(
+            "",
+            &[("TURN_AGENT_TURNSERVER_REALM", realm)],
+            "turnserver.realm: must hold only ASCII letters, digits",
+        );
+    }
+}
+
+#[test]
+fn an_environment_override_with_a_line_break_exits_2_naming_the_variable() {
+    assert_rejected(
+        "",
+        &[(
+            "TURN_AGENT_TURNSERVER_REALM",
+            "example.org\nrelay_ip = \"10.0.0.1\"",
+        )],
+        "TURN_AGENT_TURNSERVER_REALM: value holds a control character",
+    );
+    assert_rejected(
+        "",
+        &[("TURN_AGENT_AGENT_LOG_LEVEL", "info\x1b[31m")],
+        "TURN_AGENT_AGENT_LOG_LEVEL: value holds a control character",
+    );
+}
