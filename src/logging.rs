@@ -1,5 +1,6 @@
 //! Logging setup: `tracing` to stderr, which journald captures under systemd.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -21,7 +22,11 @@ pub fn init(level: &str, format: LogFormat) {
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, never into journald or
+    // a file.
+    let output = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let output = match format {
         LogFormat::Text => output.boxed(),
         LogFormat::Json => output.json().boxed(),

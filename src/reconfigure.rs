@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::api;
 use crate::config::{self, Config, RawConfig};
 use crate::credentials::{self, CredentialStatus};
+use crate::log_safe::LogSafe;
 use crate::metrics::AgentMetrics;
 use crate::reload::{Reloader, Reread};
 use crate::self_check::HealthStatus;
@@ -83,7 +84,9 @@ impl Reconfiguration {
         if let Some(tls) = &self.live.tls {
             match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificates re-read"),
-                Err(error) => tracing::error!(%error, "keeping the previous TLS certificates"),
+                Err(error) => {
+                    tracing::error!(error = %LogSafe::new(&error).truncated_at(500), "keeping the previous TLS certificates")
+                }
             }
         }
     }
@@ -96,7 +99,8 @@ impl Reconfiguration {
             Ok(reread) => reread,
             Err(error) => {
                 for problem in &error.problems {
-                    tracing::error!(%problem, "configuration re-read failed; keeping the running configuration");
+                    let problem = problem.to_string();
+                    tracing::error!(problem = %LogSafe::new(&problem).truncated_at(500), "configuration re-read failed; keeping the running configuration");
                 }
                 self.live.metrics.reloaded(false, 0);
                 return;

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::log_safe::LogSafe;
 
 type SpawnRequest = (Command, oneshot::Sender<io::Result<Child>>);
 
@@ -83,35 +85,104 @@ fn die_with_parent(parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Longest child output line logged; the rest of a longer line is dropped
+/// (and counted by the truncation marker of the part that is logged).
+const MAX_LINE_BYTES: u64 = 4096;
+
+/// Characters of a child line shown in one log record.
+const MAX_LINE_CHARS: usize = 1000;
+
 /// Forwards each line the child writes to `tracing` with target `turnserver`.
+///
+/// The child's output holds client-controlled text (a TURN USERNAME is
+/// logged as sent), so every line is escaped with [`LogSafe`]: a CR/LF in it
+/// cannot start a forged record, an ANSI escape cannot repaint a terminal,
+/// and a line is read and shown only up to a bound.
 pub fn route_output<R>(stream: R, pid: u32, stream_name: &'static str)
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
-        let mut line = Vec::with_capacity(256);
+        let mut record = Vec::with_capacity(256);
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = strip_uptime_prefix(text.trim_end());
-                    if text.is_empty() {
-                        continue;
-                    }
-                    if text.contains("ERROR") {
-                        tracing::error!(target: "turnserver", pid, stream = stream_name, "{text}");
-                    } else if text.contains("WARNING") {
-                        tracing::warn!(target: "turnserver", pid, stream = stream_name, "{text}");
-                    } else {
-                        tracing::info!(target: "turnserver", pid, stream = stream_name, "{text}");
-                    }
+            record.clear();
+            if !read_bounded_line(&mut reader, &mut record).await {
+                break;
+            }
+            // turnserver writes each message in one write, with the
+            // client's text inside it as sent: a line that is already
+            // buffered behind this one and does not open with turnserver's
+            // `<uptime>: ` prefix is the rest of the same message (a CR/LF
+            // in a USERNAME), so it stays in this record.
+            while record.len() < MAX_LINE_BYTES as usize
+                && !reader.buffer().is_empty()
+                && !starts_with_uptime(reader.buffer())
+            {
+                if !read_bounded_line(&mut reader, &mut record).await {
+                    break;
                 }
             }
+            log_child_line(&record, pid, stream_name);
         }
     });
+}
+
+/// Appends the next line (newline included) to `record`, reading at most
+/// [`MAX_LINE_BYTES`] of it and dropping the rest; false at the end.
+async fn read_bounded_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    record: &mut Vec<u8>,
+) -> bool {
+    let start = record.len();
+    match reader.take(MAX_LINE_BYTES).read_until(b'\n', record).await {
+        Ok(0) | Err(_) => false,
+        Ok(_) => {
+            if !record.ends_with(b"\n") && (record.len() - start) as u64 == MAX_LINE_BYTES {
+                skip_rest_of_line(reader).await;
+            }
+            true
+        }
+    }
+}
+
+/// Whether `bytes` open with turnserver's `<seconds since start>: ` prefix.
+fn starts_with_uptime(bytes: &[u8]) -> bool {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && bytes[digits..].starts_with(b": ")
+}
+
+/// Reads and drops bytes up to the next newline, in bounded steps.
+async fn skip_rest_of_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) {
+    let mut scratch = Vec::with_capacity(MAX_LINE_BYTES as usize);
+    loop {
+        scratch.clear();
+        match reader
+            .take(MAX_LINE_BYTES)
+            .read_until(b'\n', &mut scratch)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) if scratch.ends_with(b"\n") => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn log_child_line(line: &[u8], pid: u32, stream_name: &'static str) {
+    let text = String::from_utf8_lossy(line);
+    let text = strip_uptime_prefix(text.trim_end_matches(['\n', '\r']).trim_start());
+    if text.trim().is_empty() {
+        return;
+    }
+    let shown = LogSafe::new(text).truncated_at(MAX_LINE_CHARS);
+    if text.contains("ERROR") {
+        tracing::error!(target: "turnserver", pid, stream = stream_name, "{shown}");
+    } else if text.contains("WARNING") {
+        tracing::warn!(target: "turnserver", pid, stream = stream_name, "{shown}");
+    } else {
+        tracing::info!(target: "turnserver", pid, stream = stream_name, "{shown}");
+    }
 }
 
 /// Drops the `<seconds since start>: : ` prefix of turnserver's simple log
@@ -166,7 +237,7 @@ pub async fn kill_stale_turnserver(pidfile: &Path, timeout: Duration) -> Option<
     if pid == std::process::id() || !is_our_turnserver(pid, pidfile) {
         return None;
     }
-    tracing::warn!(pid, pidfile = %pidfile.display(), "killing a stale turnserver left by an earlier agent");
+    tracing::warn!(pid, pidfile = %LogSafe::new(&pidfile.to_string_lossy()), "killing a stale turnserver left by an earlier agent");
     let target = Pid::from_raw(pid as i32);
     let _ = kill(target, Signal::SIGTERM);
     if !wait_gone(pid, timeout).await {
@@ -235,6 +306,14 @@ mod tests {
             "socket: Protocol not supported"
         );
         assert_eq!(strip_uptime_prefix("RFC 3489/5389"), "RFC 3489/5389");
+    }
+
+    #[test]
+    fn the_uptime_prefix_starts_a_new_record() {
+        assert!(starts_with_uptime(b"12: : session 001"));
+        assert!(!starts_with_uptime(b"INFO forged"));
+        assert!(!starts_with_uptime(b": x"));
+        assert!(!starts_with_uptime(b"12:x"));
     }
 
     #[tokio::test]
