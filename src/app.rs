@@ -209,23 +209,26 @@ async fn terminated(signals: &mut Signals) -> &'static str {
     }
 }
 
-/// Token and auth files readable by group or others are reported: they
-/// hold secrets.
+/// Token, TLS key and ZooKeeper auth files readable by others are
+/// reported: they hold secrets.
 fn warn_about_loose_secret_files(config: &Config) {
-    use std::os::unix::fs::PermissionsExt;
-    let files = config
+    let tokens = config
         .access
         .token_files
         .iter()
-        .chain(config.zookeeper.auth_file.iter());
-    for path in files {
-        if let Ok(metadata) = std::fs::metadata(path) {
-            let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "secret file is readable by group or others; chmod 600 it");
-            }
-        }
-    }
+        .enumerate()
+        .map(|(index, path)| (format!("access.tokens[{index}].token_file"), path.as_path()));
+    let tls_key = config
+        .api
+        .tls
+        .iter()
+        .map(|files| ("api.tls.key".to_string(), files.key.as_path()));
+    let zookeeper = config
+        .zookeeper
+        .auth_file
+        .iter()
+        .map(|path| ("zookeeper.auth_file".to_string(), path.as_path()));
+    crate::file_checks::warn_if_readable_by_others(tokens.chain(tls_key).chain(zookeeper));
 }
 
 /// READY=1 once the host can first serve (turnserver answers STUN and a

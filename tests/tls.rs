@@ -153,3 +153,58 @@ fn unusable_tls_files_exit_2() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_fifo_as_the_certificate_fails_the_reload_and_sigterm_still_stops_the_agent() {
+    let certs = tempfile::tempdir().unwrap();
+    generate(certs.path(), "first");
+    let cert = certs.path().join("live.pem");
+    let key = certs.path().join("first.key");
+    std::fs::copy(certs.path().join("first.pem"), &cert).unwrap();
+    let mut agent = Agent::start(AgentOptions {
+        env: vec![(
+            "TURN_AGENT_API_TLS".into(),
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                cert.display(),
+                key.display()
+            ),
+        )],
+        ..AgentOptions::default()
+    });
+    let url = format!("https://{}/readyz", agent.files.api);
+    let ca = certs.path().join("first.pem");
+    wait_for(Duration::from_secs(10), "HTTPS answers", || async {
+        curl(&ca, &url).await.map(|_| ())
+    })
+    .await;
+
+    // A FIFO nobody writes to: opening it for reading blocks forever.
+    std::fs::remove_file(&cert).unwrap();
+    nix::unistd::mkfifo(&cert, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    agent.signal(Signal::SIGHUP);
+    agent
+        .wait_log(
+            "keeping the previous TLS certificates",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        agent
+            .log()
+            .contains("live.pem is a FIFO, not a regular file"),
+        "{}",
+        agent.log()
+    );
+    // The old certificate is still served.
+    assert!(curl(&ca, &url).await.is_some());
+
+    let stop_sent = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(10)).await;
+    eprintln!(
+        "SIGTERM to exit after a FIFO reload: {:?}",
+        stop_sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}

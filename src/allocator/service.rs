@@ -546,6 +546,14 @@ async fn refuse_hops(
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     let mut signals = crate::shutdown::Signals::install()?;
+    crate::file_checks::warn_if_readable_by_others(
+        config
+            .access
+            .token_files
+            .iter()
+            .enumerate()
+            .map(|(index, path)| (format!("access.tokens[{index}].token_file"), path.as_path())),
+    );
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "allocator listening");
     let allocator = Arc::new(Allocator::start(config.settings.clone()));

@@ -18,9 +18,21 @@ pub struct TlsFiles {
 
 /// Reads and checks the files into a rustls configuration. Errors name the
 /// file, never key material.
+///
+/// Both files are read through [`crate::file_checks::read_limited`]: a
+/// FIFO, a device or an oversized file is refused at once instead of
+/// blocking the reload (and with it the signal loop) in `open` or `read`.
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|error| format!("cannot read {}: {error}", files.cert.display()))?
+    let read = |path: &std::path::Path| {
+        crate::file_checks::read_limited(path, crate::file_checks::MAX_PEM_BYTES).map_err(|error| {
+            format!(
+                "{} {error}",
+                crate::log_safe::LogSafe::new(&path.to_string_lossy())
+            )
+        })
+    };
+    let cert_pem = read(&files.cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|error| {
             format!(
@@ -31,7 +43,8 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
     if certs.is_empty() {
         return Err(format!("{} holds no certificate", files.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
+    let key_pem = read(&files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|error| format!("{} is not a PEM private key: {error}", files.key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
