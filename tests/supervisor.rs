@@ -273,3 +273,24 @@ async fn sighup_with_a_bad_file_is_reported_and_ignored() {
     assert!(agent.child_alive());
     assert_eq!(agent.wait_ready(Duration::from_secs(2)).await, pid);
 }
+
+#[tokio::test]
+async fn a_clean_stop_removes_turnservers_pidfile() {
+    let mut agent = Agent::start(AgentOptions::default());
+    let turnserver = agent.wait_ready(Duration::from_secs(5)).await;
+    let pidfile = agent.files.path("turnserver.pid");
+    wait_for(Duration::from_secs(5), "turnserver's pidfile", || {
+        let written = std::fs::read_to_string(&pidfile)
+            .ok()
+            .filter(|text| text.trim() == turnserver.to_string());
+        async move { written.map(|_| ()) }
+    })
+    .await;
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    assert!(agent.turnservers().is_empty());
+    assert!(!pidfile.exists(), "the pidfile outlived a clean stop");
+}

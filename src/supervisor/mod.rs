@@ -116,8 +116,12 @@ impl Supervisor {
                     let end = self.watch_child(&mut child, &shutdown).await;
                     match end {
                         ChildEnd::Shutdown => {
+                            let pid = child.id();
                             let how =
                                 process::stop_child(&mut child, self.config().stop_timeout).await;
+                            if let Some(pid) = pid {
+                                process::remove_pidfile(&self.config().pidfile, pid);
+                            }
                             tracing::info!(exit = %how, "turnserver stopped");
                             self.lifecycle.stopped(Some(how));
                             self.publish();

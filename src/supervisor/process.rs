@@ -222,6 +222,21 @@ pub async fn stop_child(child: &mut Child, timeout: Duration) -> String {
     kill_child(child).await
 }
 
+/// Removes turnserver's pidfile after its process `pid` was stopped and
+/// reaped (turnserver leaves it behind). A pidfile that names another
+/// process is left alone: it is not ours to remove.
+pub fn remove_pidfile(pidfile: &Path, pid: u32) {
+    let names_our_child = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        == Some(pid);
+    if names_our_child {
+        if let Err(error) = std::fs::remove_file(pidfile) {
+            tracing::warn!(pidfile = %LogSafe::new(&pidfile.to_string_lossy()), %error, "cannot remove turnserver's pidfile");
+        }
+    }
+}
+
 /// SIGKILL and reap.
 pub async fn kill_child(child: &mut Child) -> String {
     let _ = child.start_kill();
@@ -306,6 +321,18 @@ mod tests {
             "socket: Protocol not supported"
         );
         assert_eq!(strip_uptime_prefix("RFC 3489/5389"), "RFC 3489/5389");
+    }
+
+    #[test]
+    fn only_a_pidfile_naming_the_stopped_child_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("turnserver.pid");
+        std::fs::write(&pidfile, "4242\n").unwrap();
+        remove_pidfile(&pidfile, 4243);
+        assert!(pidfile.exists());
+        remove_pidfile(&pidfile, 4242);
+        assert!(!pidfile.exists());
+        remove_pidfile(&pidfile, 4242);
     }
 
     #[test]
