@@ -168,7 +168,9 @@ async fn a_token_file_readable_by_others_is_reported_at_start() {
         Duration::from_secs(5),
         "the loose-permissions warning",
         || {
-            let warned = agent.log().contains("readable by group or others");
+            let log = agent.log();
+            let warned = log.contains("secret file is readable by every local user")
+                && log.contains("chmod 0600");
             async move { warned.then_some(()) }
         },
     )
