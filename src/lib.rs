@@ -59,9 +59,9 @@ pub mod coturn_options;
 pub mod credentials;
 #[cfg(feature = "agent")]
 pub mod drain;
-pub mod forwarded;
 #[cfg(feature = "agent")]
 pub mod file_checks;
+pub mod forwarded;
 pub mod log_safe;
 #[cfg(feature = "agent")]
 pub mod logging;
