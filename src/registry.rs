@@ -131,10 +131,13 @@ impl Registry {
     #[tracing::instrument(name = "registry", skip_all, fields(node = %self.node_path))]
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.digest = match &self.zookeeper().auth_file {
-            Some(path) => match std::fs::read_to_string(path) {
+            Some(path) => match crate::file_checks::read_limited_text(
+                path,
+                crate::file_checks::MAX_SECRET_FILE_BYTES,
+            ) {
                 Ok(text) => Some(text.trim().to_string()),
                 Err(error) => {
-                    tracing::error!(path = %path.display(), %error, "cannot read zookeeper.auth_file; connecting without auth");
+                    tracing::error!(path = %crate::log_safe::LogSafe::new(&path.to_string_lossy()), %error, "cannot read zookeeper.auth_file; connecting without auth");
                     None
                 }
             },

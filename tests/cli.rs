@@ -330,6 +330,49 @@ fn a_device_a_fifo_or_a_huge_file_as_config_exits_2_at_once_naming_the_file() {
 }
 
 #[test]
+fn the_allocator_refuses_a_fifo_or_a_device_as_its_config_or_auth_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("allocator.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let with_fifo_auth = dir.path().join("allocator.toml");
+    std::fs::write(
+        &with_fifo_auth,
+        format!(
+            "[allocator]\nconnect = \"127.0.0.1:2181\"\nauth_file = \"{}\"\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    for (path, expected) in [
+        (
+            fifo.display().to_string(),
+            "allocator.fifo: is a FIFO, not a regular file".to_string(),
+        ),
+        (
+            "/dev/zero".to_string(),
+            "/dev/zero: is a character device, not a regular file".to_string(),
+        ),
+        (
+            with_fifo_auth.display().to_string(),
+            "allocator.auth_file:".to_string(),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = run_agent_cli(&["allocator", "--config", &path], &[]);
+        assert_eq!(code, 2, "{path}: {stderr}");
+        assert!(
+            stderr.lines().any(|line| line.contains(&expected)),
+            "{path}: {stderr}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
 fn control_characters_and_bad_realms_exit_2_naming_the_key() {
     assert_rejected(
         "[zookeeper]\nregion = \"eu\\u0000west\"\n",

@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub ice_timeout: Duration,
     pub log_level: String,
     pub access: AccessConfig,
+    /// Checked at start for loose permissions, like the agent's secrets.
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,12 +116,11 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         key: key.to_string(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-        problems: vec![problem(
-            &path.display().to_string(),
-            format!("cannot read: {error}"),
-        )],
-    })?;
+    // A FIFO, a device or a huge file is refused before it is read.
+    let text = crate::file_checks::read_limited_text(path, crate::file_checks::MAX_CONFIG_BYTES)
+        .map_err(|error| ConfigError {
+            problems: vec![problem(&path.display().to_string(), error.to_string())],
+        })?;
     let raw: RawFile = toml::from_str(&text).map_err(|error| ConfigError {
         problems: vec![problem(
             &path.display().to_string(),
@@ -202,13 +203,14 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         max_hosts: cap("allocator.max_hosts", raw.max_hosts, 10_000_000),
     };
     let digest = match &raw.auth_file {
-        Some(file) => match std::fs::read_to_string(file) {
+        Some(file) => match crate::file_checks::read_limited_text(
+            Path::new(file),
+            crate::file_checks::MAX_SECRET_FILE_BYTES,
+        ) {
             Ok(text) => Some(text.trim().to_string()),
             Err(error) => {
-                problems.push(problem(
-                    "allocator.auth_file",
-                    format!("cannot read `{file}`: {error}"),
-                ));
+                let file = crate::log_safe::LogSafe::new(file);
+                problems.push(problem("allocator.auth_file", format!("`{file}` {error}")));
                 None
             }
         },
@@ -233,6 +235,7 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         ice_attempts,
         ice_timeout,
         log_level: raw.log_level,
+        auth_file: raw.auth_file.map(std::path::PathBuf::from),
     })
 }
 
@@ -552,7 +555,13 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
             .token_files
             .iter()
             .enumerate()
-            .map(|(index, path)| (format!("access.tokens[{index}].token_file"), path.as_path())),
+            .map(|(index, path)| (format!("access.tokens[{index}].token_file"), path.as_path()))
+            .chain(
+                config
+                    .auth_file
+                    .as_deref()
+                    .map(|path| ("allocator.auth_file".to_string(), path)),
+            ),
     );
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "allocator listening");
