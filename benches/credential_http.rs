@@ -140,6 +140,7 @@ fn loopback_admin() -> turn_agent::config::AccessConfig {
         rate_limit_burst: 1,
         rate_limit_ipv6_prefix: 64,
         token_files: Vec::new(),
+        client_tokens: None,
     }
 }
 

@@ -74,6 +74,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let agent_metrics =
         AgentMetrics::new(readiness.clone(), registry_status.clone(), probe_latency);
     let guard = api::guard::Guard::new(&config.access);
+    guard.set_cors(&config.api.cors);
     let turn_uris = Arc::new(ArcSwap::from_pointee(config.api.turn_uris.clone()));
     let router = api::router(
         ApiState {

@@ -181,3 +181,51 @@ pub fn drain(config: &Config) -> anyhow::Result<()> {
     ))?;
     Ok(())
 }
+
+/// Why `turn-agent token` cannot mint; each names the flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCommandError {
+    #[error("--key: cannot read `{path}`: {error}")]
+    ReadKey { path: String, error: std::io::Error },
+    #[error("--key: {0}")]
+    Key(crate::client_token::MintError),
+    #[error("--audience: must be the TURN host's API address as host:port")]
+    Audience,
+    #[error("--sub: only letters, digits and . _ - @ + are allowed, at most {max} bytes", max = crate::client_token::MAX_SUBJECT_BYTES)]
+    Subject,
+    #[error("--ttl: {0}")]
+    Ttl(String),
+}
+
+/// `turn-agent token`: a client token signed with the Ed25519 private key
+/// in `key_file` (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519`
+/// writes it), for `audience`, valid `ttl` from `now`.
+pub fn mint_token(
+    key_file: &std::path::Path,
+    audience: &str,
+    subject: Option<&str>,
+    ttl: &str,
+    now: u64,
+) -> Result<String, TokenCommandError> {
+    let audience = audience.trim();
+    if audience.is_empty() || audience.contains(char::is_whitespace) {
+        return Err(TokenCommandError::Audience);
+    }
+    if subject.is_some_and(|subject| !crate::client_token::is_valid_subject(subject)) {
+        return Err(TokenCommandError::Subject);
+    }
+    let ttl = crate::config::parse_duration(ttl).map_err(TokenCommandError::Ttl)?;
+    if ttl.as_secs() == 0 {
+        return Err(TokenCommandError::Ttl(
+            "must be at least one second".to_string(),
+        ));
+    }
+    let pem = std::fs::read(key_file).map_err(|error| TokenCommandError::ReadKey {
+        path: key_file.display().to_string(),
+        error,
+    })?;
+    crate::client_token::mint(&pem, audience, subject, ttl, now).map_err(|error| match error {
+        crate::client_token::MintError::BadSubject => TokenCommandError::Subject,
+        other => TokenCommandError::Key(other),
+    })
+}

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
-/// The longest `sub` accepted.
-pub const MAX_SUBJECT_BYTES: usize = 128;
+/// The longest `sub` accepted: the longest user part the REST API mints.
+pub const MAX_SUBJECT_BYTES: usize = 64;
 
 /// Why a token was refused; the message goes into a 401 body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -180,12 +180,10 @@ impl ClientTokenVerifier {
 
 /// Characters that survive as the name part of a TURN REST username
 /// (`<expiry>:<sub>`), in coturn's logs and in its CLI listing.
+/// The same rule as a `?username=` (which would otherwise be replaced by
+/// a random name: a subject is refused instead, never rewritten).
 pub fn is_valid_subject(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject.len() <= MAX_SUBJECT_BYTES
-        && subject
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'))
+    subject.len() <= MAX_SUBJECT_BYTES && crate::credentials::rest_api::is_safe_user(subject)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,15 +230,13 @@ pub fn mint_with(
     jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, key).map_err(MintError::Sign)
 }
 
+/// Key pairs and hand-signed tokens for tests of this module and the guard.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_keys {
     use super::*;
     use base64::Engine;
 
-    const NOW: u64 = 1_800_000_000;
-    const AUDIENCE: &str = "turn1.example.net:8080";
-
-    fn pem(label: &str, der: &[u8]) -> Vec<u8> {
+    pub fn pem(label: &str, der: &[u8]) -> Vec<u8> {
         let body = base64::engine::general_purpose::STANDARD.encode(der);
         let lines: Vec<&str> = body
             .as_bytes()
@@ -255,7 +251,7 @@ mod tests {
     }
 
     /// (private PKCS#8 PEM, public SPKI PEM)
-    fn key_pair() -> (Vec<u8>, Vec<u8>) {
+    pub fn key_pair() -> (Vec<u8>, Vec<u8>) {
         use ring::signature::KeyPair;
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
@@ -267,13 +263,24 @@ mod tests {
         (pem("PRIVATE KEY", pkcs8.as_ref()), pem("PUBLIC KEY", &spki))
     }
 
-    fn verifier(public: &[Vec<u8>]) -> ClientTokenVerifier {
-        ClientTokenVerifier::new(public, AUDIENCE.into(), Duration::from_secs(600)).unwrap()
-    }
-
-    fn signed(private: &[u8], claims: serde_json::Value) -> String {
+    /// A token with exactly `claims`, signed with `private`.
+    pub fn signed(private: &[u8], claims: serde_json::Value) -> String {
         let key = EncodingKey::from_ed_pem(private).unwrap();
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_keys::*;
+    use super::*;
+    use base64::Engine;
+
+    const NOW: u64 = 1_800_000_000;
+    const AUDIENCE: &str = "turn1.example.net:8080";
+
+    fn verifier(public: &[Vec<u8>]) -> ClientTokenVerifier {
+        ClientTokenVerifier::new(public, AUDIENCE.into(), Duration::from_secs(600)).unwrap()
     }
 
     #[test]
@@ -369,7 +376,8 @@ mod tests {
     fn subjects_coturn_cannot_take_are_refused_not_rewritten() {
         let (private, public) = key_pair();
         let verifier = verifier(&[public]);
-        for bad in ["a:b", "a b", "a\r\nb", "", "ü"] {
+        let long = "a".repeat(MAX_SUBJECT_BYTES + 1);
+        for bad in ["a:b", "a b", "a\r\nb", "", "ü", "a+b", &long] {
             let token = signed(
                 &private,
                 serde_json::json!({"exp": NOW + 60, "aud": AUDIENCE, "sub": bad}),

@@ -158,6 +158,8 @@ pub struct ApiConfig {
     pub limits: crate::api::ServerLimits,
     /// Serve HTTPS with these files; re-read on SIGHUP.
     pub tls: Option<crate::api::tls::TlsFiles>,
+    /// Browser origins that may read the API's answers (off when empty).
+    pub cors: crate::cors::CorsPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -296,6 +298,22 @@ pub struct AccessConfig {
     pub rate_limit_ipv6_prefix: u8,
     /// Files holding secrets, checked for loose permissions at start.
     pub token_files: Vec<PathBuf>,
+    /// Signed short-lived bearer tokens for browsers; `None`: off.
+    pub client_tokens: Option<ClientTokensConfig>,
+}
+
+/// `[access.client_tokens]`, with the public keys read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTokensConfig {
+    pub public_key_files: Vec<PathBuf>,
+    /// The PEM documents of `public_key_files` (public, not secrets), read
+    /// at start and on every reload.
+    pub public_keys: Vec<Vec<u8>>,
+    /// What a token's `aud` must name: this host's API as `host:port`.
+    pub audience: String,
+    /// Index into the policy's roles.
+    pub role: usize,
+    pub max_lifetime: Duration,
 }
 
 // ---------------------------------------------------------------------------
@@ -334,6 +352,8 @@ pub struct RawApi {
     pub max_connections_per_address: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    pub cors_origins: Vec<String>,
+    pub cors_max_age: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -355,6 +375,8 @@ impl Default for RawApi {
             request_timeout: "10s".into(),
             max_connections_per_address: 32,
             tls: None,
+            cors_origins: Vec::new(),
+            cors_max_age: "10m".into(),
         }
     }
 }
@@ -537,6 +559,30 @@ pub struct RawAccess {
     pub rate_limit_per_second: f64,
     pub rate_limit_burst: i64,
     pub rate_limit_ipv6_prefix: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tokens: Option<RawClientTokens>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTokens {
+    pub public_key_files: Vec<String>,
+    /// Default: the advertised API address (`api.advertise`, else a
+    /// concrete `api.listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default = "default_client_token_role")]
+    pub role: String,
+    #[serde(default = "default_client_token_max_lifetime")]
+    pub max_lifetime: String,
+}
+
+fn default_client_token_role() -> String {
+    "user".into()
+}
+
+fn default_client_token_max_lifetime() -> String {
+    "10m".into()
 }
 
 impl Default for RawAccess {
@@ -559,6 +605,7 @@ impl Default for RawAccess {
             rate_limit_per_second: 20.0,
             rate_limit_burst: 40,
             rate_limit_ipv6_prefix: 64,
+            client_tokens: None,
         }
     }
 }
@@ -1035,12 +1082,19 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             }
         }
     });
+    let cors_max_age = v.duration("api.cors_max_age", &raw.api.cors_max_age);
+    let cors =
+        crate::cors::CorsPolicy::new(&raw.api.cors_origins, cors_max_age).unwrap_or_else(|error| {
+            v.problem("api.cors_origins", error.to_string());
+            crate::cors::CorsPolicy::disabled()
+        });
     let api = ApiConfig {
         listen,
         advertise,
         turn_uris,
         limits,
         tls,
+        cors,
     };
     let credentials = validate_credentials(&mut v, &raw.credentials, &turnserver);
     let zookeeper = validate_zookeeper(&mut v, &raw.zookeeper);
@@ -1060,7 +1114,12 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             "must be set when zookeeper.connect is set",
         );
     }
-    let access = validate_access(&mut v, &raw.access);
+    // The address browsers' client tokens name: what other hosts reach.
+    let api_address = api
+        .advertise
+        .or(Some(api.listen).filter(|listen| !listen.ip().is_unspecified() && listen.port() != 0))
+        .map(|address| address.to_string());
+    let access = validate_access(&mut v, &raw.access, api_address);
     let interval = v.duration(
         "health.self_check_interval",
         &raw.health.self_check_interval,
@@ -1408,7 +1467,7 @@ pub fn validate_access_section(raw: &RawAccess) -> Result<AccessConfig, Vec<Conf
     let mut v = Validator {
         problems: Vec::new(),
     };
-    let access = validate_access(&mut v, raw);
+    let access = validate_access(&mut v, raw, None);
     if v.problems.is_empty() {
         Ok(access)
     } else {
@@ -1416,7 +1475,12 @@ pub fn validate_access_section(raw: &RawAccess) -> Result<AccessConfig, Vec<Conf
     }
 }
 
-fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
+/// `api_address`: the default audience of client tokens.
+fn validate_access(
+    v: &mut Validator,
+    raw: &RawAccess,
+    api_address: Option<String>,
+) -> AccessConfig {
     let mut roles = access::builtin_roles();
     for (index, raw_role) in raw.roles.iter().enumerate() {
         if raw_role.name.trim().is_empty() {
@@ -1486,6 +1550,14 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
         }
         token_files.push(path);
     }
+    let client_tokens = raw.client_tokens.as_ref().and_then(|client_tokens| {
+        validate_client_tokens(
+            v,
+            client_tokens,
+            role_index(&client_tokens.role),
+            api_address,
+        )
+    });
     let mut trusted_proxies = Vec::new();
     for (index, text) in raw.trusted_proxies.iter().enumerate() {
         match AddrPattern::parse(text) {
@@ -1521,7 +1593,72 @@ fn validate_access(v: &mut Validator, raw: &RawAccess) -> AccessConfig {
         rate_limit_burst,
         rate_limit_ipv6_prefix,
         token_files,
+        client_tokens,
     }
+}
+
+fn validate_client_tokens(
+    v: &mut Validator,
+    raw: &RawClientTokens,
+    role: Option<usize>,
+    api_address: Option<String>,
+) -> Option<ClientTokensConfig> {
+    let mut public_key_files = Vec::new();
+    let mut public_keys = Vec::new();
+    if raw.public_key_files.is_empty() {
+        v.problem(
+            "access.client_tokens.public_key_files",
+            "must list at least one Ed25519 public key file (PEM)",
+        );
+    }
+    for (index, text) in raw.public_key_files.iter().enumerate() {
+        let key = format!("access.client_tokens.public_key_files[{index}]");
+        let path = v.path(&key, text);
+        match std::fs::read(&path) {
+            Ok(pem) => {
+                let check = crate::client_token::ClientTokenVerifier::new(
+                    std::slice::from_ref(&pem),
+                    String::new(),
+                    Duration::ZERO,
+                );
+                match check {
+                    Ok(_) => public_keys.push(pem),
+                    Err(error) => v.problem(&key, format!("`{text}`: {error}")),
+                }
+            }
+            Err(error) => v.problem(&key, format!("cannot read `{text}`: {error}")),
+        }
+        public_key_files.push(path);
+    }
+    let audience = match (&raw.audience, api_address) {
+        (Some(audience), _) if !audience.trim().is_empty() => Some(audience.trim().to_string()),
+        (Some(_), _) => {
+            v.problem("access.client_tokens.audience", "must not be empty");
+            None
+        }
+        (None, Some(address)) => Some(address),
+        (None, None) => {
+            v.problem(
+                "access.client_tokens.audience",
+                "must be set when the API has no advertised address (api.advertise or a concrete api.listen)",
+            );
+            None
+        }
+    };
+    let max_lifetime = v.positive_duration("access.client_tokens.max_lifetime", &raw.max_lifetime);
+    if role.is_none() {
+        v.problem(
+            "access.client_tokens.role",
+            format!("unknown role `{}`", raw.role),
+        );
+    }
+    Some(ClientTokensConfig {
+        public_key_files,
+        public_keys,
+        audience: audience?,
+        role: role?,
+        max_lifetime,
+    })
 }
 
 /// The host's name, used as the default realm and znode name.
@@ -1940,5 +2077,67 @@ state_file = "/tmp/credential.json"
         let error = parse_raw("[api\nlisten=", env(&[])).unwrap_err();
         assert_eq!(error.problems.len(), 1);
         assert!(!error.to_string().contains('\n'));
+    }
+    #[test]
+    fn cors_origins_and_client_tokens_are_validated() {
+        let found = problems(
+            &format!("{BASE}[api]\ncors_origins = [\"app.example\"]\ncors_max_age = \"soon\"\n"),
+            &[],
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("api.cors_origins:")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("api.cors_max_age:")),
+            "{found:?}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("ta-client-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let public = dir.join("public.pem");
+        let (_, public_pem) = crate::client_token::test_keys::key_pair();
+        std::fs::write(&public, &public_pem).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let section = |extra: &str| {
+            format!(
+                "{BASE}[access.client_tokens]\npublic_key_files = [\"{}\"]\n{extra}",
+                public.display()
+            )
+        };
+        // api.listen is 0.0.0.0 and nothing is advertised: no default audience.
+        let found = problems(&section(""), &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("access.client_tokens.audience:"),
+            "{found:?}"
+        );
+        // A concrete listen address is the default audience.
+        let raw = parse_raw(
+            &section(""),
+            env(&[("TURN_AGENT_API_LISTEN", "192.0.2.7:8086")]),
+        )
+        .unwrap();
+        let tokens = validate(&raw).unwrap().access.client_tokens.unwrap();
+        assert_eq!(tokens.audience, "192.0.2.7:8086");
+        assert_eq!(tokens.max_lifetime, Duration::from_secs(600));
+        assert_eq!(tokens.public_keys, vec![public_pem]);
+        let found = problems(
+            &format!(
+                "{BASE}[access.client_tokens]\npublic_key_files = [\"{}\", \"relative.pem\"]\naudience = \"h:1\"\nrole = \"nobody\"\nmax_lifetime = \"0s\"\n",
+                garbage.display()
+            ),
+            &[],
+        );
+        for key in [
+            "access.client_tokens.public_key_files[0]:",
+            "access.client_tokens.public_key_files[1]:",
+            "access.client_tokens.role:",
+            "access.client_tokens.max_lifetime:",
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(key)), "{key} {found:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

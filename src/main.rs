@@ -65,6 +65,21 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a client token for browsers: signed with an Ed25519 private
+    /// key, for one TURN host's API.
+    Token {
+        /// The Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The TURN host's API address as host:port (its `aud`).
+        #[arg(long, value_name = "ADDR")]
+        audience: String,
+        /// Who the token is for; the TURN username's name part in REST API mode.
+        #[arg(long, value_name = "ID")]
+        sub: Option<String>,
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+    },
     /// Pick one TURN host from ZooKeeper and print it as JSON.
     Allocate {
         /// Connect string with optional chroot, e.g. zk1:2181,zk2:2181/turn
@@ -172,6 +187,24 @@ fn main() -> ExitCode {
                 println!("{line}");
                 Ok(())
             })
+        }
+        Command::Token {
+            key,
+            audience,
+            sub,
+            ttl,
+        } => {
+            let now = turn_agent::credentials::unix_now().as_secs();
+            match turn_agent::cli::mint_token(&key, &audience, sub.as_deref(), &ttl, now) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("turn-agent: {error}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
         }
         Command::CheckConfig { config } => match load(&config) {
             Ok((raw, _)) => {

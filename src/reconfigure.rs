@@ -146,6 +146,9 @@ impl Reconfiguration {
         if next.access != before.access {
             self.live.guard.replace(&next.access);
         }
+        if next.api.cors != before.api.cors {
+            self.live.guard.set_cors(&next.api.cors);
+        }
         if next.api.turn_uris != before.api.turn_uris {
             self.live
                 .turn_uris

@@ -30,7 +30,7 @@ pub fn effect(key: &str) -> Effect {
     let (section, name) = key.split_once('.').unwrap_or((key, ""));
     match (section, name) {
         ("agent", "log_level" | "shutdown_timeout") => Effect::Live,
-        ("api", "turn_uris") => Effect::Live,
+        ("api", "turn_uris" | "cors_origins" | "cors_max_age") => Effect::Live,
         (
             "turnserver",
             "probe_interval" | "probe_timeout" | "probe_failures" | "startup_timeout"

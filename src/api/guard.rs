@@ -1,4 +1,5 @@
-//! The access middleware: who is calling, may they, and not too often.
+//! The access middleware: who is calling, may they, and not too often;
+//! and the CORS middleware in front of it, for browsers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -7,15 +8,17 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::ApiError;
 use crate::access::{AccessPolicy, Decision, Permission};
+use crate::client_token::ClientTokenVerifier;
 use crate::config::AccessConfig;
+use crate::cors::{CorsDecision, CorsPolicy};
 
 /// Keys kept by the rate limiter before idle ones are dropped.
 const LIMITER_KEYS_BEFORE_SWEEP: usize = 10_000;
@@ -24,25 +27,41 @@ const LIMITER_KEYS_BEFORE_SWEEP: usize = 10_000;
 #[derive(Clone)]
 pub struct Guard {
     rules: Arc<ArcSwap<Rules>>,
+    cors: Arc<ArcSwap<CorsPolicy>>,
 }
 
 struct Rules {
     policy: AccessPolicy,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     ipv6_prefix: u8,
+    /// The verifier and the index of the role a valid token grants.
+    client_tokens: Option<(ClientTokenVerifier, usize)>,
 }
 
+/// The `sub` of the valid client token a request carried: the guard puts
+/// it in the request's extensions for the credential handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSubject(pub String);
+
 impl Guard {
+    /// Rules from `access`, CORS off until [`Guard::set_cors`].
     pub fn new(access: &AccessConfig) -> Guard {
         Guard {
             rules: Arc::new(ArcSwap::from_pointee(Rules::new(access))),
+            cors: Arc::new(ArcSwap::from_pointee(CorsPolicy::disabled())),
         }
     }
 
     /// New rules from a reloaded configuration, for every request from now
-    /// on. The rate limiter starts afresh.
+    /// on. The rate limiter starts afresh; client token keys are the ones
+    /// `access` read.
     pub fn replace(&self, access: &AccessConfig) {
         self.rules.store(Arc::new(Rules::new(access)));
+    }
+
+    /// The origins [`cors`] lets browsers read answers from, from now on.
+    pub fn set_cors(&self, cors: &CorsPolicy) {
+        self.cors.store(Arc::new(cors.clone()));
     }
 }
 
@@ -57,10 +76,25 @@ impl Rules {
                 let burst = NonZeroU32::new(access.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
                 RateLimiter::keyed(quota.allow_burst(burst))
             });
+        let client_tokens = access.client_tokens.as_ref().and_then(|settings| {
+            match ClientTokenVerifier::new(
+                &settings.public_keys,
+                settings.audience.clone(),
+                settings.max_lifetime,
+            ) {
+                Ok(verifier) => Some((verifier, settings.role)),
+                // Validation read the same keys, so this is not expected.
+                Err(error) => {
+                    tracing::error!(%error, "client tokens are off: the public keys do not load");
+                    None
+                }
+            }
+        });
         Rules {
             policy: access.policy.clone(),
             limiter,
             ipv6_prefix: access.rate_limit_ipv6_prefix,
+            client_tokens,
         }
     }
 }
@@ -103,10 +137,75 @@ pub fn forwarded_for_lines(headers: &axum::http::HeaderMap) -> Vec<std::borrow::
         .collect()
 }
 
+/// A bearer token shaped like a JWT: three non-empty dot-separated parts.
+fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    (0..3).all(|_| parts.next().is_some_and(|part| !part.is_empty())) && parts.next().is_none()
+}
+
+/// CORS, in front of the access guard: a preflight from an allowed origin
+/// is answered here (it carries no credentials), a request from an origin
+/// not allowed is refused before anything is checked, counted or minted,
+/// and answers to an allowed origin name it, errors included. With no
+/// origins configured, requests pass untouched.
+pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let policy = guard.cors.load();
+    if !policy.is_enabled() {
+        return next.run(request).await;
+    }
+    let mut origins = request.headers().get_all(header::ORIGIN).iter();
+    let first = origins.next();
+    // A browser sends one Origin; several are not a browser's request.
+    let decision = match origins.next() {
+        Some(_) => CorsDecision::Refused,
+        None => policy.decide(first.map(HeaderValue::as_bytes)),
+    };
+    let is_preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = match &decision {
+        CorsDecision::Refused => {
+            ApiError::Forbidden("this origin may not use this API".into()).into_response()
+        }
+        CorsDecision::Allowed(_) if is_preflight => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(crate::cors::ALLOWED_METHODS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(crate::cors::ALLOWED_HEADERS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from(policy.max_age().as_secs()),
+            );
+            response
+        }
+        CorsDecision::Allowed(_) | CorsDecision::NotCors => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    if let CorsDecision::Allowed(origin) = &decision {
+        // Normalised from a header value, so it is one again.
+        if let Ok(origin) = HeaderValue::from_str(origin) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after"),
+            );
+        }
+    }
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
 pub async fn guard(
     State(guard): State<Guard>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let Some(permission) = required_permission(request.uri().path()) else {
@@ -115,7 +214,27 @@ pub async fn guard(
     let guard = guard.rules.load();
     let forwarded = forwarded_for_lines(request.headers());
     let client = guard.policy.client_address(peer.ip(), &forwarded);
-    match guard.policy.decide(client, bearer(&request), permission) {
+    let bearer_token = bearer(&request);
+    let mut decision = guard.policy.decide(client, bearer_token, permission);
+    let mut subject = None;
+    if let (Decision::Unknown, Some(token), Some((verifier, role))) =
+        (decision, bearer_token, &guard.client_tokens)
+    {
+        // Not one of the configured bearer tokens: a client token, when it
+        // has the shape of one. The token itself is never logged.
+        if looks_like_jwt(token) {
+            let verified = verifier
+                .verify(token, crate::credentials::unix_now().as_secs())
+                .map_err(|refusal| ApiError::Unauthorized(refusal.to_string()))?;
+            subject = verified.subject;
+            decision = if guard.policy.roles[*role].allows(permission) {
+                Decision::Allowed
+            } else {
+                Decision::Forbidden
+            };
+        }
+    }
+    match decision {
         Decision::Allowed => {}
         Decision::Unknown => {
             return Err(ApiError::Unauthorized(format!(
@@ -142,6 +261,9 @@ pub async fn guard(
                 limiter.retain_recent();
             }
         }
+    }
+    if let Some(subject) = subject {
+        request.extensions_mut().insert(ClientSubject(subject));
     }
     Ok(next.run(request).await)
 }

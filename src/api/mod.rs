@@ -6,6 +6,7 @@
 
 mod error;
 pub mod guard;
+pub mod ice_filter;
 pub mod server;
 pub mod tls;
 
@@ -16,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
@@ -55,7 +56,13 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .route("/drain", post(drain))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
-        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            guard::guard,
+        ))
+        // Outside the guard: preflights carry no credentials, and refusals
+        // of the guard must name the origin too.
+        .layer(axum::middleware::from_fn_with_state(guard, guard::cors))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             count_requests,
@@ -110,10 +117,30 @@ struct TurnCredentialBody<'a> {
     expired_time: u64,
 }
 
-fn issue(state: &ApiState, query: CredentialQuery) -> Result<IssuedCredential, ApiError> {
+/// `/ice`'s query: a credential's and the filters.
+#[derive(Debug, Deserialize)]
+struct IceQuery {
+    ttl: Option<u64>,
+    username: Option<String>,
+    /// `udp`, `tcp`, `tls`, comma-separated.
+    transport: Option<String>,
+    /// `relay` or `all`.
+    policy: Option<String>,
+}
+
+/// The subject of a client token wins over `?username=`, so a caller
+/// cannot claim another's name (REST API mode; long-term mode ignores both).
+fn issue(
+    state: &ApiState,
+    query: CredentialQuery,
+    subject: Option<Extension<guard::ClientSubject>>,
+) -> Result<IssuedCredential, ApiError> {
     let request = CredentialRequest {
         ttl: query.ttl,
-        user: query.username,
+        user: match subject {
+            Some(Extension(guard::ClientSubject(subject))) => Some(subject),
+            None => query.username,
+        },
     };
     state
         .credentials
@@ -123,10 +150,11 @@ fn issue(state: &ApiState, query: CredentialQuery) -> Result<IssuedCredential, A
 
 async fn turn_credential(
     State(state): State<ApiState>,
+    subject: Option<Extension<guard::ClientSubject>>,
     query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let credential = issue(&state, query)?;
+    let credential = issue(&state, query, subject)?;
     let body = TurnCredentialBody {
         r#type: "result",
         code: "ok",
@@ -141,6 +169,9 @@ async fn turn_credential(
 #[serde(rename_all = "camelCase")]
 struct IceBody<'a> {
     ice_servers: [IceServer<'a>; 1],
+    /// `"relay"` for `?policy=relay`; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ice_transport_policy: Option<&'static str>,
     /// Seconds the credential stays valid.
     ttl: u64,
     expires_at: String,
@@ -153,16 +184,30 @@ struct IceServer<'a> {
     credential: &'a str,
 }
 
-/// An RTCConfiguration fragment WebRTC stacks take as is.
+/// An RTCConfiguration fragment WebRTC stacks take as is, filtered by
+/// transport (see [`ice_filter`]). A bad filter mints nothing.
 async fn ice(
     State(state): State<ApiState>,
-    query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
+    subject: Option<Extension<guard::ClientSubject>>,
+    query: Result<Query<IceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let credential = issue(&state, query)?;
+    let filter = ice_filter::IceFilter::parse(query.transport.as_deref(), query.policy.as_deref())
+        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let turn_uris = filter
+        .apply(&state.turn_uris.load())
+        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let credential = issue(
+        &state,
+        CredentialQuery {
+            ttl: query.ttl,
+            username: query.username,
+        },
+        subject,
+    )?;
     let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(credential.expires_at);
-    let turn_uris = state.turn_uris.load();
     let body = IceBody {
+        ice_transport_policy: filter.ice_transport_policy(),
         ice_servers: [IceServer {
             urls: &turn_uris,
             username: &credential.username,

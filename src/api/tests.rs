@@ -48,6 +48,11 @@ fn without_peer(source: CredentialSource, rate_limit_per_second: f64) -> Fixture
 
 /// The router with fixed statuses and the given access rules.
 fn with_access(source: CredentialSource, access: crate::config::AccessConfig) -> Fixture {
+    with_guard(source, guard::Guard::new(&access))
+}
+
+/// The router with fixed statuses behind `guard`.
+fn with_guard(source: CredentialSource, guard: guard::Guard) -> Fixture {
     let (supervisor, supervisor_receiver) = watch::channel(SupervisorStatus::default());
     let (credential_status, status_receiver) =
         watch::channel(status(CredentialMode::LongTerm, true));
@@ -78,7 +83,7 @@ fn with_access(source: CredentialSource, access: crate::config::AccessConfig) ->
             "turn:192.0.2.1:3478?transport=tcp".into(),
         ])),
     };
-    let app = router(state, guard::Guard::new(&access));
+    let app = router(state, guard);
     Fixture {
         app,
         supervisor,
@@ -103,6 +108,7 @@ fn access(rate_limit_per_second: f64) -> crate::config::AccessConfig {
         rate_limit_burst: 2,
         rate_limit_ipv6_prefix: 64,
         token_files: Vec::new(),
+        client_tokens: None,
     }
 }
 
@@ -525,4 +531,396 @@ async fn every_error_the_stack_produces_is_json() {
     assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(body["code"], "request_header_fields_too_large");
+}
+
+// ---------------------------------------------------------------------------
+// Browsers: CORS, client tokens, /ice filters
+// ---------------------------------------------------------------------------
+
+const APP_ORIGIN: &str = "https://app.example";
+const AUDIENCE: &str = "turn1.example:8086";
+/// Not in the allow list.
+const BROWSER: [u8; 4] = [203, 0, 113, 5];
+
+fn cors_policy() -> crate::cors::CorsPolicy {
+    crate::cors::CorsPolicy::new(
+        &[APP_ORIGIN.to_string()],
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+/// A REST API source behind a guard with CORS for [`APP_ORIGIN`], client
+/// tokens verified with `public_key` (role `user`, 10 min), the given rate
+/// limit, seen from `peer`.
+fn browser_app(peer: [u8; 4], public_key: Option<Vec<u8>>, rate_limit_per_second: f64) -> Router {
+    let mut access = access(rate_limit_per_second);
+    access.client_tokens = public_key.map(|public_key| crate::config::ClientTokensConfig {
+        public_key_files: Vec::new(),
+        public_keys: vec![public_key],
+        audience: AUDIENCE.into(),
+        role: 1,
+        max_lifetime: std::time::Duration::from_secs(600),
+    });
+    let guard = guard::Guard::new(&access);
+    guard.set_cors(&cors_policy());
+    with_guard(CredentialSource::fixed_rest_api("north", 600, 3600), guard)
+        .app
+        .layer(MockConnectInfo(SocketAddr::from((peer, 40000))))
+}
+
+fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+fn varies_by_origin(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all("vary").iter().any(|value| {
+        value
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("origin")
+    })
+}
+
+#[tokio::test]
+async fn a_preflight_from_an_allowed_origin_is_answered_before_access_checks() {
+    let app = browser_app(BROWSER, None, 0.0);
+    for path in ["/ice", "/turncredential"] {
+        let (status, headers, _) = call_with(
+            &app,
+            request(
+                "OPTIONS",
+                path,
+                &[
+                    ("origin", APP_ORIGIN),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "authorization"),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{path}");
+        assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+        assert!(headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("GET"));
+        assert!(headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization"));
+        assert_eq!(headers["access-control-max-age"], "600");
+        assert!(varies_by_origin(&headers));
+    }
+}
+
+#[tokio::test]
+async fn a_preflight_from_a_foreign_origin_is_403_without_cors_headers() {
+    let app = browser_app([127, 0, 0, 1], None, 0.0);
+    let (status, headers, body) = call_with(
+        &app,
+        request(
+            "OPTIONS",
+            "/ice",
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "forbidden");
+    assert!(headers.get("access-control-allow-origin").is_none());
+    assert!(headers.get("access-control-allow-methods").is_none());
+    assert!(varies_by_origin(&headers));
+}
+
+#[tokio::test]
+async fn refusals_to_an_allowed_origin_name_it() {
+    // 401: not in the allow list.
+    let app = browser_app(BROWSER, None, 0.0);
+    let (status, headers, body) =
+        call_with(&app, request("GET", "/ice", &[("origin", APP_ORIGIN)])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "unauthorized");
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+    assert!(varies_by_origin(&headers));
+    // 403: a user may not rotate.
+    let app = browser_app([10, 0, 0, 1], None, 0.0);
+    let (status, headers, _) =
+        call_with(&app, request("POST", "/rotate", &[("origin", APP_ORIGIN)])).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+    // 429, with Retry-After readable by the page.
+    let app = browser_app([10, 0, 0, 1], None, 0.001);
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(call_with(&app, request("GET", "/ice", &[("origin", APP_ORIGIN)])).await);
+    }
+    let (status, headers, _) = last.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+    assert_eq!(headers["access-control-expose-headers"], "retry-after");
+    // 404, rewritten into JSON by the server's layer, keeps them too.
+    let app = browser_app([127, 0, 0, 1], None, 0.0);
+    let (status, headers, _) =
+        call_with(&app, request("GET", "/nope", &[("origin", APP_ORIGIN)])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+    assert!(varies_by_origin(&headers));
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_anything_is_minted_or_counted() {
+    // Burst 2 at a very low rate: a refused request must not use it up.
+    let app = browser_app([127, 0, 0, 1], None, 0.001);
+    for _ in 0..5 {
+        let (status, headers, body) = call_with(
+            &app,
+            request(
+                "GET",
+                "/turncredential",
+                &[("origin", "https://evil.example")],
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["code"], "forbidden");
+        assert!(body.get("password").is_none());
+        assert!(headers.get("access-control-allow-origin").is_none());
+    }
+    for _ in 0..2 {
+        let (status, _, body) = call_with(
+            &app,
+            request("GET", "/turncredential", &[("origin", APP_ORIGIN)]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Several Origin lines are not a browser's: refused, even if each is allowed.
+    let (status, headers, _) = call_with(
+        &app,
+        request(
+            "GET",
+            "/healthz",
+            &[("origin", APP_ORIGIN), ("origin", APP_ORIGIN)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn requests_without_origin_are_answered_as_without_cors() {
+    let expires_at = far_future();
+    let plain = fixture(long_term(expires_at), [127, 0, 0, 1]).app;
+    let guard = guard::Guard::new(&access(0.0));
+    guard.set_cors(&cors_policy());
+    let with_cors = with_guard(long_term(expires_at), guard)
+        .app
+        .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    for (method, uri) in [
+        ("GET", "/turncredential"),
+        ("GET", "/nope"),
+        ("OPTIONS", "/ice"),
+    ] {
+        let (status, headers, body) = call(&plain, method, uri).await;
+        let (cors_status, cors_headers, cors_body) = call(&with_cors, method, uri).await;
+        assert_eq!(status, cors_status, "{method} {uri}");
+        assert_eq!(body, cors_body, "{method} {uri}");
+        assert!(!varies_by_origin(&headers));
+        assert!(varies_by_origin(&cors_headers));
+        assert!(cors_headers.get("access-control-allow-origin").is_none());
+    }
+    // CORS off: an Origin changes nothing.
+    let (status, headers, _) = call_with(
+        &plain,
+        request(
+            "GET",
+            "/turncredential",
+            &[("origin", "https://evil.example")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+fn token(private: &[u8], claims: serde_json::Value) -> String {
+    crate::client_token::test_keys::signed(private, claims)
+}
+
+async fn with_bearer(app: &Router, uri: &str, token: &str) -> (StatusCode, serde_json::Value) {
+    let (status, headers, body) = call_with(
+        app,
+        request("GET", uri, &[("authorization", &format!("Bearer {token}"))]),
+    )
+    .await;
+    if status == StatusCode::UNAUTHORIZED {
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_valid_client_token_grants_user_from_any_address_and_names_the_caller() {
+    let (private, public) = crate::client_token::test_keys::key_pair();
+    let app = browser_app(BROWSER, Some(public), 0.0);
+    let now = unix_now().as_secs();
+    let alice = token(
+        &private,
+        json!({"exp": now + 300, "aud": AUDIENCE, "sub": "alice"}),
+    );
+    for uri in ["/turncredential?username=mallory", "/turncredential"] {
+        let (status, body) = with_bearer(&app, uri, &alice).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body["userid"].as_str().unwrap().ends_with(":alice"),
+            "{body}"
+        );
+    }
+    let (status, body) = with_bearer(&app, "/ice?username=mallory", &alice).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["iceServers"][0]["username"]
+        .as_str()
+        .unwrap()
+        .ends_with(":alice"));
+    // Without `sub`, ?username= is used as before.
+    let anonymous = token(
+        &private,
+        json!({"exp": now + 300, "aud": [AUDIENCE, "x:1"]}),
+    );
+    let (status, body) = with_bearer(&app, "/turncredential?username=bob", &anonymous).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["userid"].as_str().unwrap().ends_with(":bob"));
+    // The role is `user`: no rotation.
+    let (status, _, _) = call_with(
+        &app,
+        request(
+            "POST",
+            "/rotate",
+            &[("authorization", &format!("Bearer {alice}"))],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn refused_client_tokens_are_401_with_the_reason() {
+    let (private, public) = crate::client_token::test_keys::key_pair();
+    let (other_private, _) = crate::client_token::test_keys::key_pair();
+    let app = browser_app(BROWSER, Some(public), 0.0);
+    let now = unix_now().as_secs();
+    let cases = [
+        (
+            token(&private, json!({"exp": now - 3600, "aud": AUDIENCE})),
+            "expired",
+        ),
+        (
+            token(
+                &private,
+                json!({"exp": now + 300, "aud": "turn2.example:8086"}),
+            ),
+            "another audience",
+        ),
+        (
+            token(&other_private, json!({"exp": now + 300, "aud": AUDIENCE})),
+            "signature",
+        ),
+        (
+            token(&private, json!({"exp": now + 7200, "aud": AUDIENCE})),
+            "longer",
+        ),
+        (
+            token(
+                &private,
+                json!({"exp": now + 300, "aud": AUDIENCE, "sub": "a:b"}),
+            ),
+            "subject",
+        ),
+        ("a.b.c".to_string(), "malformed"),
+    ];
+    for (token, reason) in cases {
+        let (status, body) = with_bearer(&app, "/turncredential", &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}");
+        assert!(
+            body["reason"].as_str().unwrap().contains(reason),
+            "{reason}: {body}"
+        );
+        assert!(body.get("password").is_none());
+    }
+    // Not shaped like a JWT: an unknown static token, as before.
+    let (status, body) = with_bearer(&app, "/turncredential", "not-a-jwt-at-all").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["reason"].as_str().unwrap().contains("not allowed"));
+    // Client tokens off: a valid one is just an unknown bearer token.
+    let off = browser_app(BROWSER, None, 0.0);
+    let valid = token(&private, json!({"exp": now + 300, "aud": AUDIENCE}));
+    let (status, body) = with_bearer(&off, "/turncredential", &valid).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["reason"].as_str().unwrap().contains("not allowed"));
+}
+
+#[tokio::test]
+async fn client_token_holders_keep_the_per_address_rate_limit() {
+    let (private, public) = crate::client_token::test_keys::key_pair();
+    let app = browser_app(BROWSER, Some(public), 0.001);
+    let now = unix_now().as_secs();
+    let alice = token(
+        &private,
+        json!({"exp": now + 300, "aud": AUDIENCE, "sub": "alice"}),
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(with_bearer(&app, "/ice", &alice).await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ice_filters_by_transport_and_states_the_relay_policy() {
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    let (status, _, body) = call(&f.app, "GET", "/ice?transport=tcp&policy=relay").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["iceServers"][0]["urls"],
+        json!(["turn:192.0.2.1:3478?transport=tcp"])
+    );
+    assert_eq!(body["iceTransportPolicy"], "relay");
+    let (status, _, body) = call(&f.app, "GET", "/ice?transport=udp,tcp&policy=all").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["iceServers"][0]["urls"].as_array().unwrap().len(), 2);
+    assert!(body.get("iceTransportPolicy").is_none());
+    let (_, _, body) = call(&f.app, "GET", "/ice").await;
+    assert!(body.get("iceTransportPolicy").is_none());
+    for (uri, reason) in [
+        ("/ice?transport=tls", "no configured TURN URI"),
+        ("/ice?transport=quic", "unknown transport"),
+        ("/ice?transport=", "unknown transport"),
+        ("/ice?policy=none", "unknown policy"),
+    ] {
+        let (status, _, body) = call(&f.app, "GET", uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(body["code"], "bad_request");
+        assert!(
+            body["reason"].as_str().unwrap().contains(reason),
+            "{uri}: {body}"
+        );
+        assert!(body.get("iceServers").is_none());
+    }
 }
