@@ -158,6 +158,13 @@ mod tests {
     fn every_documented_key_has_a_deliberate_class() {
         assert_eq!(effect("traffic.capacity_mbps"), Effect::Live);
         assert_eq!(effect("access.allow"), Effect::Live);
+        assert_eq!(effect("access.client_tokens"), Effect::Live);
+        assert_eq!(
+            effect("access.client_tokens.public_key_files"),
+            Effect::Live
+        );
+        assert_eq!(effect("api.cors_origins"), Effect::Live);
+        assert_eq!(effect("api.cors_max_age"), Effect::Live);
         assert_eq!(effect("credentials.rotate_interval"), Effect::Live);
         assert_eq!(effect("agent.log_level"), Effect::Live);
         assert_eq!(effect("turnserver.listening_port"), Effect::Turnserver);
