@@ -129,6 +129,40 @@ async fn a_minted_token_fetches_a_named_credential_from_outside_the_allow_list()
     let (status, _) = get_as_stranger(&agent, "/ice", Some(&token)).await;
     assert_eq!(status, 401);
 
+    // CORS origins apply on SIGHUP too: a foreign origin is refused, a
+    // listed one named.
+    let listen = format!("listen = \"{}\"", agent.files.api);
+    agent.reload_with(
+        &listen,
+        &format!("{listen}\ncors_origins = [\"https://app.example\"]"),
+    );
+    let http = reqwest::Client::new();
+    wait_for(
+        Duration::from_secs(10),
+        "the new origins applied",
+        || async {
+            let response = http
+                .get(agent.url("/healthz"))
+                .header("origin", "https://evil.example")
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 403).then_some(())
+        },
+    )
+    .await;
+    let response = http
+        .get(agent.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
     let log = agent.log();
     for secret in [&token, &next] {
         let signature = secret.rsplit('.').next().unwrap();
