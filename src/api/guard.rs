@@ -137,8 +137,30 @@ pub fn forwarded_for_lines(headers: &axum::http::HeaderMap) -> Vec<std::borrow::
         .collect()
 }
 
+/// With CORS off nothing on the API is meant for pages: a state-changing
+/// request that a browser marks as coming from a page (`Origin`, or
+/// `Sec-Fetch-Site` other than `none`) is cross-site by construction.
+fn is_browser_write(request: &Request) -> bool {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let headers = request.headers();
+    let from_a_page = headers.contains_key(header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes() != b"none");
+    !safe && from_a_page
+}
+
+/// Longest bearer token looked at; longer ones are refused unverified.
+const MAX_TOKEN_BYTES: usize = 4096;
+
 /// A bearer token shaped like a JWT: three non-empty dot-separated parts.
 fn looks_like_jwt(token: &str) -> bool {
+    if token.len() > MAX_TOKEN_BYTES {
+        return false;
+    }
     let mut parts = token.split('.');
     (0..3).all(|_| parts.next().is_some_and(|part| !part.is_empty())) && parts.next().is_none()
 }
@@ -151,6 +173,16 @@ fn looks_like_jwt(token: &str) -> bool {
 pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let policy = guard.cors.load();
     if !policy.is_enabled() {
+        if is_browser_write(&request) {
+            // A page on any site can make a browser on an allowed address
+            // POST a form here without a preflight; the role comes from the
+            // address, so the write would run with the victim's rights.
+            return ApiError::Forbidden(
+                "a browser may not send this request: set api.cors_origins to let a page use this API"
+                    .into(),
+            )
+            .into_response();
+        }
         return next.run(request).await;
     }
     let mut origins = request.headers().get_all(header::ORIGIN).iter();

@@ -753,6 +753,44 @@ async fn requests_without_origin_are_answered_as_without_cors() {
     assert!(headers.get("access-control-allow-origin").is_none());
 }
 
+#[tokio::test]
+async fn with_cors_off_a_browser_cannot_post_on_behalf_of_an_allowed_address() {
+    // Loopback is admin; a page elsewhere makes the browser POST a form.
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    for header in [
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let (status, _, body) = call_with(&f.app, request("POST", "/rotate", &[header])).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{header:?}: {body}");
+        assert_eq!(body["code"], "forbidden");
+        let (status, _, _) = call_with(&f.app, request("POST", "/drain", &[header])).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{header:?}");
+    }
+    // Servers and the CLI send neither; a typed URL says `none`.
+    let (status, _, body) = call(&f.app, "POST", "/rotate").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = call_with(
+        &f.app,
+        request("POST", "/rotate", &[("sec-fetch-site", "none")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Reads stay as they were.
+    let (status, _, _) = call_with(
+        &f.app,
+        request(
+            "GET",
+            "/turncredential",
+            &[("origin", "https://evil.example")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 fn token(private: &[u8], claims: serde_json::Value) -> String {
     crate::client_token::test_keys::signed(private, claims)
 }
