@@ -1614,7 +1614,7 @@ fn validate_client_tokens(
     for (index, text) in raw.public_key_files.iter().enumerate() {
         let key = format!("access.client_tokens.public_key_files[{index}]");
         let path = v.path(&key, text);
-        match std::fs::read(&path) {
+        match crate::file_checks::read_limited(&path, crate::file_checks::MAX_PEM_BYTES) {
             Ok(pem) => {
                 let check = crate::client_token::ClientTokenVerifier::new(
                     std::slice::from_ref(&pem),
