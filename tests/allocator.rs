@@ -1142,3 +1142,71 @@ async fn a_fleet_of_hosts_takes_a_stream_of_updates_at_a_cost_per_change() {
         "an update cost {per_update:?} of CPU at {hosts} hosts"
     );
 }
+
+/// A client token's `sub` names the caller at the allocator too: the host
+/// is asked for a credential for `sub`, whatever `?username=` says.
+#[tokio::test]
+async fn a_client_tokens_subject_wins_over_the_username_asked_for() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let host = stand_in(ok_json(
+        r#"{"iceServers":[{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"p"}]}"#,
+    ))
+    .await;
+    {
+        let writer = writer(&zookeeper).await;
+        put(&writer, "only", &record(&host.addr.to_string(), 900.0, "x")).await;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let private = keys.path().join("key.pem");
+    let public = keys.path().join("pub.pem");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            private.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let status = std::process::Command::new("openssl")
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let extra = format!(
+        "\n[access.client_tokens]\npublic_key_files = [\"{}\"]\naudience = \"allocator\"\n",
+        public.display()
+    );
+    let (service, _) = start_service(&zookeeper, &extra, 1).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = turn_agent::client_token::mint(
+        &std::fs::read(&private).unwrap(),
+        "allocator",
+        Some("alice"),
+        Duration::from_secs(60),
+        now,
+    )
+    .unwrap();
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/ice?username=bob", service.listen))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let asked = host.requests.lock().unwrap().join("\n");
+    assert!(asked.contains("username=alice"), "{asked}");
+    assert!(!asked.contains("bob"), "{asked}");
+}

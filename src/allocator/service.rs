@@ -659,14 +659,20 @@ async fn ice(
     State(state): State<ServiceState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    subject: Option<axum::Extension<crate::api::guard::ClientSubject>>,
     raw: Result<Query<PickQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(request) = raw?;
     let preference = request.preference();
-    let username = request
-        .username
-        .as_deref()
-        .filter(|user| crate::credentials::rest_api::is_safe_user(user));
+    // A client token's `sub` names the caller and wins over `?username=`,
+    // as on the agent, so a token holder cannot claim another's name.
+    let username = match &subject {
+        Some(axum::Extension(crate::api::guard::ClientSubject(subject))) => Some(subject.as_str()),
+        None => request
+            .username
+            .as_deref()
+            .filter(|user| crate::credentials::rest_api::is_safe_user(user)),
+    };
     let client = state
         .ice
         .policy
