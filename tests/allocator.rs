@@ -1157,34 +1157,10 @@ async fn a_client_tokens_subject_wins_over_the_username_asked_for() {
         put(&writer, "only", &record(&host.addr.to_string(), 900.0, "x")).await;
     }
     let keys = tempfile::tempdir().unwrap();
-    let private = keys.path().join("key.pem");
-    let public = keys.path().join("pub.pem");
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            private.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            private.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let status = std::process::Command::new("openssl")
-            .args(&args)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    let (private, public) = openssl_key_pair(keys.path(), "allocator");
     let extra = format!(
         "\n[access.client_tokens]\npublic_key_files = [\"{}\"]\naudience = \"allocator\"\n",
-        public.display()
+        public
     );
     let (service, _) = start_service(&zookeeper, &extra, 1).await;
     let now = std::time::SystemTime::now()

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -15,26 +14,6 @@ use axum::response::Html;
 use axum::routing::{get, post};
 use common::*;
 use tokio::sync::mpsc;
-
-fn openssl_key_pair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let private = dir.join("client.key");
-    let public = dir.join("client.pub");
-    assert!(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&private)
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap()
-        .success());
-    (private, public)
-}
 
 /// The page at the allowed origin; `{AGENT}` and the tokens are filled in.
 const MAIN_PAGE: &str = r#"<!doctype html><html><body>
@@ -103,7 +82,7 @@ struct Pages {
 #[tokio::test]
 async fn chromium_relays_a_data_channel_with_ice_from_another_origin() {
     let keys = tempfile::tempdir().unwrap();
-    let (private, public) = openssl_key_pair(keys.path());
+    let (private, public) = openssl_key_pair(keys.path(), "client");
     let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pages_port = pages.local_addr().unwrap().port();
     let origin = format!("http://127.0.0.1:{pages_port}");
@@ -119,7 +98,7 @@ roles = [{{ name = "probe", permissions = ["status"] }}]
 [access.client_tokens]
 public_key_files = ["{}"]
 "#,
-            public.display()
+            public
         ),
         env: vec![(
             "TURN_AGENT_API_CORS_ORIGINS".into(),

@@ -4,35 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 /// Not in the allow list (which holds 127.0.0.1 and ::1 only).
 const STRANGER: &str = "127.0.0.2";
-
-/// An Ed25519 key pair written by openssl: (private, public) paths.
-fn openssl_key_pair(dir: &Path, name: &str) -> (String, String) {
-    let private = dir.join(format!("{name}.key"));
-    let public = dir.join(format!("{name}.pub"));
-    let status = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&private)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    (private.display().to_string(), public.display().to_string())
-}
 
 fn mint(key: &str, audience: &str, extra: &[&str]) -> String {
     let mut args = vec!["token", "--key", key, "--audience", audience];

@@ -579,3 +579,25 @@ pub fn unix_now_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// An Ed25519 key pair written by openssl, as client tokens use:
+/// (private, public) PEM paths.
+pub fn openssl_key_pair(dir: &Path, name: &str) -> (String, String) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    assert!(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success());
+    (private.display().to_string(), public.display().to_string())
+}
