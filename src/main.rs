@@ -216,8 +216,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads and validates `path`, then reads the TLS files it names (their
+/// PEM is checked where it is used, not by the validator).
 fn load(path: &Path) -> Result<(RawConfig, Config), ExitCode> {
-    config::load(path).map_err(|error| config_error(path, &error))
+    config::load(path)
+        .and_then(|(raw, config)| {
+            turn_agent::api::tls::check(config.api.tls.as_ref())?;
+            Ok((raw, config))
+        })
+        .map_err(|error| config_error(path, &error))
 }
 
 /// Loads `config`, asks the agent it describes through `call` and prints

@@ -94,7 +94,10 @@ impl Reconfiguration {
     fn reread(&mut self, path: &Path) {
         // The file must be valid as a whole, even in keys that wait for an
         // agent restart.
-        let reread = config::load(path).and_then(|(raw, _)| self.reloader.reread(raw));
+        let reread = config::load(path).and_then(|(raw, config)| {
+            api::tls::check(config.api.tls.as_ref())?;
+            self.reloader.reread(raw)
+        });
         let reread = match reread {
             Ok(reread) => reread,
             Err(error) => {

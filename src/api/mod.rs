@@ -70,7 +70,8 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .with_state(state)
 }
 
-pub use server::{serve, ServerLimits};
+pub use crate::config::ServerLimits;
+pub use server::serve;
 
 /// 200 while the agent's HTTP server runs: liveness, not readiness.
 async fn healthz() -> Json<serde_json::Value> {

@@ -40,38 +40,13 @@ use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
 use super::tls::TlsReloader;
+use crate::config::ServerLimits;
 
 /// At most one "connection refused" line per this interval.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The IPv6 prefix that counts as one address for the connection cap.
 const CONNECTION_KEY_IPV6_PREFIX: u8 = 64;
-
-/// Limits applied to every connection.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ServerLimits {
-    pub max_connections: usize,
-    /// Open connections from one client address (an IPv6 /64).
-    pub max_connections_per_address: usize,
-    /// Upper bound on the request head; 431 beyond it.
-    pub max_header_bytes: usize,
-    /// Deadline for a request head, also the idle keep-alive timeout and
-    /// the TLS handshake deadline.
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            max_connections: 1024,
-            max_connections_per_address: 32,
-            max_header_bytes: 16 * 1024,
-            header_read_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Why a connection was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,5 @@
 //! Optional TLS for the API (rustls), with certificates re-read on SIGHUP.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -9,11 +8,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-/// Where the certificate chain and key live (PEM).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+use crate::config::{ConfigError, TlsFiles};
+
+/// Loads the configured files once, as `check-config`, start and a reload
+/// do before they accept a configuration: a problem is `api.tls`.
+pub fn check(files: Option<&TlsFiles>) -> Result<(), ConfigError> {
+    match files.map(load) {
+        Some(Err(message)) => Err(ConfigError::single("api.tls", message)),
+        _ => Ok(()),
+    }
 }
 
 /// Reads and checks the files into a rustls configuration. Errors name the
