@@ -9,6 +9,8 @@ bash scripts/install-deps.sh
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
 
 cargo fmt --all -- --check
+# Imports only go down the layers in ARCHITECTURE.md, with no circle.
+bash scripts/check-layers.sh
 cargo clippy --all-targets --locked -- -D warnings
 # The allocator library alone, as signalling servers embed it.
 cargo clippy --locked --no-default-features --features allocator -- -D warnings

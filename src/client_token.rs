@@ -183,7 +183,7 @@ impl ClientTokenVerifier {
 /// The same rule as a `?username=` (which would otherwise be replaced by
 /// a random name: a subject is refused instead, never rewritten).
 pub fn is_valid_subject(subject: &str) -> bool {
-    subject.len() <= MAX_SUBJECT_BYTES && crate::credentials::rest_api::is_safe_user(subject)
+    subject.len() <= MAX_SUBJECT_BYTES && crate::turn_user::is_safe_user(subject)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@
 //! - [`api`]: the axum router and server.
 //! - [`systemd`]: READY/STOPPING/STATUS/WATCHDOG notifications.
 //! - [`logging`]: the tracing subscriber.
+//! - [`time`]: wall-clock time (`unix_now`), read in one place.
+//! - [`turn_user`]: what a TURN user name may hold (pure).
 #![deny(rust_2018_idioms, unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "agent")]
@@ -86,10 +88,12 @@ pub mod stun_client;
 pub mod supervisor;
 #[cfg(feature = "agent")]
 pub mod systemd;
+pub mod time;
 #[cfg(feature = "agent")]
 pub mod traffic;
 #[cfg(feature = "agent")]
 pub mod turn_check;
+pub mod turn_user;
 pub mod znode;
 #[cfg(feature = "allocator")]
 pub mod zookeeper;

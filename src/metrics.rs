@@ -13,9 +13,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::credentials::unix_now;
 use crate::readiness::{Readiness, Snapshot};
 use crate::registry::RegistryStatus;
+use crate::time::unix_now;
 
 /// HTTP requests by route and status code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -81,7 +81,7 @@ pub(super) fn validate_credentials(
     } else {
         raw.database_args.clone()
     };
-    let sqlite_userdb = crate::credentials::userdb::sqlite_path(&database_args);
+    let sqlite_userdb = sqlite_path(&database_args);
     if raw.mode == CredentialMode::RestApi && sqlite_userdb.is_none() {
         v.problem(
             "credentials.database_args",
@@ -116,4 +116,19 @@ pub(super) fn validate_credentials(
         rotate_min_interval,
         max_live_secrets,
     }
+}
+
+/// The SQLite database turnadmin's `database_args` name (`-b PATH`,
+/// `--db PATH`, `--userdb PATH`, the `=` forms or `-bPATH`), or `None` for
+/// any other database or extra flags.
+pub fn sqlite_path(database_args: &[String]) -> Option<PathBuf> {
+    let path = match database_args {
+        [flag, path] if matches!(flag.as_str(), "-b" | "--db" | "--userdb") => path.as_str(),
+        [single] => single
+            .strip_prefix("--db=")
+            .or_else(|| single.strip_prefix("--userdb="))
+            .or_else(|| single.strip_prefix("-b"))?,
+        _ => return None,
+    };
+    (!path.is_empty()).then(|| PathBuf::from(path))
 }

@@ -44,7 +44,7 @@ pub use access::{
 };
 pub use agent::{AgentConfig, LogFormat, RawAgent};
 pub use api::{ApiConfig, RawApi, RawTls, ServerLimits, TlsFiles};
-pub use credentials::{CredentialMode, CredentialsConfig, RawCredentials};
+pub use credentials::{sqlite_path, CredentialMode, CredentialsConfig, RawCredentials};
 pub use drain::{DrainConfig, RawDrain};
 pub use env::ENV_PREFIX;
 pub use health::{HealthConfig, RawHealth};

@@ -17,7 +17,7 @@ pub mod turnadmin;
 pub mod userdb;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
@@ -300,9 +300,4 @@ impl RotateHandle {
     }
 }
 
-/// Unix time now, in seconds and as a duration.
-pub fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
+pub use crate::time::unix_now;

@@ -25,14 +25,7 @@ pub fn mint(secret: &Secret, user: &str, expires_at: u64) -> (String, Secret) {
     (username, Secret::new(password))
 }
 
-/// A `username` query value safe to embed: 1-64 of `[A-Za-z0-9_.@-]`.
-pub fn is_safe_user(user: &str) -> bool {
-    !user.is_empty()
-        && user.len() <= 64
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'@'))
-}
+pub use crate::turn_user::is_safe_user;
 
 /// The TTL a request gets: what it asked for, or `default`, never more than
 /// `max` (coturn itself does not cap it) and never zero.

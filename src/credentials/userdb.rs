@@ -55,20 +55,7 @@ pub enum UserDbError {
     NotWal(String),
 }
 
-/// The SQLite database turnadmin's `database_args` name (`-b PATH`,
-/// `--db PATH`, `--userdb PATH`, the `=` forms or `-bPATH`), or `None` for
-/// any other database or extra flags.
-pub fn sqlite_path(database_args: &[String]) -> Option<PathBuf> {
-    let path = match database_args {
-        [flag, path] if matches!(flag.as_str(), "-b" | "--db" | "--userdb") => path.as_str(),
-        [single] => single
-            .strip_prefix("--db=")
-            .or_else(|| single.strip_prefix("--userdb="))
-            .or_else(|| single.strip_prefix("-b"))?,
-        _ => return None,
-    };
-    (!path.is_empty()).then(|| PathBuf::from(path))
-}
+pub use crate::config::sqlite_path;
 
 /// Whether a file mode lets anyone but the owner in.
 pub fn is_private(mode: u32) -> bool {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Fails when a module of src/ imports from a higher layer, when a module is
+# in no layer, or when the modules' imports form a circle.
+#
+# The layer table is the `layers` block in ARCHITECTURE.md (one place): each
+# line is `<rank> <name>: <module> <module> ...`; a module may use modules of
+# its own rank or lower ranks. A module is a top-level file or folder of
+# src/; its imports are the `crate::<module>` paths outside comment lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+table=$(awk '/^```layers$/ {inside = 1; next} /^```$/ {inside = 0} inside' ARCHITECTURE.md)
+if [ -z "$table" ]; then
+  echo "check-layers: no \`\`\`layers block in ARCHITECTURE.md" >&2
+  exit 1
+fi
+declare -A rank
+while read -r number name modules; do
+  for module in $modules; do
+    rank[$module]=$number
+  done
+done <<<"$(sed 's/:/ /' <<<"$table")"
+
+failed=0
+edges=$(mktemp)
+trap 'rm -f "$edges"' EXIT
+for file in $(find src -name '*.rs' | sort); do
+  module=${file#src/}
+  module=${module%%/*}
+  module=${module%.rs}
+  if [ -z "${rank[$module]:-}" ]; then
+    echo "check-layers: $file: module \`$module\` is in no layer of ARCHITECTURE.md" >&2
+    failed=1
+    continue
+  fi
+  for used in $(grep -v '^[[:space:]]*//' "$file" | grep -o 'crate::[a-z_][a-z0-9_]*' | sed 's/^crate:://' | sort -u); do
+    [ "$used" = "$module" ] && continue
+    if [ -z "${rank[$used]:-}" ]; then
+      echo "check-layers: $file uses \`$used\`, which is in no layer" >&2
+      failed=1
+    elif [ "${rank[$used]}" -gt "${rank[$module]}" ]; then
+      echo "check-layers: $file (layer ${rank[$module]}) imports \`$used\` from the higher layer ${rank[$used]}" >&2
+      failed=1
+    fi
+    echo "$module $used" >>"$edges"
+  done
+done
+
+# tsort names a circle on stderr.
+if ! tsort "$edges" >/dev/null 2>"$edges.err"; then
+  echo "check-layers: the imports form a circle:" >&2
+  cat "$edges.err" >&2
+  failed=1
+fi
+rm -f "$edges.err"
+if [ "$failed" -ne 0 ]; then
+  exit 1
+fi
+echo "check-layers: ok (${#rank[@]} modules, no upward import, no circle)"
