@@ -1,5 +1,14 @@
 //! ZooKeeper plumbing shared by the registry (writer) and the allocator
 //! (reader): connect strings, znode paths, sessions.
+//!
+//! zookeeper-client is patched in-tree (`vendor/zookeeper-client`, see its
+//! `README.turn-agent.md`) so that one frozen or dead server never costs a
+//! session: a connection silent for 2/3 of the negotiated session timeout
+//! is dropped (the read timeout), establishing one may take only the
+//! [`connection_timeout`], a reconnect tries every other server before the
+//! one just lost, and only a server's answer expires a session (the
+//! released crate expired it by itself after 7/5 of the timeout without a
+//! server, though an ensemble that lost its quorum keeps sessions).
 
 use std::time::Duration;
 
@@ -86,10 +95,11 @@ pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// session timeout divided among them, as the Java client and Curator do,
 /// so that one frozen or dead server costs at most its share and the
 /// session survives on another; at most [`CONNECTION_TIMEOUT_MAX`], so a
-/// server still starting is retried soon. zookeeper-client 0.11 uses this
-/// one value as both the connect and the read timeout (no answer, pings
-/// included, for that long drops the connection); it has no separate read
-/// timeout.
+/// server still starting is retried soon. It bounds establishing a
+/// connection only; the patched client drops an established connection
+/// after its read timeout (2/3 of the negotiated session timeout), then
+/// reconnects to another server first, so read timeout plus one
+/// connection timeout stays below the session timeout.
 pub fn connection_timeout(session_timeout: Duration, servers: usize) -> Duration {
     let servers = u32::try_from(servers.max(1)).unwrap_or(u32::MAX);
     (session_timeout / servers)
