@@ -178,6 +178,8 @@ impl Reader {
 pub struct Ensemble {
     pub dir: tempfile::TempDir,
     pub client_ports: Vec<u16>,
+    /// Per node, its quorum port: only the leader listens on it.
+    pub quorum_ports: Vec<u16>,
     children: Vec<Option<Child>>,
 }
 
@@ -188,6 +190,13 @@ impl Ensemble {
 
     /// With extra `zoo.cfg` lines (e.g. `maxClientCnxns=0` for many sessions).
     pub async fn start_with(size: usize, extra_config: &str) -> Ensemble {
+        Ensemble::start_nodes(size, extra_config, size).await
+    }
+
+    /// Writes every node's configuration but starts only the first
+    /// `running` nodes (a quorum), and waits until one of them follows and
+    /// one leads; [`Ensemble::revive`] starts the others later.
+    pub async fn start_nodes(size: usize, extra_config: &str, running: usize) -> Ensemble {
         let dir = tempfile::Builder::new()
             .prefix("turn-agent-zk-ensemble-")
             .tempdir()
@@ -218,28 +227,61 @@ impl Ensemble {
                 ),
             )
             .unwrap();
-            children.push(Some(spawn_java(&node_dir)));
+            children.push((index < running).then(|| spawn_java(&node_dir)));
         }
         let ensemble = Ensemble {
             dir,
             client_ports,
+            quorum_ports: peers.iter().map(|(peer, _)| *peer).collect(),
             children,
         };
-        for port in ensemble.client_ports.clone() {
-            wait_for(
-                Duration::from_secs(30),
-                "the ensemble's quorum",
-                || async move {
-                    four_letter(port, "srvr")
-                        .filter(|answer| {
-                            answer.contains("Mode: leader") || answer.contains("Mode: follower")
-                        })
-                        .map(|_| ())
-                },
-            )
+        if running == size {
+            for index in 0..size {
+                ensemble.wait_serving(index, "the ensemble's quorum").await;
+            }
+        } else {
+            wait_for(Duration::from_secs(30), "a partial quorum", || {
+                let formed = (0..running).any(|index| ensemble.is_follower(index))
+                    && ensemble.leader_by_quorum_port().is_some();
+                async move { formed.then_some(()) }
+            })
             .await;
         }
         ensemble
+    }
+
+    /// Waits until node `index` serves clients as leader or follower.
+    pub async fn wait_serving(&self, index: usize, what: &str) {
+        let port = self.client_ports[index];
+        wait_for(Duration::from_secs(30), what, || async move {
+            four_letter(port, "srvr")
+                .filter(|answer| {
+                    answer.contains("Mode: leader") || answer.contains("Mode: follower")
+                })
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    /// Node `index` runs and says it follows a leader.
+    pub fn is_follower(&self, index: usize) -> bool {
+        self.children[index].is_some()
+            && four_letter(self.client_ports[index], "srvr")
+                .is_some_and(|answer| answer.contains("Mode: follower"))
+    }
+
+    /// The leader, found by its quorum port (only a leader listens there),
+    /// which also works with `leaderServes=no`, where a leader's `srvr`
+    /// says it is not serving.
+    pub fn leader_by_quorum_port(&self) -> Option<usize> {
+        (0..self.client_ports.len()).find(|&index| {
+            self.children[index].is_some()
+                && TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], self.quorum_ports[index])),
+                    Duration::from_millis(500),
+                )
+                .is_ok()
+        })
     }
 
     pub fn connect_string(&self) -> String {
