@@ -217,7 +217,9 @@ async fn main() {
         .expect("child agents");
     let mut settings = AllocatorSettings::new(connect.clone(), PATH);
     settings.min_free_mbps = 0.0;
-    let allocator = Allocator::start(settings);
+    let allocator = Allocator::start(settings)
+        .await
+        .expect("the allocator starts");
     while allocator.snapshot().hosts.len() < agents_count {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -263,7 +265,9 @@ async fn main() {
     let started = Instant::now();
     let mut settings = AllocatorSettings::new(connect.clone(), big);
     settings.min_free_mbps = 0.0;
-    let allocator = Allocator::start(settings);
+    let allocator = Allocator::start(settings)
+        .await
+        .expect("the allocator starts");
     while allocator.snapshot().hosts.len() < view_size {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

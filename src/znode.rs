@@ -1,9 +1,42 @@
 //! The payload of a host's znode: written by the agent's registry, read by
-//! the allocator. One schema for both, so they cannot drift.
+//! the allocator. One schema for both, so they cannot drift; this is the
+//! one place it is documented.
+//!
+//! # The host record
+//!
+//! Each TURN host is one znode under the allocator's path (by default
+//! `/turn/servers/<node>`, the node name chosen by the agent), EPHEMERAL so
+//! it disappears with the agent's session. Its data is one JSON object in
+//! UTF-8:
+//!
+//! ```json
+//! {"freeTraffic":812.4,"restAddr":"192.0.2.10:8086",
+//!  "turnUris":["turn:192.0.2.10:3478?transport=udp"],"realm":"example.org",
+//!  "capacityMbps":1000.0,"region":"eu-west","isp":["telecom"],
+//!  "updatedAt":"2026-11-22T07:00:00Z","version":"0.1.0","restarts":2}
+//! ```
+//!
+//! | field | type, unit | required | default | meaning |
+//! |---|---|---|---|---|
+//! | `freeTraffic` | number, Mbps, one decimal, finite, ≥ 0 | yes | — | traffic the host can still take: capacity minus the measured rate |
+//! | `restAddr` | string, `ip:port` | yes | — | the agent's HTTP API (`/ice`, `/turncredential`); a unicast IP literal and a port other than 0, never a host name or URL |
+//! | `turnUris` | array of strings, TURN/STUN URIs | no | `[]` | what clients are given to reach the host |
+//! | `realm` | string | no | `""` | the TURN realm |
+//! | `capacityMbps` | number, Mbps | no | `0` (unknown) | the host's configured capacity |
+//! | `region` | string | no | `""` (none) | matched against a pick's preferred region |
+//! | `isp` | array of strings | no | `[]` (every ISP) | the ISPs the host serves; matched against a pick's ISP |
+//! | `updatedAt` | string, RFC 3339 UTC | no | `""` | when the agent wrote this record |
+//! | `version` | string | no | `""` | the agent version that wrote it |
+//! | `restarts` | integer, count | no | `0` | turnserver restarts since the agent started |
 //!
 //! `freeTraffic` and `restAddr` are what existing signalling servers read;
 //! everything else is additive. Readers ignore fields they do not know, so
-//! newer agents can add fields without breaking older allocators.
+//! newer agents can add fields without breaking older allocators. Every
+//! string (and list item) is at most [`PayloadLimits::max_string_chars`]
+//! characters, every list at most [`PayloadLimits::max_list_items`] items,
+//! and the whole record at most [`PayloadLimits::max_payload_bytes`]; a
+//! record that breaks any rule is skipped whole, with a rate-limited
+//! warning naming the node.
 //!
 //! Anyone who can write a znode controls its payload (ZooKeeper requires no
 //! ACL by default), so the reader treats it as hostile:
@@ -17,6 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::log_safe::LogSafe;
 
+/// One host record; the fields, units and defaults are in the
+/// [module documentation](self).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostPayload {

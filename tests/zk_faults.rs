@@ -69,7 +69,7 @@ async fn a_freeze_shorter_than_the_session_timeout_does_not_blind_the_allocator(
     put(&writer, "a", &payload(100.0, 1)).await;
     let mut settings = AllocatorSettings::new(zookeeper.connect_string(), BASE);
     settings.session_timeout = Duration::from_secs(4);
-    let allocator = Allocator::start(settings);
+    let allocator = Allocator::start(settings).await.unwrap();
     assert!(allocator.wait_synced(Duration::from_secs(10)).await);
     assert_eq!(hosts(&allocator.snapshot()), vec![("a".to_string(), 100.0)]);
 
@@ -461,7 +461,7 @@ async fn an_ensemble_losing_a_follower_its_leader_then_its_quorum_costs_nothing_
         .collect();
     let mut settings = AllocatorSettings::new(connect.clone(), BASE);
     settings.session_timeout = Duration::from_secs(2);
-    let allocator = Arc::new(Allocator::start(settings));
+    let allocator = Arc::new(Allocator::start(settings).await.unwrap());
     for agent in &agents {
         agent.wait_ready(Duration::from_secs(20)).await;
     }

@@ -70,7 +70,7 @@ pub fn render(view: &View, min_free_mbps: f64, now: SystemTime) -> String {
             eligible = if eligible { "yes" } else { "no" },
         );
     }
-    let state = if view.synced_at.is_none() {
+    let mut state = if view.synced_at.is_none() {
         "waiting for ZooKeeper".to_string()
     } else if view.disconnected_since.is_some() {
         format!(
@@ -80,6 +80,9 @@ pub fn render(view: &View, min_free_mbps: f64, now: SystemTime) -> String {
     } else {
         "live".to_string()
     };
+    if let Some(problem) = &view.problem {
+        let _ = write!(state, " ({problem})");
+    }
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
@@ -131,6 +134,7 @@ mod tests {
             disconnected_since: None,
             confirmed_at: None,
             live: true,
+            problem: None,
         };
         let now = humantime::parse_rfc3339("2026-11-22T07:00:30Z").unwrap();
         let html = render(&view, 1.0, now);

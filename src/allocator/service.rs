@@ -63,9 +63,29 @@ pub struct ServiceConfig {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     allocator: RawService,
-    /// Same format as the agent's; the default admits loopback only.
+    /// Same format as the agent's; the default admits loopback only. Read
+    /// as a table first so the service's own rate-limit defaults apply.
     #[serde(default)]
-    access: RawAccess,
+    access: toml::Table,
+}
+
+/// The service's per-address rate limit when `[access]` does not set one.
+/// Its callers are a few signalling servers, each sending every session's
+/// pick from one address, so the agent's 20/s (burst 40) would throttle
+/// them; this still stops a runaway loop.
+pub const DEFAULT_RATE_LIMIT_PER_SECOND: f64 = 1000.0;
+/// Burst of [`DEFAULT_RATE_LIMIT_PER_SECOND`].
+pub const DEFAULT_RATE_LIMIT_BURST: i64 = 2000;
+
+/// `[access]` with the service's defaults for the keys it leaves out.
+fn service_access(mut table: toml::Table) -> Result<RawAccess, toml::de::Error> {
+    table
+        .entry("rate_limit_per_second")
+        .or_insert(toml::Value::Float(DEFAULT_RATE_LIMIT_PER_SECOND));
+    table
+        .entry("rate_limit_burst")
+        .or_insert(toml::Value::Integer(DEFAULT_RATE_LIMIT_BURST));
+    toml::Value::Table(table).try_into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,10 +152,23 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         )],
     })?;
     let mut problems = Vec::new();
-    let access = match crate::config::validate_access_section(&raw.access) {
-        Ok(access) => Some(access),
-        Err(access_problems) => {
-            problems.extend(access_problems);
+    let access = match service_access(raw.access) {
+        Ok(access) => match crate::config::validate_access_section(&access) {
+            Ok(access) => Some(access),
+            Err(access_problems) => {
+                problems.extend(access_problems);
+                None
+            }
+        },
+        Err(error) => {
+            problems.push(problem(
+                "access",
+                error
+                    .message()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ));
             None
         }
     };
@@ -338,6 +371,7 @@ impl ServiceState {
             Err(AllocError::NoView) => "no_view",
             Err(AllocError::Stale { .. }) => "stale",
             Err(AllocError::NoHost { .. }) => "no_host",
+            Err(AllocError::NoSuchPath { .. }) => "no_path",
         };
         self.picks
             .get_or_create(&PickLabels { endpoint, outcome })
@@ -565,7 +599,10 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     );
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "allocator listening");
-    let allocator = Arc::new(Allocator::start(config.settings.clone()));
+    // A bad path or a path that does not exist stops the service here;
+    // an unreachable ZooKeeper does not (the view shows why, and the
+    // allocator keeps trying).
+    let allocator = Arc::new(Allocator::start(config.settings.clone()).await?);
     let stop = CancellationToken::new();
     let ice = IceFetch {
         attempts: config.ice_attempts,
@@ -599,9 +636,13 @@ pub async fn allocate_once(
     settings: AllocatorSettings,
     preference: Preference,
 ) -> anyhow::Result<String> {
-    let allocator = Allocator::start(settings);
+    let allocator = Allocator::start(settings).await?;
     if !allocator.wait_synced(Duration::from_secs(10)).await {
-        anyhow::bail!("cannot read the host list from ZooKeeper within 10 s");
+        let why = allocator
+            .status()
+            .problem
+            .map_or_else(String::new, |problem| format!(": {problem}"));
+        anyhow::bail!("cannot read the host list from ZooKeeper within 10 s{why}");
     }
     let host = allocator.pick(&preference)?;
     Ok(serde_json::to_string(&Allocated::from(&host))?)
@@ -749,6 +790,7 @@ async fn hosts(State(state): State<ServiceState>) -> Json<serde_json::Value> {
     Json(json!({
         "synced": view.synced(),
         "viewAgeMs": view.age().as_millis() as u64,
+        "problem": view.problem.as_ref().map(ToString::to_string),
         "hosts": view.hosts.iter().map(|host| json!({
             "node": host.node,
             "payload": host.payload,

@@ -10,15 +10,17 @@
 //! confirmed only by what the server answered on a connection whose watch
 //! this code armed: a listing, a watch event or a periodic probe.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use super::{AllocatorSettings, Host, View};
+use super::{AllocatorSettings, Host, Problem, View};
 use crate::backoff::ExponentialBackoff;
 use crate::log_safe::LogSafe;
 use crate::znode::{HostPayload, LogBudget, PayloadLimits};
@@ -26,12 +28,26 @@ use crate::znode::{HostPayload, LogBudget, PayloadLimits};
 /// Skipped records are re-read on every re-list: warn about a few per minute.
 static SKIP_WARNINGS: Mutex<LogBudget> = Mutex::new(LogBudget::new(20, Duration::from_secs(60)));
 
+/// Between sessions: after a failed connect and after a session ends, so a
+/// session that fails at once cannot turn into a storm of new sessions.
+/// Reset only once a session has listed the hosts.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// How often a quiet, live view is confirmed by asking the server.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(500);
-/// Wait before re-arming again after a failed attempt on a live connection.
-const REARM_RETRY: Duration = Duration::from_millis(200);
+/// Between attempts to arm the watch or list the hosts on one live
+/// connection (a refused watch, a failed read).
+const REARM_MIN: Duration = Duration::from_millis(200);
+const REARM_MAX: Duration = Duration::from_secs(5);
+/// Reads in flight at once during a listing, on the one session.
+const READS_IN_FLIGHT: usize = 512;
+
+/// Where the hosts are: the ensemble and the full path (chroot included).
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub hosts: String,
+    pub base: String,
+}
 
 /// Why one session's watch loop ended.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +56,15 @@ enum SessionEnded {
     Terminal(zk::SessionState),
     #[error("cannot watch {path}: {error}")]
     Watch { path: String, error: zk::Error },
+}
+
+impl SessionEnded {
+    fn problem(&self) -> Problem {
+        match self {
+            SessionEnded::Terminal(state) => Problem::SessionEnded(*state),
+            SessionEnded::Watch { error, .. } => Problem::Watch(error.clone()),
+        }
+    }
 }
 
 /// Why a listing failed.
@@ -51,55 +76,103 @@ enum ListError {
     Read { path: String, error: zk::Error },
 }
 
+impl ListError {
+    fn problem(&self) -> Problem {
+        match self {
+            ListError::List { error, .. } | ListError::Read { error, .. } => {
+                Problem::Read(error.clone())
+            }
+        }
+    }
+}
+
+/// The view as picks read it (lock-free) and as [`super::Allocator::changes`]
+/// announces it. Only the watcher task writes.
+#[derive(Debug)]
+pub(super) struct Published {
+    view: Arc<ArcSwap<View>>,
+    changes: watch::Sender<Arc<View>>,
+}
+
+impl Published {
+    pub(super) fn new(view: Arc<ArcSwap<View>>, changes: watch::Sender<Arc<View>>) -> Published {
+        Published { view, changes }
+    }
+
+    /// Stores a changed copy of the view; `announce` wakes the
+    /// subscribers (not done for a mere confirmation).
+    fn modify(&self, announce: bool, change: impl FnOnce(&mut View)) {
+        let mut next = View::clone(&self.view.load());
+        change(&mut next);
+        let next = Arc::new(next);
+        self.view.store(next.clone());
+        if announce {
+            self.changes.send_replace(next);
+        }
+    }
+
+    fn load(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Records why the view is not live without otherwise changing it.
+    pub(super) fn problem(&self, problem: Problem) {
+        self.modify(true, |view| view.problem = Some(problem));
+    }
+}
+
 pub(super) async fn run(
     settings: AllocatorSettings,
-    view: Arc<ArcSwap<View>>,
+    target: Target,
+    mut first: Option<zk::Client>,
+    published: Published,
     stop: CancellationToken,
 ) {
-    let (hosts, chroot) = match crate::zookeeper::parse_connect_string(&settings.connect) {
-        Ok(parts) => parts,
-        Err(error) => {
-            tracing::error!(%error, "invalid ZooKeeper connect string; the allocator cannot start");
-            return;
-        }
-    };
-    let base = format!("{chroot}{}", settings.path);
     let probe_interval = probe_interval(settings.session_timeout);
     let mut backoff =
         ExponentialBackoff::new(RECONNECT_MIN, RECONNECT_MAX).expect("constant bounds are valid");
     loop {
-        let connected = tokio::select! {
-            _ = stop.cancelled() => return,
-            result = crate::zookeeper::connect(&hosts, settings.session_timeout, settings.digest.as_deref()) => result,
-        };
-        let client = match connected {
-            Ok(client) => client,
-            Err(error) => {
-                mark_disconnected(&view);
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "allocator cannot reach ZooKeeper");
-                tokio::select! {
+        let client = match first.take() {
+            Some(client) => client,
+            None => {
+                let connected = tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => continue,
+                    result = crate::zookeeper::connect(&target.hosts, settings.session_timeout, settings.digest.as_deref()) => result,
+                };
+                match connected {
+                    Ok(client) => client,
+                    Err(error) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "allocator cannot reach ZooKeeper");
+                        mark_disconnected(&published, Problem::Unreachable(error));
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
                 }
             }
         };
-        backoff.reset();
-        if let Err(error) = watch_session(
+        let ended = watch_session(
             &client,
-            &base,
-            &view,
+            &target.base,
+            &published,
             probe_interval,
             &settings.limits,
+            &mut backoff,
             &stop,
         )
-        .await
-        {
-            tracing::warn!(%error, "allocator session ended; opening a new one");
-            mark_disconnected(&view);
-        }
-        if stop.is_cancelled() {
+        .await;
+        let Err(ended) = ended else {
             return;
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %ended, retry_in_ms = delay.as_millis() as u64, "allocator session ended; opening a new one");
+        mark_disconnected(&published, ended.problem());
+        drop(client);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -111,19 +184,24 @@ fn probe_interval(session_timeout: Duration) -> Duration {
         .max(Duration::from_millis(10))
 }
 
-/// Watches one session until it ends; `Ok` only when stopped.
+/// Watches one session until it ends; `Ok` only when stopped. A watch or
+/// listing that fails on a live connection is retried on this session
+/// with its own backoff; `sessions` is reset once the hosts are listed.
 async fn watch_session(
     client: &zk::Client,
     base: &str,
-    view: &ArcSwap<View>,
+    published: &Published,
     probe_interval: Duration,
     limits: &PayloadLimits,
+    sessions: &mut ExponentialBackoff,
     stop: &CancellationToken,
 ) -> Result<(), SessionEnded> {
-    let mut watcher = arm(client, base).await?;
-    // `None` while the view is live; otherwise when to try re-arming (or
+    let mut retries =
+        ExponentialBackoff::new(REARM_MIN, REARM_MAX).expect("constant bounds are valid");
+    let mut watcher: Option<zk::PersistentWatcher> = None;
+    // `None` while the view is live; otherwise when to try arming (or
     // re-listing) next.
-    let mut rearm_at = relist_or_retry(client, base, view, limits).await;
+    let mut rearm_at = Some(Instant::now());
     let mut probe = tokio::time::interval(probe_interval);
     probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -133,12 +211,21 @@ async fn watch_session(
                 None => std::future::pending().await,
             }
         };
+        let next_event = async {
+            match watcher.as_mut() {
+                Some(watcher) => watcher.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            event = watcher.changed() => event,
+            event = next_event => event,
             _ = rearm_due => {
                 if is_connected(client.state()) {
-                    rearm_at = rearm(client, base, view, &mut watcher, limits).await?;
+                    rearm_at = rearm(client, base, published, &mut watcher, limits, &mut retries).await?;
+                    if rearm_at.is_none() {
+                        sessions.reset();
+                    }
                 } else {
                     // The next SyncConnected re-arms.
                     rearm_at = None;
@@ -152,33 +239,45 @@ async fn watch_session(
                 // never holds back the session events queued behind it.
                 let answer = tokio::time::timeout(probe_interval, client.check_stat(base)).await;
                 if matches!(answer, Ok(Ok(_))) {
-                    confirm(view);
+                    confirm(published);
                 }
                 continue;
             }
         };
         match event.event_type {
             zk::EventType::Session => match event.session_state {
-                zk::SessionState::Disconnected => mark_disconnected(view),
+                zk::SessionState::Disconnected => {
+                    mark_disconnected(published, Problem::Disconnected)
+                }
                 state if is_connected(state) => {
-                    rearm_at = rearm(client, base, view, &mut watcher, limits).await?;
+                    rearm_at =
+                        rearm(client, base, published, &mut watcher, limits, &mut retries).await?;
                 }
                 terminal => return Err(SessionEnded::Terminal(terminal)),
             },
+            // The path itself came back or went away: list again, which
+            // shows it as the hosts or as the path missing.
+            zk::EventType::NodeCreated | zk::EventType::NodeDeleted if event.path == base => {
+                if rearm_at.is_none() {
+                    rearm_at = relist_or_retry(client, base, published, limits, &mut retries).await;
+                }
+            }
             zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
                 if let Some(node) = direct_child(base, &event.path) {
                     match client.get_data(&event.path).await {
                         Ok((data, _)) => update(
-                            view,
+                            published,
                             node,
                             decode_host(node, &data, limits),
                             limits.max_hosts,
                         ),
-                        Err(zk::Error::NoNode) => update(view, node, None, limits.max_hosts),
+                        Err(zk::Error::NoNode) => update(published, node, None, limits.max_hosts),
                         Err(error) => {
                             tracing::warn!(%error, node = %LogSafe::new(node), "cannot read a host; re-listing");
                             if rearm_at.is_none() {
-                                rearm_at = relist_or_retry(client, base, view, limits).await;
+                                rearm_at =
+                                    relist_or_retry(client, base, published, limits, &mut retries)
+                                        .await;
                             }
                         }
                     }
@@ -186,7 +285,7 @@ async fn watch_session(
             }
             zk::EventType::NodeDeleted => {
                 if let Some(node) = direct_child(base, &event.path) {
-                    update(view, node, None, limits.max_hosts);
+                    update(published, node, None, limits.max_hosts);
                 }
             }
             zk::EventType::NodeChildrenChanged => {}
@@ -212,57 +311,67 @@ async fn arm(client: &zk::Client, base: &str) -> Result<zk::PersistentWatcher, S
         })
 }
 
-/// After a reconnect: a fresh watch replaces `watcher`, then the hosts are
-/// re-listed. Returns when to try again if either failed on a connection
-/// that is still alive (`None` when the view is live again); a failure of
-/// the session itself arrives as a session event.
+/// On a new or restored connection: a fresh watch replaces `watcher`,
+/// then the hosts are re-listed. Returns when to try again if either
+/// failed on a connection that is still alive (`None` when the view is
+/// live again); a failure of the session itself arrives as a session
+/// event.
 async fn rearm(
     client: &zk::Client,
     base: &str,
-    view: &ArcSwap<View>,
-    watcher: &mut zk::PersistentWatcher,
+    published: &Published,
+    watcher: &mut Option<zk::PersistentWatcher>,
     limits: &PayloadLimits,
+    retries: &mut ExponentialBackoff,
 ) -> Result<Option<Instant>, SessionEnded> {
     match arm(client, base).await {
         // Assigning drops the old watcher after the new one is registered.
-        Ok(fresh) => *watcher = fresh,
+        Ok(fresh) => *watcher = Some(fresh),
         Err(SessionEnded::Watch { error, .. }) if !ends_session(&error) => {
-            tracing::warn!(%error, "cannot re-arm the host watch; retrying");
-            return Ok(Some(Instant::now() + REARM_RETRY));
+            let delay = retries.next_delay();
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot arm the host watch; retrying");
+            mark_disconnected(published, Problem::Watch(error));
+            return Ok(Some(Instant::now() + delay));
         }
         Err(error) => return Err(error),
     }
-    Ok(relist_or_retry(client, base, view, limits).await)
+    Ok(relist_or_retry(client, base, published, limits, retries).await)
 }
 
 /// Re-lists; on failure, when to try again.
 async fn relist_or_retry(
     client: &zk::Client,
     base: &str,
-    view: &ArcSwap<View>,
+    published: &Published,
     limits: &PayloadLimits,
+    retries: &mut ExponentialBackoff,
 ) -> Option<Instant> {
-    match relist(client, base, view, limits).await {
-        Ok(()) => None,
+    match relist(client, base, published, limits).await {
+        Ok(()) => {
+            retries.reset();
+            None
+        }
         Err(error) => {
-            tracing::warn!(%error, "cannot re-list the hosts; retrying");
-            mark_disconnected(view);
-            Some(Instant::now() + REARM_RETRY)
+            let delay = retries.next_delay();
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot re-list the hosts; retrying");
+            mark_disconnected(published, error.problem());
+            Some(Instant::now() + delay)
         }
     }
 }
 
-/// Reads every host afresh and replaces the view; the view is live and
-/// confirmed from here on.
+/// Reads every host afresh, many reads in flight at once on the one
+/// session, and replaces the view; the view is live and confirmed from
+/// here on. A missing path is a live, empty view that says so.
 async fn relist(
     client: &zk::Client,
     base: &str,
-    view: &ArcSwap<View>,
+    published: &Published,
     limits: &PayloadLimits,
 ) -> Result<(), ListError> {
-    let mut children = match client.list_children(base).await {
-        Ok(children) => children,
-        Err(zk::Error::NoNode) => Vec::new(),
+    let (hosts, problem) = match client.list_children(base).await {
+        Ok(children) => (read_hosts(client, base, children, limits).await?, None),
+        Err(zk::Error::NoNode) => (Vec::new(), Some(Problem::NoSuchPath(base.to_string()))),
         Err(error) => {
             return Err(ListError::List {
                 path: base.to_string(),
@@ -270,21 +379,55 @@ async fn relist(
             })
         }
     };
+    if let Some(problem) = &problem {
+        tracing::warn!(%problem, "the allocator has no hosts to hand out");
+    }
+    tracing::debug!(hosts = hosts.len(), "host list re-read");
+    let now = Instant::now();
+    let hosts = super::HostSet::from_hosts(hosts);
+    published.modify(true, |view| {
+        *view = View {
+            hosts,
+            synced_at: Some(now),
+            disconnected_since: None,
+            confirmed_at: Some(now),
+            live: true,
+            problem,
+        }
+    });
+    Ok(())
+}
+
+/// Reads `children` of `base` in name order, keeping up to
+/// [`READS_IN_FLIGHT`] requests on the wire (zookeeper-client sends a
+/// request when it is made and answers arrive in order), so a listing
+/// costs a few round trips instead of one per host. At most `max_hosts`
+/// usable records are kept, the first by name.
+async fn read_hosts(
+    client: &zk::Client,
+    base: &str,
+    mut children: Vec<String>,
+    limits: &PayloadLimits,
+) -> Result<Vec<Arc<Host>>, ListError> {
     // By name, so which hosts a full view keeps does not depend on order.
     children.sort_unstable();
-    let mut hosts = Vec::with_capacity(children.len().min(limits.max_hosts));
     let total = children.len();
-    for (read, node) in children.into_iter().enumerate() {
-        if hosts.len() == limits.max_hosts {
-            tracing::warn!(
-                skipped = total - read,
-                max_hosts = limits.max_hosts,
-                "more host records than max_hosts; the view keeps the first by name"
-            );
-            break;
+    let mut hosts = Vec::with_capacity(total.min(limits.max_hosts));
+    let mut names = children.into_iter();
+    let mut in_flight = VecDeque::with_capacity(READS_IN_FLIGHT.min(total));
+    let mut answered = 0;
+    loop {
+        while in_flight.len() < READS_IN_FLIGHT {
+            let Some(node) = names.next() else { break };
+            let path = format!("{base}/{node}");
+            let read = client.get_data(&path);
+            in_flight.push_back((node, path, read));
         }
-        let path = format!("{base}/{node}");
-        match client.get_data(&path).await {
+        let Some((node, path, read)) = in_flight.pop_front() else {
+            break;
+        };
+        answered += 1;
+        match read.await {
             Ok((data, _)) => {
                 if let Some(payload) = decode_host(&node, &data, limits) {
                     hosts.push(Arc::new(Host { node, payload }));
@@ -293,17 +436,16 @@ async fn relist(
             Err(zk::Error::NoNode) => {}
             Err(error) => return Err(ListError::Read { path, error }),
         }
+        if hosts.len() == limits.max_hosts && answered < total {
+            tracing::warn!(
+                skipped = total - answered,
+                max_hosts = limits.max_hosts,
+                "more host records than max_hosts; the view keeps the first by name"
+            );
+            break;
+        }
     }
-    tracing::debug!(hosts = hosts.len(), "host list re-read");
-    let now = Instant::now();
-    view.store(Arc::new(View {
-        hosts,
-        synced_at: Some(now),
-        disconnected_since: None,
-        confirmed_at: Some(now),
-        live: true,
-    }));
-    Ok(())
+    Ok(hosts)
 }
 
 /// One host record as read from its znode; `None` (logged) when it cannot
@@ -346,73 +488,56 @@ fn direct_child<'a>(base: &str, path: &'a str) -> Option<&'a str> {
     (!node.is_empty() && !node.contains('/')).then_some(node)
 }
 
-/// Replaces (or with `None` removes) one host, copy-on-write: the other
-/// hosts are shared with the previous view, not copied. A new host past
+/// Replaces (or with `None` removes) one host: the view's host set copies
+/// one chunk and shares the rest with the previous view. A new host past
 /// `max_hosts` is skipped. The server just told us about it, which
 /// confirms a live view.
-fn update(view: &ArcSwap<View>, node: &str, payload: Option<HostPayload>, max_hosts: usize) {
+fn update(published: &Published, node: &str, payload: Option<HostPayload>, max_hosts: usize) {
     let now = Instant::now();
-    let host = payload.map(|payload| {
-        Arc::new(Host {
-            node: node.to_string(),
-            payload,
-        })
-    });
-    let mut over_cap = false;
-    view.rcu(|current| {
-        let mut next = View::clone(current);
-        if next.live {
-            next.confirmed_at = Some(now);
-        }
-        match (
-            next.hosts
-                .binary_search_by(|host| host.node.as_str().cmp(node)),
-            &host,
-        ) {
-            (Ok(index), Some(host)) => next.hosts[index] = host.clone(),
-            (Ok(index), None) => {
-                next.hosts.remove(index);
+    let current = published.load();
+    let hosts = match payload {
+        Some(payload) => {
+            if current.hosts.len() >= max_hosts && current.hosts.get(node).is_none() {
+                warn_skipped(
+                    node,
+                    &format_args!("the view already holds max_hosts {max_hosts} hosts"),
+                );
+                return confirm(published);
             }
-            (Err(index), Some(host)) if next.hosts.len() < max_hosts => {
-                next.hosts.insert(index, host.clone());
-            }
-            (Err(_), Some(_)) => over_cap = true,
-            (Err(_), None) => {}
+            current.hosts.with(Arc::new(Host {
+                node: node.to_string(),
+                payload,
+            }))
         }
-        next
+        None if current.hosts.get(node).is_some() => current.hosts.without(node),
+        None => return confirm(published),
+    };
+    published.modify(true, |view| {
+        view.hosts = hosts;
+        if view.live {
+            view.confirmed_at = Some(now);
+        }
     });
-    if over_cap {
-        warn_skipped(
-            node,
-            &format_args!("the view already holds max_hosts {max_hosts} hosts"),
-        );
-    }
 }
 
 /// The server answered on a connection whose watch is armed: the view is
 /// confirmed up to now. Ignored while the watch is not (yet) re-armed.
-fn confirm(view: &ArcSwap<View>) {
-    if !view.load().live {
+/// Not announced as a change.
+fn confirm(published: &Published) {
+    if !published.load().live {
         return;
     }
     let now = Instant::now();
-    view.rcu(|current| {
-        let mut next = View::clone(current);
-        if next.live {
-            next.confirmed_at = Some(now);
-        }
-        next
-    });
+    published.modify(false, |view| view.confirmed_at = Some(now));
 }
 
 /// The view stops being live until the watch is re-armed and the hosts
-/// re-listed; the first moment counts.
-fn mark_disconnected(view: &ArcSwap<View>) {
-    view.rcu(|current| {
-        let mut next = View::clone(current);
-        next.disconnected_since.get_or_insert_with(Instant::now);
-        next.live = false;
-        next
+/// re-listed; the first moment counts, the latest reason is kept.
+fn mark_disconnected(published: &Published, problem: Problem) {
+    published.modify(true, |view| {
+        view.disconnected_since.get_or_insert_with(Instant::now);
+        view.live = false;
+        view.problem = Some(problem);
     });
 }
 
@@ -428,15 +553,22 @@ mod tests {
         assert_eq!(direct_child("/turn/servers", "/turn/serversx/a"), None);
     }
 
-    #[tokio::test]
-    async fn updates_keep_the_view_sorted_and_skip_malformed() {
-        let view = ArcSwap::from_pointee(View {
-            hosts: Vec::new(),
+    fn published() -> (Published, watch::Receiver<Arc<View>>) {
+        let (sender, changes) = watch::channel(Arc::new(View {
+            hosts: super::super::HostSet::new(),
             synced_at: Some(Instant::now()),
             disconnected_since: None,
             confirmed_at: None,
             live: true,
-        });
+            problem: None,
+        }));
+        let view = Arc::new(ArcSwap::new(changes.borrow().clone()));
+        (Published::new(view, sender), changes)
+    }
+
+    #[tokio::test]
+    async fn updates_keep_the_view_sorted_and_skip_malformed() {
+        let (view, mut changes) = published();
         let payload = |free: f64| {
             HostPayload::parse(
                 format!(r#"{{"freeTraffic":{free},"restAddr":"10.0.0.1:80"}}"#).as_bytes(),
@@ -455,10 +587,12 @@ mod tests {
             .map(|h| (h.node.clone(), h.payload.free_traffic))
             .collect();
         assert_eq!(nodes, vec![("a".to_string(), 3.0), ("c".to_string(), 1.0)]);
-        let shared = view.load().hosts[1].clone();
+        assert!(changes.has_changed().unwrap(), "changes are announced");
+        changes.mark_unchanged();
+        let shared = view.load().hosts.get("c").unwrap().clone();
         update(&view, "b", Some(payload(4.0)), 3);
         assert!(
-            Arc::ptr_eq(&shared, &view.load().hosts[2]),
+            Arc::ptr_eq(&shared, view.load().hosts.get("c").unwrap()),
             "an update shares the hosts it did not change"
         );
         update(&view, "d", Some(payload(5.0)), 3);
@@ -466,13 +600,25 @@ mod tests {
         update(&view, "b", None, 3);
         update(&view, "c", None, 3);
         assert_eq!(view.load().hosts.len(), 1);
-        mark_disconnected(&view);
+        assert_eq!(changes.borrow_and_update().hosts.len(), 1);
+        confirm(&view);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "a confirmation is no change"
+        );
+        mark_disconnected(&view, Problem::Disconnected);
         let since = view.load().disconnected_since.unwrap();
-        mark_disconnected(&view);
+        mark_disconnected(&view, Problem::Unreachable(zk::Error::ConnectionLoss));
         assert_eq!(
             view.load().disconnected_since,
             Some(since),
             "the first disconnection counts"
         );
+        assert_eq!(
+            view.load().problem,
+            Some(Problem::Unreachable(zk::Error::ConnectionLoss)),
+            "the latest reason is shown"
+        );
+        assert!(changes.has_changed().unwrap());
     }
 }
