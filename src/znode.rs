@@ -79,6 +79,10 @@ pub struct HostPayload {
     /// turnserver restarts since the agent started.
     #[serde(default)]
     pub restarts: u64,
+    /// TURN allocations the host holds, when the agent knows; absent from
+    /// older agents. The allocator's least-loaded strategy reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<u64>,
 }
 
 /// How much of the fleet's data a reader keeps: a payload, or a host, over
@@ -273,6 +277,7 @@ mod tests {
             updated_at: "2026-11-22T07:00:00Z".into(),
             version: "0.1.0".into(),
             restarts: 2,
+            allocations: None,
         }
     }
 

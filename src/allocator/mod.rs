@@ -6,7 +6,10 @@
 //! background, driven by a persistent recursive watch and fully re-listed
 //! (many reads in flight at once) after every reconnect, since watch
 //! events can be lost across one. [`Allocator::pick`] is a lock-free read
-//! of that view. [`Allocator::synced`] resolves once the view is first
+//! of that view through a [`pick_index::PickIndex`] built once per changed
+//! host list, on the first pick after the change: a pick is O(1) or
+//! O(log hosts) and [`Allocator::pick_shared`] allocates nothing.
+//! [`Allocator::synced`] resolves once the view is first
 //! complete and [`Allocator::changes`] tells of every later change; nothing
 //! needs polling. After start, every failure is retried with backoff on
 //! one session at a time and shown in [`Allocator::status`] with its
@@ -47,15 +50,17 @@
 #[cfg(feature = "agent")]
 pub mod fleet_page;
 pub mod host_set;
+pub mod pick_index;
 #[cfg(feature = "agent")]
 pub mod service;
 pub mod strategy;
 mod watcher;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +72,7 @@ pub use strategy::{Preference, Strategy};
 use crate::log_safe::LogSafe;
 use crate::znode::{HostPayload, PayloadLimits};
 use crate::zookeeper::InvalidZookeeperSetting;
-use strategy::Selector;
+use pick_index::{PickIndex, Selector};
 
 /// One TURN host as published.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,6 +265,13 @@ pub struct Status {
     pub problem: Option<Problem>,
 }
 
+/// A view and the pick index of its hosts.
+#[derive(Debug)]
+struct IndexedView {
+    view: Arc<View>,
+    index: Arc<PickIndex>,
+}
+
 /// A running allocator. Dropping it stops its watcher and closes its
 /// session.
 #[derive(Debug)]
@@ -268,6 +280,12 @@ pub struct Allocator {
     changes: watch::Receiver<Arc<View>>,
     selector: Selector,
     settings: AllocatorSettings,
+    /// The index of the latest view a pick has seen. Built lazily, so a
+    /// stream of watch events without picks costs nothing here.
+    indexed: ArcSwapOption<IndexedView>,
+    /// One caller builds a new index; the others meanwhile pick from the
+    /// previous one (its hosts are at most one update older).
+    indexing: AtomicBool,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -326,6 +344,8 @@ impl Allocator {
             changes,
             selector: Selector::default(),
             settings,
+            indexed: ArcSwapOption::empty(),
+            indexing: AtomicBool::new(false),
             _stop: stop.drop_guard(),
         })
     }
@@ -341,15 +361,65 @@ impl Allocator {
         strategy: Strategy,
         preference: &Preference,
     ) -> Result<Host, AllocError> {
+        self.pick_shared_with(strategy, preference)
+            .map(|host| Host::clone(&host))
+    }
+
+    /// Like [`Allocator::pick`], without copying the host: no allocation.
+    pub fn pick_shared(&self, preference: &Preference) -> Result<Arc<Host>, AllocError> {
+        self.pick_shared_with(self.settings.strategy, preference)
+    }
+
+    pub fn pick_shared_with(
+        &self,
+        strategy: Strategy,
+        preference: &Preference,
+    ) -> Result<Arc<Host>, AllocError> {
         let view = self.view.load();
         self.check_fresh(&view)?;
-        let hosts = view.hosts.as_slice();
-        self.selector
-            .select(strategy, hosts, preference, self.settings.min_free_mbps)
-            .map(|index| Host::clone(&hosts[index]))
-            .ok_or(AllocError::NoHost {
-                min_free_mbps: self.settings.min_free_mbps,
-            })
+        let cached = self.indexed.load();
+        let pick = |entry: &IndexedView| {
+            entry
+                .index
+                .pick(strategy, preference, &self.selector, &mut rand::rng())
+                .map(|position| Arc::clone(&entry.view.hosts.as_slice()[position]))
+                .ok_or(AllocError::NoHost {
+                    min_free_mbps: self.settings.min_free_mbps,
+                })
+        };
+        match cached.as_ref() {
+            Some(entry) if Arc::ptr_eq(&entry.view, &view) => pick(entry),
+            cached => pick(&self.index_for(&view, cached)),
+        }
+    }
+
+    /// The index for `view`: the cached one when only the view's times
+    /// changed, else a new one (or, while another caller builds it, the
+    /// cached one).
+    fn index_for(&self, view: &Arc<View>, cached: Option<&Arc<IndexedView>>) -> Arc<IndexedView> {
+        if let Some(entry) = cached {
+            let same_hosts = entry.view.hosts.same(&view.hosts);
+            if same_hosts {
+                let entry = Arc::new(IndexedView {
+                    view: Arc::clone(view),
+                    index: Arc::clone(&entry.index),
+                });
+                self.indexed.store(Some(Arc::clone(&entry)));
+                return entry;
+            }
+            if self.indexing.swap(true, Ordering::Acquire) {
+                return Arc::clone(entry);
+            }
+        } else {
+            self.indexing.store(true, Ordering::Relaxed);
+        }
+        let entry = Arc::new(IndexedView {
+            view: Arc::clone(view),
+            index: Arc::new(PickIndex::build(view.hosts.as_slice(), self.settings.min_free_mbps)),
+        });
+        self.indexed.store(Some(Arc::clone(&entry)));
+        self.indexing.store(false, Ordering::Release);
+        entry
     }
 
     /// The current view, whatever its age.
