@@ -79,6 +79,7 @@ pub enum TrafficSource {
 struct Published {
     version: i32,
     payload: HostPayload,
+    /// The publish tick at which it was written (max_silence counts from it).
     written_at: Instant,
 }
 
@@ -220,7 +221,8 @@ impl Registry {
         let mut published: Option<Published> = None;
         let mut tick = tokio::time::interval(self.zookeeper().publish_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tick.tick().await;
+        // The latest tick's scheduled instant: max_silence counts in ticks.
+        let mut tick_at = tick.tick().await;
         // Set after a failed operation, so the next attempt waits a little.
         let mut retry_at: Option<Instant> = None;
         loop {
@@ -228,7 +230,7 @@ impl Registry {
             let retry_due = retry_at.is_none_or(|at| Instant::now() >= at);
             if retry_due {
                 let outcome = if can_serve {
-                    self.publish(client, &mut published).await
+                    self.publish(client, &mut published, tick_at).await
                 } else {
                     self.withdraw(client, &mut published).await
                 };
@@ -283,12 +285,15 @@ impl Registry {
                     }
                 },
                 _ = self.readiness.changed() => {}
-                _ = tick.tick() => self.sample_traffic(),
+                at = tick.tick() => {
+                    tick_at = at;
+                    self.sample_traffic();
+                }
                 latest = config::next_config(&mut self.config_watch) => {
                     if self.apply(latest) {
                         tick = tokio::time::interval(self.zookeeper().publish_interval);
                         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        tick.tick().await;
+                        tick_at = tick.tick().await;
                     }
                 }
                 _ = retry_sleep => {}
@@ -301,6 +306,7 @@ impl Registry {
         &mut self,
         client: &zk::Client,
         published: &mut Option<Published>,
+        tick_at: Instant,
     ) -> Result<(), String> {
         let payload = self.payload();
         match published {
@@ -310,7 +316,7 @@ impl Registry {
                 *published = Some(Published {
                     version,
                     payload,
-                    written_at: Instant::now(),
+                    written_at: tick_at,
                 });
                 self.status.send_modify(|s| {
                     s.writes += 1;
@@ -318,19 +324,22 @@ impl Registry {
                 });
             }
             Some(current) => {
-                let silent_too_long = current.written_at.elapsed() >= self.zookeeper().max_silence;
-                let traffic_moved = traffic::changed_enough(
+                let rule = traffic::PublishRule {
+                    capacity_mbps: self.traffic().capacity_mbps,
+                    hysteresis_percent: self.traffic().hysteresis_percent,
+                    max_silence: self.zookeeper().max_silence,
+                };
+                let due = rule.should_write(
                     current.payload.free_traffic,
                     payload.free_traffic,
-                    self.traffic().capacity_mbps,
-                    self.traffic().hysteresis_percent,
+                    tick_at.saturating_duration_since(current.written_at),
                 );
                 let other_fields_changed = HostPayload {
                     free_traffic: current.payload.free_traffic,
                     updated_at: current.payload.updated_at.clone(),
                     ..payload.clone()
                 } != current.payload;
-                if !(silent_too_long || traffic_moved || other_fields_changed) {
+                if !(due || other_fields_changed) {
                     return Ok(());
                 }
                 match client
@@ -340,7 +349,7 @@ impl Registry {
                     Ok(stat) => {
                         current.version = stat.version;
                         current.payload = payload;
-                        current.written_at = Instant::now();
+                        current.written_at = tick_at;
                         self.status.send_modify(|s| {
                             s.writes += 1;
                             s.last_write_unix = Some(crate::credentials::unix_now().as_secs());
@@ -562,6 +571,7 @@ impl Registry {
             updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             restarts: self.readiness.supervisor.borrow().restarts,
+            allocations: None,
         }
     }
 
