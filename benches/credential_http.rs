@@ -111,6 +111,7 @@ fn agent_router() -> (
     let router = api::router(
         ApiState {
             drain: tokio::sync::mpsc::channel(1).0,
+            control: turn_agent::control::ControlHandle::disabled(),
             readiness,
             metrics,
             registry,

@@ -42,6 +42,10 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let (supervisor, status) = Supervisor::new(config_watch.clone(), Watchdog::from_env())
         .context("cannot start the supervisor")?;
     let probe_latency = supervisor.probe_latency();
+    let (control, control_handle) =
+        crate::control::Control::new(config_watch.clone(), supervisor.control_targets());
+    let control_stop = CancellationToken::new();
+    let control_task = tokio::spawn(control.run(control_stop.clone()));
     let mut supervisor_task = tokio::spawn(supervisor.run(supervisor_stop.clone()));
 
     let credentials_stop = CancellationToken::new();
@@ -67,18 +71,29 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
 
     let registry_stop = CancellationToken::new();
     let (registry, registry_status) = Registry::new(config_watch.clone(), readiness.clone());
-    let registry_task = registry.map(|registry| tokio::spawn(registry.run(registry_stop.clone())));
+    let registry_task = registry.map(|registry| {
+        tokio::spawn(
+            registry
+                .with_control(control_handle.status.clone())
+                .run(registry_stop.clone()),
+        )
+    });
 
     warn_about_loose_secret_files(&config);
     let (drain_sender, mut drain_requests) = tokio::sync::mpsc::channel::<()>(1);
-    let agent_metrics =
-        AgentMetrics::new(readiness.clone(), registry_status.clone(), probe_latency);
+    let agent_metrics = AgentMetrics::with_control(
+        readiness.clone(),
+        registry_status.clone(),
+        probe_latency,
+        Some(control_handle.status.clone()),
+    );
     let guard = api::guard::Guard::new(&config.access);
     guard.set_cors(&config.api.cors);
     let turn_uris = Arc::new(ArcSwap::from_pointee(config.api.turn_uris.clone()));
     let router = api::router(
         ApiState {
             drain: drain_sender,
+            control: control_handle.clone(),
             metrics: agent_metrics.clone(),
             readiness,
             registry: registry_status,
@@ -166,6 +181,13 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     // abandoned (it only allocates and releases a relay).
     self_check_stop.cancel();
     self_check_task.abort();
+    control_stop.cancel();
+    if tokio::time::timeout_at(deadline, control_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("control channel did not stop in time");
+    }
     supervisor_stop.cancel();
     if tokio::time::timeout_at(deadline, &mut supervisor_task)
         .await

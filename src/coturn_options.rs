@@ -219,8 +219,8 @@ pub static OPTIONS: &[CoturnOption] = &[
     opt!(None, ["proc-group"], Required, false, Pass),
     opt!(None, ["mobility"], Optional, true, Pass),
     opt!(None, ["no-cli"], Optional, true, Pass),
-    opt!(None, ["cli-ip"], Required, false, Pass),
-    opt!(None, ["cli-port"], Required, false, Pass),
+    opt!(None, ["cli-ip"], Required, false, Owned),
+    opt!(None, ["cli-port"], Required, false, Owned),
     opt!(None, ["cli-password"], Required, false, Unsafe(SECRET_ON_ARGV)),
     opt!(None, ["web-admin"], Optional, true, Pass),
     opt!(None, ["web-admin-ip"], Required, false, Pass),
@@ -577,16 +577,20 @@ fn last_set<'a>(found: &'a [Occurrence], long: &str) -> Option<&'a Occurrence> {
 }
 
 /// Combinations turnserver refuses at start (it exits, and the agent would
-/// restart it forever). `config_file_set`: turnserver also reads an
-/// operator's file, which may set the CLI up, so the CLI rule is left to it.
-pub fn check_combinations(found: &[Occurrence], config_file_set: bool) -> Vec<ExtraArgError> {
+/// restart it forever), and loopback peers reachable over TCP relays.
+/// (coturn's own refusal of loopback peers with a CLI without password does
+/// not arise: the agent gives the CLI a password or turns it off.)
+pub fn check_combinations(found: &[Occurrence]) -> Vec<ExtraArgError> {
     let mut errors = Vec::new();
     if let Some((argument, true)) = last_bool(found, "allow-loopback-peers") {
-        let cli_off = matches!(last_bool(found, "no-cli"), Some((_, true)));
-        if !cli_off && !config_file_set {
+        // A TCP relay (RFC 6062 CONNECT) to a loopback peer reaches the
+        // agent's HTTP API and turnserver's CLI from 127.0.0.1; UDP relays
+        // cannot reach a TCP listener.
+        let tcp_relay_off = matches!(last_bool(found, "no-tcp-relay"), Some((_, true)));
+        if !tcp_relay_off {
             errors.push(ExtraArgError::Combination {
                 argument: argument.to_string(),
-                message: "coturn refuses to start with loopback peers while its telnet CLI is on without a password: add \"--no-cli\"",
+                message: "loopback peers with TCP relays let a TURN client reach the agent's API and turnserver's CLI on loopback: add \"--no-tcp-relay\"",
             });
         }
     }
@@ -823,14 +827,17 @@ mod tests {
 
     #[test]
     fn combinations_coturn_refuses() {
-        let check = |list: &[&str], config_file: bool| {
-            check_combinations(&parse_extra_args(&args(list), &[]).unwrap(), config_file)
+        let check = |list: &[&str], _: bool| {
+            check_combinations(&parse_extra_args(&args(list), &[]).unwrap())
         };
         assert_eq!(check(&["--allow-loopback-peers"], false).len(), 1);
-        assert!(check(&["--allow-loopback-peers"], true).is_empty());
-        assert!(check(&["--allow-loopback-peers", "--no-cli"], false).is_empty());
         assert_eq!(
-            check(&["--allow-loopback-peers", "--no-cli=0"], false).len(),
+            check(&["--allow-loopback-peers", "--no-cli"], false).len(),
+            1
+        );
+        assert!(check(&["--allow-loopback-peers", "--no-tcp-relay"], false).is_empty());
+        assert_eq!(
+            check(&["--allow-loopback-peers", "--no-tcp-relay=0"], false).len(),
             1
         );
         assert!(check(&["--allow-loopback-peers=off"], false).is_empty());

@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML file and `TURN_AGENT_*` overrides, validated into [`config::Config`].
 //! - [`coturn_cli`]: coturn's telnet CLI: safe commands, the dialogue (sans I/O), `ps`/`pc` parsers.
 //! - [`client_token`]: short-lived EdDSA client tokens for browsers: verify (claims against a given instant) and mint.
+//! - [`control`]: the control channel: coturn's CLI polled for sessions and allocations, session ending.
 //! - [`cors`]: which browser origins may read the API's answers (pure).
 //! - [`coturn_options`]: turnserver's option table and `extra_args` read as getopt reads them (pure).
 //! - [`credentials`]: turnadmin-backed rotation, crash-safe state, REST API secrets.
@@ -52,6 +53,8 @@ pub mod cli;
 pub mod client_token;
 #[cfg(feature = "agent")]
 pub mod config;
+#[cfg(feature = "agent")]
+pub mod control;
 #[cfg(feature = "agent")]
 pub mod cors;
 #[cfg(feature = "agent")]

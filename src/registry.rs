@@ -63,6 +63,8 @@ pub struct Registry {
     digest: Option<String>,
     /// Sessions this process has held: a node owned by one of them is ours.
     own_sessions: Vec<i64>,
+    /// Allocations from coturn's CLI, when the control channel runs.
+    control: Option<watch::Receiver<crate::control::ControlStatus>>,
 }
 
 /// Where byte counters come from.
@@ -119,8 +121,18 @@ impl Registry {
             ),
             digest: None,
             own_sessions: Vec::new(),
+            control: None,
         };
         (Some(registry), receiver)
+    }
+
+    /// Publishes coturn's allocation count from the control channel.
+    pub fn with_control(
+        mut self,
+        control: watch::Receiver<crate::control::ControlStatus>,
+    ) -> Registry {
+        self.control = Some(control);
+        self
     }
 
     /// Replaces the interface counters with `source`.
@@ -550,7 +562,15 @@ impl Registry {
             .rate()
             .map_or(0.0, |rate| rate.used(self.traffic().direction));
         let config = &self.applied;
-        let free = round_mbps(traffic::free_mbps(config.traffic.capacity_mbps, used));
+        let allocations = self
+            .control
+            .as_ref()
+            .and_then(|control| control.borrow().allocations);
+        let free = round_mbps(capped_by_allocations(
+            traffic::free_mbps(config.traffic.capacity_mbps, used),
+            allocations,
+            config.traffic.max_allocations,
+        ));
         self.status.send_if_modified(|s| {
             let changed = s.free_traffic_mbps != Some(free);
             s.free_traffic_mbps = Some(free);
@@ -571,7 +591,7 @@ impl Registry {
             updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             restarts: self.readiness.supervisor.borrow().restarts,
-            allocations: None,
+            allocations,
         }
     }
 
@@ -603,5 +623,29 @@ impl NodeAcls {
             NodeAcls::Open => zk::Acls::anyone_all(),
             NodeAcls::CreatorWritesAnyoneReads => zk::Acls::new(&CREATOR_ALL_ANYONE_READ[..]),
         }
+    }
+}
+
+/// Free traffic as published: none at all once coturn holds
+/// `traffic.max_allocations` allocations, so allocators skip the host.
+fn capped_by_allocations(free_mbps: f64, allocations: Option<u64>, max: Option<u64>) -> f64 {
+    match (allocations, max) {
+        (Some(allocations), Some(max)) if allocations >= max => 0.0,
+        _ => free_mbps,
+    }
+}
+
+#[cfg(test)]
+mod allocation_cap_tests {
+    use super::capped_by_allocations;
+
+    #[test]
+    fn at_or_over_max_allocations_there_is_no_headroom() {
+        assert_eq!(capped_by_allocations(500.0, Some(99), Some(100)), 500.0);
+        assert_eq!(capped_by_allocations(500.0, Some(100), Some(100)), 0.0);
+        assert_eq!(capped_by_allocations(500.0, Some(101), Some(100)), 0.0);
+        // Unknown count (control channel down) or no cap: traffic decides.
+        assert_eq!(capped_by_allocations(500.0, None, Some(100)), 500.0);
+        assert_eq!(capped_by_allocations(500.0, Some(10_000), None), 500.0);
     }
 }

@@ -79,8 +79,9 @@ pub struct HostPayload {
     /// turnserver restarts since the agent started.
     #[serde(default)]
     pub restarts: u64,
-    /// TURN allocations the host holds, when the agent knows; absent from
-    /// older agents. The allocator's least-loaded strategy reads it.
+    /// Allocations coturn holds now (its CLI's `total-current-allocs`);
+    /// absent while the agent cannot ask coturn, and from older agents.
+    /// The allocator's least-loaded strategy reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocations: Option<u64>,
 }

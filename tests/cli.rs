@@ -249,7 +249,7 @@ fn every_spelling_of_an_owned_or_unsafe_flag_exits_2_naming_the_argument() {
         (r#"["--daemo"]"#, "turnserver.extra_args: `--daemo` sets -o (--daemon)"),
         (r#"["--d"]"#, "turnserver.extra_args: `--d`: `--d` is ambiguous"),
         (r#"["--frobnicate"]"#, "turnserver.extra_args: `--frobnicate`: `--frobnicate` is not a turnserver 4.6.1 option"),
-        (r#"["--allow-loopback-peers"]"#, "turnserver.extra_args: `--allow-loopback-peers`: coturn refuses to start"),
+        (r#"["--allow-loopback-peers"]"#, "turnserver.extra_args: `--allow-loopback-peers`: loopback peers with TCP relays"),
     ] {
         assert_rejected(
             "",

@@ -58,13 +58,16 @@ pub fn render(view: &View, min_free_mbps: f64, now: SystemTime) -> String {
             "<tr class=\"{class}\" data-node=\"{node}\"><td class=\"node\">{node}</td><td>{rest}</td>\
              <td><div class=\"bar\" title=\"{used:.1} of {capacity:.1} Mbps used\"><div class=\"used\" style=\"width:{used_percent:.1}%\"></div></div>\
              <span class=\"figures\">{free:.1} free / {used:.1} used / {capacity:.1} Mbps</span></td>\
-             <td>{region}</td><td>{isp}</td><td>{restarts}</td><td>{age}</td><td>{eligible}</td></tr>",
+             <td>{allocations}</td><td>{region}</td><td>{isp}</td><td>{restarts}</td><td>{age}</td><td>{eligible}</td></tr>",
             class = if eligible { "eligible" } else { "ineligible" },
             node = escape(&host.node),
             rest = escape(&payload.rest_addr),
             free = payload.free_traffic,
             region = escape(if payload.region.is_empty() { "-" } else { &payload.region }),
             isp = escape(&isp),
+            allocations = payload
+                .allocations
+                .map_or_else(|| "-".to_string(), |count| count.to_string()),
             restarts = payload.restarts,
             age = escape(&age(&payload.updated_at, now)),
             eligible = if eligible { "yes" } else { "no" },
@@ -93,7 +96,7 @@ pub fn render(view: &View, min_free_mbps: f64, now: SystemTime) -> String {
          .used{{height:100%;background:#d9534f}}.ineligible{{color:#999}}.figures{{font-size:.85em}}\
          </style></head><body>\
          <h1>TURN fleet</h1><p id=\"summary\">{count} hosts, {eligible} eligible (at least {min_free_mbps} Mbps free); view: {state}</p>\
-         <table><thead><tr><th>node</th><th>restAddr</th><th>traffic</th><th>region</th><th>ISP</th><th>restarts</th><th>updated</th><th>eligible</th></tr></thead>\
+         <table><thead><tr><th>node</th><th>restAddr</th><th>traffic</th><th>allocations</th><th>region</th><th>ISP</th><th>restarts</th><th>updated</th><th>eligible</th></tr></thead>\
          <tbody>\n{rows}</tbody></table></body></html>\n",
         count = view.hosts.len(),
         eligible = view.hosts.iter().filter(|h| h.payload.free_traffic >= min_free_mbps).count(),

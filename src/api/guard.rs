@@ -107,6 +107,9 @@ fn required_permission(path: &str) -> Option<Permission> {
         // The allocator service's /allocate hands out a host for /ice.
         "/ice" | "/allocate" => Some(Permission::Ice),
         "/rotate" | "/drain" => Some(Permission::Rotate),
+        // Users and addresses of every session, and ending them.
+        "/sessions" => Some(Permission::Rotate),
+        path if path.starts_with("/sessions/") => Some(Permission::Rotate),
         "/metrics" => Some(Permission::Metrics),
         // /readyz and anything unknown: only callers who may see status
         // learn even that a path does not exist.

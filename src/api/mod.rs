@@ -8,6 +8,7 @@ mod error;
 pub mod guard;
 pub mod ice_filter;
 pub mod server;
+pub mod sessions;
 pub mod tls;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use arc_swap::ArcSwap;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub metrics: AgentMetrics,
     /// Asks the agent to drain and stop.
     pub drain: tokio::sync::mpsc::Sender<()>,
+    /// coturn's CLI: sessions and allocations.
+    pub control: crate::control::ControlHandle,
 }
 
 /// The agent's routes behind the access guard.
@@ -56,6 +59,11 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .route("/drain", post(drain))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route(
+            "/sessions",
+            get(sessions::list).delete(sessions::end_by_user),
+        )
+        .route("/sessions/{id}", delete(sessions::end_one))
         .layer(axum::middleware::from_fn_with_state(
             guard.clone(),
             guard::guard,
@@ -270,6 +278,7 @@ async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
         "credentials": now.credentials,
         "registry": *state.registry.borrow(),
         "health": now.health,
+        "control": *state.control.status.borrow(),
     }))
 }
 

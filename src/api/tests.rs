@@ -73,6 +73,7 @@ fn with_guard(source: CredentialSource, guard: guard::Guard) -> Fixture {
         crate::metrics::AgentMetrics::new(readiness.clone(), registry.clone(), Default::default());
     let state = ApiState {
         drain: tokio::sync::mpsc::channel(1).0,
+        control: crate::control::ControlHandle::disabled(),
         readiness,
         metrics,
         registry,

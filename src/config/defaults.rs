@@ -48,7 +48,7 @@ impl Default for RawTurnserver {
             realm: None,
             userdb: "/var/lib/turn-agent/turndb".into(),
             pidfile: "/run/turn-agent/turnserver.pid".into(),
-            extra_args: vec!["--no-cli".into()],
+            extra_args: Vec::new(),
             restart_delay_min: "100ms".into(),
             restart_delay_max: "30s".into(),
             stable_after: "60s".into(),
@@ -58,6 +58,8 @@ impl Default for RawTurnserver {
             probe_failures: 3,
             startup_timeout: "10s".into(),
             pass_through_flags: Vec::new(),
+            control: "on".into(),
+            control_poll_interval: "2s".into(),
         }
     }
 }
@@ -103,6 +105,7 @@ impl Default for RawTraffic {
             direction: TrafficDirection::Max,
             hysteresis_percent: 5.0,
             smoothing: 0.0,
+            max_allocations: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 mod access;
 mod agent;
 mod api;
+pub mod control;
 mod credentials;
 mod defaults;
 mod drain;

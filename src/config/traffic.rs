@@ -22,6 +22,8 @@ pub struct TrafficConfig {
     pub hysteresis_percent: f64,
     /// Weight of the previous rate in an exponential moving average (0 = none).
     pub smoothing: f64,
+    /// At or over this many allocations the host publishes no headroom.
+    pub max_allocations: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +35,8 @@ pub struct RawTraffic {
     pub direction: TrafficDirection,
     pub hysteresis_percent: f64,
     pub smoothing: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_allocations: Option<i64>,
 }
 
 pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
@@ -62,5 +66,14 @@ pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficCo
         direction: raw.direction,
         hysteresis_percent: raw.hysteresis_percent,
         smoothing: raw.smoothing,
+        max_allocations: raw
+            .max_allocations
+            .and_then(|max| match u64::try_from(max) {
+                Ok(max) if max > 0 => Some(max),
+                _ => {
+                    v.problem("traffic.max_allocations", "must be a positive number");
+                    None
+                }
+            }),
     }
 }

@@ -31,6 +31,8 @@ pub struct TurnserverConfig {
     pub probe_timeout: Duration,
     pub probe_failures: u32,
     pub startup_timeout: Duration,
+    /// coturn's CLI as the agent's control channel.
+    pub control: super::control::ControlConfig,
 }
 
 impl TurnserverConfig {
@@ -74,6 +76,8 @@ pub struct RawTurnserver {
     pub startup_timeout: String,
     /// Long flags this agent does not know that `extra_args` may still use.
     pub pass_through_flags: Vec<String>,
+    pub control: String,
+    pub control_poll_interval: String,
 }
 
 /// The realm as coturn and the agent's turnadmin listing parser accept it:
@@ -119,7 +123,7 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
     }
     let userdb = v.path("turnserver.userdb", &raw.userdb);
     let pidfile = v.path("turnserver.pidfile", &raw.pidfile);
-    validate_extra_args(v, raw, config_file.is_some());
+    validate_extra_args(v, raw);
 
     let restart_delay_min =
         v.positive_duration("turnserver.restart_delay_min", &raw.restart_delay_min);
@@ -143,6 +147,16 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
     }
     let probe_failures: u32 = v.at_least_one("turnserver.probe_failures", raw.probe_failures);
     let startup_timeout = v.positive_duration("turnserver.startup_timeout", &raw.startup_timeout);
+    let control = super::control::validate(&super::control::RawControl {
+        control: &raw.control,
+        poll_interval: &raw.control_poll_interval,
+        extra_args: &raw.extra_args,
+        pass_through_flags: &raw.pass_through_flags,
+    })
+    .unwrap_or_else(|problems| {
+        v.problems.extend(problems);
+        Default::default()
+    });
 
     TurnserverConfig {
         binary,
@@ -164,12 +178,13 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
         probe_timeout,
         probe_failures,
         startup_timeout,
+        control,
     }
 }
 
 /// Reads `extra_args` the way turnserver does and refuses what the agent
 /// owns, what is unsafe or unknown, and combinations coturn refuses.
-fn validate_extra_args(v: &mut Validator, raw: &RawTurnserver, config_file_set: bool) {
+fn validate_extra_args(v: &mut Validator, raw: &RawTurnserver) {
     use crate::coturn_options::{check_combinations, check_pass_through_flag, parse_extra_args};
     for (index, flag) in raw.pass_through_flags.iter().enumerate() {
         if let Err(message) = check_pass_through_flag(flag) {
@@ -178,7 +193,7 @@ fn validate_extra_args(v: &mut Validator, raw: &RawTurnserver, config_file_set: 
     }
     match parse_extra_args(&raw.extra_args, &raw.pass_through_flags) {
         Ok(found) => {
-            for error in check_combinations(&found, config_file_set) {
+            for error in check_combinations(&found) {
                 v.problem("turnserver.extra_args", error.to_string());
             }
         }

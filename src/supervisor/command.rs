@@ -7,12 +7,21 @@ use crate::coturn_options::{self, Class, CoturnOption};
 /// `extra_args`. Always in the foreground: `-o` is never passed (and is
 /// rejected in `extra_args` by config validation).
 ///
-/// With `config_file` set the operator's file is read with `-c`; turnserver
-/// lets command-line flags override file settings, so the agent's flags
-/// still win.
+/// With the control channel on, turnserver reads the agent's own file with
+/// `-c` (the operator's `config_file` copied, plus the CLI lines; see
+/// `control::turnserver_file`), so the CLI password is never on the
+/// command line. With it off, the operator's file is read with `-c` (or
+/// none with `-n`) and the CLI is off (`--no-cli`). turnserver lets
+/// command-line flags override file settings, so the agent's flags still
+/// win.
 pub fn turnserver_args(config: &TurnserverConfig, mode: CredentialMode) -> Vec<String> {
     let mut args = Vec::new();
-    match &config.config_file {
+    let file = if config.control.enabled {
+        Some(crate::control::turnserver_file::path_for(&config.pidfile))
+    } else {
+        config.config_file.clone()
+    };
+    match file {
         Some(path) => {
             args.push(short("c"));
             args.push(path.display().to_string());
@@ -41,6 +50,11 @@ pub fn turnserver_args(config: &TurnserverConfig, mode: CredentialMode) -> Vec<S
     // Logs on stdout, one plain line each, so the agent can route them.
     args.push(owned("log-file").with_value("stdout"));
     args.push(owned("simple-log").flag());
+    if !config.control.enabled {
+        // Not owned: `--no-cli` in extra_args is how operators turned the
+        // CLI off before the control channel existed, and still works.
+        args.push(coturn_options::by_long_name("no-cli").flag());
+    }
     args.extend(config.extra_args.iter().cloned());
     args
 }
@@ -82,7 +96,7 @@ mod tests {
     #[test]
     fn foreground_with_owned_flags_then_extra_args() {
         let args = turnserver_args(&turnserver_config(""), CredentialMode::LongTerm);
-        assert_eq!(args[0], "-n");
+        assert_eq!(&args[..2], ["-c", "/tmp/ts-agent.conf"]);
         assert!(!args.iter().any(|a| a == "-o" || a == "--daemon"));
         for expected in [
             "--listening-ip=127.0.0.1",
@@ -100,12 +114,25 @@ mod tests {
                 "{expected} missing from {args:?}"
             );
         }
-        assert_eq!(args.last().unwrap(), "--no-cli");
+        assert!(!args.iter().any(|a| a.contains("cli")), "{args:?}");
+    }
+
+    #[test]
+    fn control_on_reads_the_agents_file_and_off_turns_the_cli_off() {
+        let mut config = turnserver_config("");
+        config.config_file = Some("/etc/turnserver.conf".into());
+        let args = turnserver_args(&config, CredentialMode::LongTerm);
+        assert_eq!(&args[..2], ["-c", "/tmp/ts-agent.conf"]);
+        assert!(!args.iter().any(|a| a.contains("password")));
+        config.control.enabled = false;
+        let args = turnserver_args(&config, CredentialMode::LongTerm);
+        assert_eq!(&args[..2], ["-c", "/etc/turnserver.conf"]);
+        assert_eq!(args.iter().filter(|a| *a == "--no-cli").count(), 1);
     }
 
     #[test]
     fn config_file_replaces_dash_n_and_rest_api_uses_secret_auth() {
-        let mut config = turnserver_config("");
+        let mut config = turnserver_config("control = \"off\"");
         config.config_file = Some("/etc/turnserver.conf".into());
         let args = turnserver_args(&config, CredentialMode::RestApi);
         assert_eq!(&args[..2], ["-c", "/etc/turnserver.conf"]);
@@ -119,12 +146,20 @@ mod tests {
         let mut config = turnserver_config("");
         config.relay_ip = Some("127.0.0.1".parse().unwrap());
         config.extra_args.clear();
-        for (config_file, mode) in [
-            (None, CredentialMode::LongTerm),
-            (Some("/etc/turnserver.conf".into()), CredentialMode::RestApi),
+        for (config_file, mode, control) in [
+            (None, CredentialMode::LongTerm, true),
+            (None, CredentialMode::LongTerm, false),
+            (
+                Some("/etc/turnserver.conf".into()),
+                CredentialMode::RestApi,
+                false,
+            ),
         ] {
             config.config_file = config_file;
-            let args = turnserver_args(&config, mode);
+            config.control.enabled = control;
+            let mut args = turnserver_args(&config, mode);
+            // The one flag the agent sets that operators may also set.
+            args.retain(|arg| arg != "--no-cli");
             // Read back as turnserver reads it, every option is owned, so
             // extra_args can never set one of them a second time.
             let errors = coturn_options::parse_extra_args(&args, &[]).unwrap_err();
@@ -134,6 +169,7 @@ mod tests {
                 .count();
             assert_eq!(owned, errors.len(), "{errors:?}");
             assert_eq!(owned, args.len() - usize::from(args[0] == "-c"), "{args:?}");
+            assert!(!args.iter().any(|a| a.contains("cli")), "{args:?}");
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Supervisor {
     /// (kept out of the status channel so every probe does not wake its
     /// subscribers).
     probe_latency_micros: Arc<AtomicU64>,
+    /// The CLI endpoint of the running turnserver, for the control task.
+    control_target: watch::Sender<Option<crate::control::ControlTarget>>,
 }
 
 /// What the supervisor runs: a change here means a new turnserver.
@@ -93,6 +95,7 @@ impl Supervisor {
             status,
             watchdog,
             probe_latency_micros: Arc::new(AtomicU64::new(0)),
+            control_target: watch::channel(None).0,
         };
         Ok((supervisor, receiver))
     }
@@ -100,6 +103,11 @@ impl Supervisor {
     /// The last probe's round trip in microseconds, updated as probes answer.
     pub fn probe_latency(&self) -> Arc<AtomicU64> {
         self.probe_latency_micros.clone()
+    }
+
+    /// The running turnserver's CLI endpoint, new at every start.
+    pub fn control_targets(&self) -> watch::Receiver<Option<crate::control::ControlTarget>> {
+        self.control_target.subscribe()
     }
 
     /// Runs until `shutdown` is cancelled, then stops turnserver gracefully.
@@ -192,6 +200,21 @@ impl Supervisor {
             self.apply(latest);
         }
         let (binary, args) = self.command_line();
+        // A new CLI port and password for every start, written where `-c`
+        // points before the child reads it.
+        let endpoint = if self.config().control.enabled {
+            let endpoint =
+                crate::control::turnserver_file::new_endpoint().map_err(std::io::Error::other)?;
+            crate::control::turnserver_file::write(
+                &crate::control::turnserver_file::path_for(&self.config().pidfile),
+                self.config().config_file.as_deref(),
+                &endpoint,
+            )
+            .map_err(std::io::Error::other)?;
+            Some(endpoint)
+        } else {
+            None
+        };
         let mut command = Command::new(binary);
         command.args(args);
         // turnserver speaks sd_notify itself; its READY=1 must not be taken
@@ -213,6 +236,8 @@ impl Supervisor {
         if let Some(stderr) = child.stderr.take() {
             process::route_output(stderr, pid, "stderr");
         }
+        self.control_target
+            .send_replace(endpoint.map(|endpoint| crate::control::ControlTarget { endpoint, pid }));
         self.lifecycle.spawned(pid, Instant::now());
         tracing::info!(
             pid,

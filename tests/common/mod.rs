@@ -87,11 +87,11 @@ impl Default for AgentOptions {
             extra: String::new(),
             env: Vec::new(),
             extra_args: vec![
-                "--no-cli".into(),
                 "--no-tls".into(),
                 "--no-dtls".into(),
                 "--no-stun-backward-compatibility".into(),
                 "--allow-loopback-peers".into(),
+                "--no-tcp-relay".into(),
             ],
             json_logs: false,
         }

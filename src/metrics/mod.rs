@@ -2,6 +2,8 @@
 //! tasks already publish, at scrape time: nothing is counted twice, and a
 //! scrape never blocks a task.
 
+mod control;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -50,7 +52,22 @@ impl AgentMetrics {
         registry_status: watch::Receiver<RegistryStatus>,
         probe_latency_micros: Arc<AtomicU64>,
     ) -> AgentMetrics {
+        AgentMetrics::with_control(readiness, registry_status, probe_latency_micros, None)
+    }
+
+    /// [`AgentMetrics::new`] plus the control channel's metrics.
+    pub fn with_control(
+        readiness: Readiness,
+        registry_status: watch::Receiver<RegistryStatus>,
+        probe_latency_micros: Arc<AtomicU64>,
+        control: Option<watch::Receiver<crate::control::ControlStatus>>,
+    ) -> AgentMetrics {
         let mut registry = Registry::default();
+        if let Some(status) = control {
+            registry.register_collector(Box::new(control::ControlCollector {
+                status,
+            }));
+        }
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "turn_agent_http_requests",

@@ -1,0 +1,176 @@
+//! `/sessions`: coturn's sessions from the control channel, and ending
+//! them (operator permission, like `/rotate` and `/drain`).
+//!
+//! Nothing from the request reaches coturn's CLI as text: an id must be a
+//! number (`SessionId`), and a user name only selects sessions from a fresh
+//! `ps` listing; what is sent is the listed ids.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiState};
+use crate::control::ControlError;
+use crate::coturn_cli::command::{SessionId, UserName};
+use crate::coturn_cli::listing::{Session, SessionListing};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SessionsQuery {
+    user: Option<String>,
+}
+
+/// One session as `GET /sessions` shows it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct SessionView {
+    /// coturn's id, as printed (digits).
+    pub id: String,
+    pub user: String,
+    pub realm: Option<String>,
+    pub client: Option<String>,
+    pub relay: Vec<String>,
+    pub transport: &'static str,
+    pub age_s: Option<u64>,
+    /// coturn's lifetime average (its `rate:` line), bytes per second.
+    pub rx_bps: u64,
+    pub tx_bps: u64,
+}
+
+impl SessionView {
+    pub fn new(session: &Session) -> SessionView {
+        SessionView {
+            id: session.id.to_string(),
+            user: session.user.clone(),
+            realm: session.realm.clone(),
+            client: session.client_addr.map(|address| address.to_string()),
+            relay: session
+                .relay_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            transport: session.client_transport.name(),
+            age_s: session.age_secs,
+            rx_bps: session.lifetime_rate.received,
+            tx_bps: session.lifetime_rate.sent,
+        }
+    }
+}
+
+/// A `?user=` filter, checked before any listing: a name the CLI could not
+/// take safely is a 400.
+fn user_filter(user: Option<String>) -> Result<Option<UserName>, ApiError> {
+    user.map(|name| {
+        UserName::new(&name).map_err(|error| ApiError::BadRequest(format!("user: {error}")))
+    })
+    .transpose()
+}
+
+fn matching<'a>(
+    listing: &'a SessionListing,
+    user: Option<&'a UserName>,
+) -> impl Iterator<Item = &'a Session> {
+    listing
+        .sessions
+        .iter()
+        .filter(move |session| user.is_none_or(|user| session.user == user.as_str()))
+}
+
+fn unavailable(error: ControlError) -> ApiError {
+    ApiError::Unavailable(error.to_string())
+}
+
+/// `GET /sessions[?user=NAME]`.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let user = user_filter(query.user)?;
+    let listing = state.control.sessions().await.map_err(unavailable)?;
+    let sessions: Vec<SessionView> = matching(&listing, user.as_ref())
+        .map(SessionView::new)
+        .collect();
+    let total = if user.is_some() {
+        sessions.len() as u64
+    } else {
+        listing.total
+    };
+    Ok(Json(json!({
+        "total": total,
+        "complete": listing.is_complete(),
+        "sessions": sessions,
+    }))
+    .into_response())
+}
+
+/// `DELETE /sessions?user=NAME`: ends every listed session of that user.
+pub(super) async fn end_by_user(
+    State(state): State<ApiState>,
+    query: Result<Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let Some(user) = user_filter(query.user)? else {
+        return Err(ApiError::BadRequest(
+            "name the sessions to end: DELETE /sessions/{id} or DELETE /sessions?user=NAME".into(),
+        ));
+    };
+    let terminated = end_sessions_of(&state, &user).await?;
+    Ok(Json(json!({ "terminated": terminated })).into_response())
+}
+
+/// Ends every session of `user` and returns how many a fresh listing no
+/// longer shows.
+pub async fn end_sessions_of(state: &ApiState, user: &UserName) -> Result<usize, ApiError> {
+    let listing = state.control.sessions().await.map_err(unavailable)?;
+    let ids: Vec<SessionId> = matching(&listing, Some(user))
+        .map(|session| session.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    end(state, ids).await
+}
+
+/// `DELETE /sessions/{id}`: 404 when no such session is listed.
+pub(super) async fn end_one(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: SessionId = id
+        .parse()
+        .map_err(|error: crate::coturn_cli::command::CommandError| {
+            ApiError::BadRequest(format!("session id: {error}"))
+        })?;
+    let listing = state.control.sessions().await.map_err(unavailable)?;
+    if !listing.sessions.iter().any(|session| session.id == id) {
+        return Err(ApiError::Status {
+            status: axum::http::StatusCode::NOT_FOUND,
+            reason: format!("no session {id}"),
+        });
+    }
+    let terminated = end(&state, vec![id]).await?;
+    Ok(Json(json!({ "terminated": terminated })).into_response())
+}
+
+/// `cs` for each id, then counts the ids a fresh listing no longer shows
+/// (coturn answers `cs` with nothing). A session may take a moment to go:
+/// the listing is retried briefly.
+async fn end(state: &ApiState, ids: Vec<SessionId>) -> Result<usize, ApiError> {
+    let gone = |listing: &SessionListing| {
+        ids.iter()
+            .filter(|id| !listing.sessions.iter().any(|session| session.id == **id))
+            .count()
+    };
+    let mut listing = state
+        .control
+        .cancel(ids.clone())
+        .await
+        .map_err(unavailable)?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while gone(&listing) < ids.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        listing = state.control.sessions().await.map_err(unavailable)?;
+    }
+    Ok(gone(&listing))
+}

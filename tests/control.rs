@@ -1,0 +1,231 @@
+//! The control channel against a real turnserver: the CLI password only in
+//! a 0600 file, sessions held by turnutils_uclient listed by `/sessions`,
+//! counted in the znode and the metrics, and ended by `DELETE`; request
+//! input that could become a CLI command is refused; `--no-cli` turns the
+//! channel off with a warning.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::zookeeper::{Reader, ZooKeeper};
+use common::*;
+use tokio::process::{Child, Command};
+
+/// A uclient that keeps relaying (and so keeps its allocations) until dropped.
+fn hold_allocations(port: u16, user: &str, password: &str) -> Child {
+    Command::new("turnutils_uclient")
+        .args(["-y", "-n", "100000", "-m", "1", "-l", "100"])
+        .args(["-u", user, "-w", password, "-p"])
+        .arg(port.to_string())
+        .arg("127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn control_status(agent: &Agent) -> Option<serde_json::Value> {
+    let (200, body) = agent.get("/status").await? else {
+        return None;
+    };
+    Some(body["control"].clone())
+}
+
+/// Waits until the control channel has answered a poll.
+async fn wait_control_up(agent: &Agent) -> serde_json::Value {
+    wait_for(
+        Duration::from_secs(15),
+        "the control channel up",
+        || async {
+            let control = control_status(agent).await?;
+            (control["up"] == true).then_some(control)
+        },
+    )
+    .await
+}
+
+async fn delete(agent: &Agent, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .delete(agent.url(path))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_cli_password_is_only_in_a_0600_file_and_never_logged() {
+    let agent = Agent::start(AgentOptions::default());
+    let pid = agent.wait_ready(Duration::from_secs(10)).await;
+    let control = wait_control_up(&agent).await;
+    assert_eq!(control["pid"], pid);
+    assert_eq!(control["allocations"], 0);
+
+    let file = agent.files.path("turnserver-agent.conf");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let password = text
+        .lines()
+        .find_map(|line| line.strip_prefix("cli-password="))
+        .expect("a cli-password line");
+    assert!(password.len() >= 20, "{password:?}");
+    assert!(text.contains("cli-ip=127.0.0.1\n"));
+
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(!cmdline.contains(password), "{cmdline}");
+    assert!(!cmdline.contains("cli-"), "{cmdline}");
+    assert!(cmdline.contains(&file.display().to_string()), "{cmdline}");
+    let agent_cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&agent_cmdline).contains(password));
+    // The status and the log carry no trace of it either.
+    assert!(!control.to_string().contains(password));
+    assert!(!agent.log().contains(password), "{}", agent.log());
+
+    // A new turnserver gets a new password.
+    signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+    let new_pid = wait_for(Duration::from_secs(15), "a new turnserver", || async {
+        let control = wait_control_up(&agent).await;
+        control["pid"].as_u64().filter(|p| *p != u64::from(pid))
+    })
+    .await;
+    assert_ne!(new_pid, u64::from(pid));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(&format!("cli-password={password}\n")));
+    assert!(!agent.log().contains(password));
+}
+
+#[tokio::test]
+async fn sessions_are_listed_counted_published_and_ended() {
+    let zookeeper = ZooKeeper::start(2000).await;
+    let agent = Agent::start(AgentOptions {
+        extra: format!(
+            "[zookeeper]\nconnect = \"{}\"\nnode = \"control\"\npublish_interval = \"200ms\"\n\
+             [traffic]\ninterface = \"lo\"\n",
+            zookeeper.connect_string()
+        ),
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        ..AgentOptions::default()
+    });
+    let reader = Reader::connect(&zookeeper).await;
+    let pid = agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+    let served = agent.wait_credential(Duration::from_secs(10)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "allocations 0 in the znode",
+        || async {
+            let (payload, _) = reader.node("/turn/servers/control").await?;
+            (payload["allocations"] == 0).then_some(())
+        },
+    )
+    .await;
+
+    let _uclient = hold_allocations(agent.files.turn_port, &served.userid, &served.password);
+    let listed = wait_for(Duration::from_secs(15), "the sessions listed", || async {
+        let (200, body) = agent.get("/sessions").await? else {
+            return None;
+        };
+        (body["total"].as_u64()? > 0).then_some(body)
+    })
+    .await;
+    let sessions = listed["sessions"].as_array().unwrap();
+    for session in sessions {
+        assert_eq!(session["user"], served.userid.as_str(), "{session}");
+        assert_eq!(session["transport"], "udp", "{session}");
+        assert_eq!(session["realm"], agent.files.realm.as_str(), "{session}");
+        assert!(session["id"]
+            .as_str()
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_digit()));
+        assert!(session["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"));
+    }
+    let (_, by_user) = agent
+        .get(&format!("/sessions?user={}", served.userid))
+        .await
+        .unwrap();
+    assert!(by_user["total"].as_u64().unwrap() > 0);
+    let (_, nobody) = agent.get("/sessions?user=nobody").await.unwrap();
+    assert_eq!(nobody["total"], 0);
+
+    wait_for(Duration::from_secs(10), "allocations counted", || async {
+        let (payload, _) = reader.node("/turn/servers/control").await?;
+        let metrics = agent.metrics().await;
+        let counted = metrics.lines().any(|line| {
+            line.starts_with("turn_agent_turnserver_allocations ") && !line.ends_with(" 0")
+        });
+        (payload["allocations"].as_u64()? > 0 && counted).then_some(())
+    })
+    .await;
+
+    // Input that could become a CLI command never reaches it.
+    for path in [
+        "/sessions/abc",
+        "/sessions/1%0D%0Ahalt",
+        "/sessions/-1",
+        "/sessions/123456789012345678901",
+    ] {
+        let (status, body) = delete(&agent, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["code"], "bad_request", "{path}: {body}");
+    }
+    for query in [
+        "?user=a%20halt",
+        "?user=a%0D%0Ahalt",
+        "?user=a%0Ahalt",
+        "?user=",
+    ] {
+        let (status, body) = agent.get(&format!("/sessions{query}")).await.unwrap();
+        assert_eq!(status, 400, "{query}: {body}");
+        let (status, _) = delete(&agent, &format!("/sessions{query}")).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    let (status, body) = delete(&agent, "/sessions/999999999").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = delete(&agent, "/sessions?user=halt").await;
+    assert_eq!((status, &body["terminated"]), (200, &serde_json::json!(0)));
+    // The same turnserver still runs.
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+
+    let first = sessions[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = delete(&agent, &format!("/sessions/{first}")).await;
+    assert_eq!((status, &body["terminated"]), (200, &serde_json::json!(1)));
+    let (status, body) = delete(&agent, &format!("/sessions?user={}", served.userid)).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(Duration::from_secs(10), "allocations back to 0", || async {
+        let control = control_status(&agent).await?;
+        let (payload, _) = reader.node("/turn/servers/control").await?;
+        (control["allocations"] == 0 && payload["allocations"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+}
+
+#[tokio::test]
+async fn no_cli_in_extra_args_turns_the_control_channel_off_with_a_warning() {
+    let mut options = AgentOptions::default();
+    options.extra_args.push("--no-cli".into());
+    let agent = Agent::start(options);
+    agent.wait_ready(Duration::from_secs(10)).await;
+    agent
+        .wait_log(
+            "set turnserver.control = \"off\" instead",
+            Duration::from_secs(5),
+        )
+        .await;
+    let control = control_status(&agent).await.unwrap();
+    assert_eq!(control["enabled"], false, "{control}");
+    let (status, body) = agent.get("/sessions").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(!agent.files.path("turnserver-agent.conf").exists());
+}
