@@ -19,6 +19,17 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A new password of 144 random bits in the URL-safe base64 alphabet
+    /// (24 characters): turnadmin users, coturn's CLI.
+    #[cfg(feature = "agent")]
+    pub fn random_password() -> Secret {
+        use base64::Engine;
+        use rand::RngCore;
+        let mut bytes = [0u8; 18];
+        rand::rng().fill_bytes(&mut bytes);
+        Secret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -415,7 +415,10 @@ impl Allocator {
         }
         let entry = Arc::new(IndexedView {
             view: Arc::clone(view),
-            index: Arc::new(PickIndex::build(view.hosts.as_slice(), self.settings.min_free_mbps)),
+            index: Arc::new(PickIndex::build(
+                view.hosts.as_slice(),
+                self.settings.min_free_mbps,
+            )),
         });
         self.indexed.store(Some(Arc::clone(&entry)));
         self.indexing.store(false, Ordering::Release);

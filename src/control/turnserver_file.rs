@@ -69,7 +69,7 @@ pub fn new_endpoint() -> Result<CliEndpoint, TurnserverFileError> {
     let address = listener.local_addr().map_err(TurnserverFileError::Port)?;
     Ok(CliEndpoint {
         address,
-        password: crate::credentials::naming::new_password(),
+        password: Secret::random_password(),
     })
 }
 

@@ -38,7 +38,7 @@ pub fn new_username(expires_at: u64) -> String {
 
 /// A password of 144 random bits in the URL-safe base64 alphabet (24 chars).
 pub fn new_password() -> Secret {
-    Secret::new(url_safe(&os_random_bytes::<18>()))
+    Secret::random_password()
 }
 
 /// A REST API shared secret with 192 random bits.

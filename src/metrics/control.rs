@@ -7,8 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-use super::ControlStatus;
 use super::gauge;
+use crate::control::ControlStatus;
 
 #[derive(Debug)]
 pub struct ControlCollector {

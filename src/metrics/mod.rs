@@ -64,9 +64,7 @@ impl AgentMetrics {
     ) -> AgentMetrics {
         let mut registry = Registry::default();
         if let Some(status) = control {
-            registry.register_collector(Box::new(control::ControlCollector {
-                status,
-            }));
+            registry.register_collector(Box::new(control::ControlCollector { status }));
         }
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
