@@ -1061,16 +1061,16 @@ async fn oversized_and_malformed_records_are_skipped_and_named_and_the_host_coun
     assert!(log.contains("\\u{1b}[2J"), "{log}");
 }
 
-/// 5,000 hosts in the suite (a first view of 20,000 read one by one takes
-/// longer than the suite can give on 2 loaded cores in a debug build); the
-/// issue's measurement at 20,000 is
-/// `TURN_AGENT_FLEET_HOSTS=20000 cargo test --test allocator a_fleet -- --nocapture`.
+/// 20,000 hosts, the size (the first view is read with many reads
+/// in flight, so it comes in seconds); `TURN_AGENT_FLEET_HOSTS` changes
+/// it: `cargo nextest run --test allocator a_fleet --no-capture` prints
+/// the CPU per update and the RSS before and after.
 #[tokio::test]
 async fn a_fleet_of_hosts_takes_a_stream_of_updates_at_a_cost_per_change() {
     let hosts_wanted: usize = std::env::var("TURN_AGENT_FLEET_HOSTS")
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(5_000);
+        .unwrap_or(20_000);
     let hosts = hosts_wanted.clamp(1_000, 99_999);
     const UPDATES: usize = 1_000;
     let zookeeper = ZooKeeper::start(2000).await;
@@ -1135,11 +1135,14 @@ async fn a_fleet_of_hosts_takes_a_stream_of_updates_at_a_cost_per_change() {
         UPDATES + 1,
         started.elapsed()
     );
-    // main, deep-copying the host list on every event, did not take 2,000
-    // updates within 60 s (more than 30 ms of CPU each, debug build).
+    // A view that copies the host list's pointers on every event cost
+    // 7.3 ms of CPU an update at 20,000 hosts (debug build); one that
+    // copies a chunk costs about 0.7 ms, nearly all of it the read and the
+    // JSON of the one record.
+    let limit = Duration::from_micros(3_000 * hosts as u64 / 20_000).max(Duration::from_millis(2));
     assert!(
-        per_update < Duration::from_millis(15),
-        "an update cost {per_update:?} of CPU at {hosts} hosts"
+        per_update < limit,
+        "an update cost {per_update:?} of CPU at {hosts} hosts (limit {limit:?})"
     );
 }
 

@@ -14,9 +14,9 @@
 //!   client by its /64), so one address cannot take the pool; refusals are
 //!   logged at most once per [`REFUSAL_LOG_INTERVAL`] with a count.
 //! - The request head is bounded: beyond `max_header_bytes` a JSON 431
-//!   (see [`super::error`]). Every error the stack produces in the router
+//!   (see `api::error`). Every error the stack produces in the router
 //!   (404, 405, 408, ...) is rendered in the API's JSON shape by
-//!   [`super::error::json_errors`]; the answers hyper writes by itself for
+//!   `error::json_errors`; the answers hyper writes by itself for
 //!   requests it cannot parse (400, 414, 431 beyond twice the limit) are
 //!   rewritten into the same shape on their way out ([`JsonErrorWrites`]).
 
