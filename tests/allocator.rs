@@ -1365,6 +1365,14 @@ async fn an_allocator_started_before_zookeeper_retries_with_backoff_and_is_told_
         .expect("the view is complete once ZooKeeper is there");
     let status = allocator.status();
     assert!(status.synced && status.problem.is_none(), "{status:?}");
+    // The listing may have come before "a" did; its event follows.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        changes.wait_for(|view| view.hosts.get("a").is_some()),
+    )
+    .await
+    .expect("a joins the view")
+    .unwrap();
     assert_eq!(nodes(&allocator), vec!["a"]);
 
     changes.borrow_and_update();
