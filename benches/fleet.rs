@@ -217,9 +217,16 @@ async fn main() {
         .expect("child agents");
     let mut settings = AllocatorSettings::new(connect.clone(), PATH);
     settings.min_free_mbps = 0.0;
-    let allocator = Allocator::start(settings)
-        .await
-        .expect("the allocator starts");
+    // Start refuses a path that does not exist yet: the agents create it.
+    let allocator = loop {
+        match Allocator::start(settings.clone()).await {
+            Ok(allocator) => break allocator,
+            Err(turn_agent::allocator::StartError::NoSuchPath { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(error) => panic!("the allocator cannot start: {error}"),
+        }
+    };
     while allocator.snapshot().hosts.len() < agents_count {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

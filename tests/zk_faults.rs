@@ -461,7 +461,13 @@ async fn an_ensemble_losing_a_follower_its_leader_then_its_quorum_costs_nothing_
         .collect();
     let mut settings = AllocatorSettings::new(connect.clone(), BASE);
     settings.session_timeout = Duration::from_secs(2);
-    let allocator = Arc::new(Allocator::start(settings).await.unwrap());
+    // Start refuses a path that does not exist: the agents create it.
+    let allocator = wait_for(Duration::from_secs(20), "the agents' path", || {
+        let settings = settings.clone();
+        async move { Allocator::start(settings).await.ok() }
+    })
+    .await;
+    let allocator = Arc::new(allocator);
     for agent in &agents {
         agent.wait_ready(Duration::from_secs(20)).await;
     }
