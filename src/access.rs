@@ -103,48 +103,67 @@ impl fmt::Display for AddrPattern {
     }
 }
 
+/// Why an allow-list or trusted-proxy entry is not an address pattern;
+/// the message names the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidAddrPattern(String);
+
+impl InvalidAddrPattern {
+    fn new(message: String) -> Self {
+        InvalidAddrPattern(message)
+    }
+}
+
 impl AddrPattern {
     /// Parses `192.168.1.1`, `192.168.2.1-255`, `192.168.3.0/24`,
     /// `192.168.4.0/255.255.255.0`, `2001:db8::1`, `2001:db8::/32`.
-    pub fn parse(text: &str) -> Result<AddrPattern, String> {
+    pub fn parse(text: &str) -> Result<AddrPattern, InvalidAddrPattern> {
         let text = text.trim();
         if let Some((address, mask)) = text.split_once('/') {
-            let address: IpAddr = address
-                .parse()
-                .map_err(|_| format!("`{text}`: `{address}` is not an IP address"))?;
+            let address: IpAddr = address.parse().map_err(|_| {
+                InvalidAddrPattern::new(format!("`{text}`: `{address}` is not an IP address"))
+            })?;
             let prefix = if mask.contains('.') {
-                let mask: Ipv4Addr = mask
-                    .parse()
-                    .map_err(|_| format!("`{text}`: `{mask}` is not a netmask"))?;
+                let mask: Ipv4Addr = mask.parse().map_err(|_| {
+                    InvalidAddrPattern::new(format!("`{text}`: `{mask}` is not a netmask"))
+                })?;
                 if !address.is_ipv4() {
-                    return Err(format!("`{text}`: a dotted netmask needs an IPv4 address"));
+                    return Err(InvalidAddrPattern::new(format!(
+                        "`{text}`: a dotted netmask needs an IPv4 address"
+                    )));
                 }
                 let bits = u32::from(mask);
                 if bits.leading_ones() + bits.trailing_zeros() != 32 {
-                    return Err(format!("`{text}`: netmask `{mask}` is not contiguous"));
+                    return Err(InvalidAddrPattern::new(format!(
+                        "`{text}`: netmask `{mask}` is not contiguous"
+                    )));
                 }
                 bits.leading_ones() as u8
             } else {
-                mask.parse::<u8>()
-                    .map_err(|_| format!("`{text}`: `{mask}` is not a prefix length"))?
+                mask.parse::<u8>().map_err(|_| {
+                    InvalidAddrPattern::new(format!("`{text}`: `{mask}` is not a prefix length"))
+                })?
             };
             let network = IpNet::new(address, prefix).map_err(|_| {
-                format!("`{text}`: prefix length {prefix} is too long for this address family")
+                InvalidAddrPattern::new(format!(
+                    "`{text}`: prefix length {prefix} is too long for this address family"
+                ))
             })?;
             return Ok(AddrPattern::Network(network.trunc()));
         }
         if let Some((start, high)) = text.split_once('-') {
-            let start: Ipv4Addr = start
-                .parse()
-                .map_err(|_| format!("`{text}`: `{start}` is not an IPv4 address"))?;
-            let high: u8 = high
-                .parse()
-                .map_err(|_| format!("`{text}`: `{high}` is not a last octet (0-255)"))?;
+            let start: Ipv4Addr = start.parse().map_err(|_| {
+                InvalidAddrPattern::new(format!("`{text}`: `{start}` is not an IPv4 address"))
+            })?;
+            let high: u8 = high.parse().map_err(|_| {
+                InvalidAddrPattern::new(format!("`{text}`: `{high}` is not a last octet (0-255)"))
+            })?;
             let [a, b, c, low] = start.octets();
             if high < low {
-                return Err(format!(
+                return Err(InvalidAddrPattern::new(format!(
                     "`{text}`: range end {high} is below its start {low}"
-                ));
+                )));
             }
             return Ok(AddrPattern::LastOctetRange {
                 prefix: [a, b, c],
@@ -153,7 +172,9 @@ impl AddrPattern {
             });
         }
         text.parse().map(AddrPattern::Single).map_err(|_| {
-            format!("`{text}` is not an IP address, a.b.c.x-y range, CIDR or address/netmask")
+            InvalidAddrPattern::new(format!(
+                "`{text}` is not an IP address, a.b.c.x-y range, CIDR or address/netmask"
+            ))
         })
     }
 
@@ -297,7 +318,10 @@ mod tests {
             "1.2.3/24",
         ] {
             let error = AddrPattern::parse(bad).unwrap_err();
-            assert!(error.contains(&format!("`{bad}`")), "{bad}: {error}");
+            assert!(
+                error.to_string().contains(&format!("`{bad}`")),
+                "{bad}: {error}"
+            );
         }
     }
 

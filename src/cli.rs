@@ -194,7 +194,9 @@ pub enum TokenCommandError {
     #[error("--sub: only letters, digits and . _ - @ + are allowed, at most {max} bytes", max = crate::client_token::MAX_SUBJECT_BYTES)]
     Subject,
     #[error("--ttl: {0}")]
-    Ttl(String),
+    Ttl(#[from] crate::config::InvalidDuration),
+    #[error("--ttl: must be at least one second")]
+    TtlZero,
 }
 
 /// `turn-agent token`: a client token signed with the Ed25519 private key
@@ -214,11 +216,9 @@ pub fn mint_token(
     if subject.is_some_and(|subject| !crate::client_token::is_valid_subject(subject)) {
         return Err(TokenCommandError::Subject);
     }
-    let ttl = crate::config::parse_duration(ttl).map_err(TokenCommandError::Ttl)?;
+    let ttl = crate::config::parse_duration(ttl)?;
     if ttl.as_secs() == 0 {
-        return Err(TokenCommandError::Ttl(
-            "must be at least one second".to_string(),
-        ));
+        return Err(TokenCommandError::TtlZero);
     }
     let pem = std::fs::read(key_file).map_err(|error| TokenCommandError::ReadKey {
         path: key_file.display().to_string(),

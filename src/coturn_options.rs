@@ -621,30 +621,37 @@ pub fn check_combinations(found: &[Occurrence]) -> Vec<ExtraArgError> {
     errors
 }
 
+/// Why a `pass_through_flags` entry cannot be passed through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPassThroughFlag(String);
+
 /// Checks a `pass_through_flags` entry: a long flag name that this table
 /// does not know under any spelling getopt would accept.
-pub fn check_pass_through_flag(flag: &str) -> Result<(), String> {
+pub fn check_pass_through_flag(flag: &str) -> Result<(), InvalidPassThroughFlag> {
     let Some(name) = flag.strip_prefix("--") else {
-        return Err(format!("`{flag}` must be a long flag such as \"--name\""));
+        return Err(InvalidPassThroughFlag(format!(
+            "`{flag}` must be a long flag such as \"--name\""
+        )));
     };
     let valid = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
-        return Err(format!(
+        return Err(InvalidPassThroughFlag(format!(
             "`{flag}` must be `--` and a name of letters, digits, `-` and `_`"
-        ));
+        )));
     }
     match resolve_long(name) {
         LongMatch::Unknown => Ok(()),
-        LongMatch::Found(option) => Err(format!(
+        LongMatch::Found(option) => Err(InvalidPassThroughFlag(format!(
             "`{flag}` is turnserver's {}; pass_through_flags is only for options this agent does not know",
             option.display_name()
-        )),
-        LongMatch::Ambiguous(_) => Err(format!(
+        ))),
+        LongMatch::Ambiguous(_) => Err(InvalidPassThroughFlag(format!(
             "`{flag}` is a prefix of turnserver options; pass_through_flags is only for options this agent does not know"
-        )),
+        ))),
     }
 }
 

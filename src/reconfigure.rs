@@ -85,7 +85,7 @@ impl Reconfiguration {
             match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificates re-read"),
                 Err(error) => {
-                    tracing::error!(error = %LogSafe::new(&error).truncated_at(500), "keeping the previous TLS certificates")
+                    tracing::error!(error = %LogSafe::new(&error.to_string()).truncated_at(500), "keeping the previous TLS certificates")
                 }
             }
         }

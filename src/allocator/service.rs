@@ -180,7 +180,7 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
             Duration::from_secs(1)
         }
         Err(message) => {
-            problems.push(problem(key, message));
+            problems.push(problem(key, message.to_string()));
             Duration::from_secs(1)
         }
     };

@@ -10,11 +10,31 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, TlsFiles};
 
+/// Why the TLS files cannot serve; names the file, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{} {error}", crate::log_safe::LogSafe::new(.path))]
+    Read {
+        path: String,
+        error: crate::file_checks::FileError,
+    },
+    #[error("{path} is not a PEM certificate chain: {reason}")]
+    NotCertificates { path: String, reason: String },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: String },
+    #[error("{path} is not a PEM private key: {reason}")]
+    NotKey { path: String, reason: String },
+    #[error("{0}")]
+    Protocols(tokio_rustls::rustls::Error),
+    #[error("certificate and key do not fit: {0}")]
+    Mismatch(tokio_rustls::rustls::Error),
+}
+
 /// Loads the configured files once, as `check-config`, start and a reload
 /// do before they accept a configuration: a problem is `api.tls`.
 pub fn check(files: Option<&TlsFiles>) -> Result<(), ConfigError> {
     match files.map(load) {
-        Some(Err(message)) => Err(ConfigError::single("api.tls", message)),
+        Some(Err(error)) => Err(ConfigError::single("api.tls", error.to_string())),
         _ => Ok(()),
     }
 }
@@ -25,37 +45,39 @@ pub fn check(files: Option<&TlsFiles>) -> Result<(), ConfigError> {
 /// Both files are read through [`crate::file_checks::read_limited`]: a
 /// FIFO, a device or an oversized file is refused at once instead of
 /// blocking the reload (and with it the signal loop) in `open` or `read`.
-pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let read = |path: &std::path::Path| {
         crate::file_checks::read_limited(path, crate::file_checks::MAX_PEM_BYTES).map_err(|error| {
-            format!(
-                "{} {error}",
-                crate::log_safe::LogSafe::new(&path.to_string_lossy())
-            )
+            TlsError::Read {
+                path: path.to_string_lossy().into_owned(),
+                error,
+            }
         })
     };
     let cert_pem = read(&files.cert)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|error| {
-            format!(
-                "{} is not a PEM certificate chain: {error}",
-                files.cert.display()
-            )
+        .map_err(|error| TlsError::NotCertificates {
+            path: files.cert.display().to_string(),
+            reason: error.to_string(),
         })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", files.cert.display()));
+        return Err(TlsError::NoCertificate {
+            path: files.cert.display().to_string(),
+        });
     }
     let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|error| format!("{} is not a PEM private key: {error}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::NotKey {
+        path: files.key.display().to_string(),
+        reason: error.to_string(),
+    })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| error.to_string())?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|error| format!("certificate and key do not fit: {error}"))?;
+        .map_err(TlsError::Mismatch)?;
     // HTTP/1.1 only: the server refuses HTTP/2 (see `server`).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -70,7 +92,7 @@ pub struct TlsReloader {
 }
 
 impl TlsReloader {
-    pub fn new(files: TlsFiles) -> Result<TlsReloader, String> {
+    pub fn new(files: TlsFiles) -> Result<TlsReloader, TlsError> {
         let config = load(&files)?;
         Ok(TlsReloader {
             files,
@@ -78,7 +100,7 @@ impl TlsReloader {
         })
     }
 
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let config = load(&self.files)?;
         self.current.store(config);
         Ok(())

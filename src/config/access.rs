@@ -152,7 +152,7 @@ pub(super) fn validate_access(
         let role_name = entry.role.as_deref().unwrap_or(&raw.default_role);
         match (AddrPattern::parse(&entry.addr), role_index(role_name)) {
             (Ok(pattern), Some(role)) => allow.push((pattern, role)),
-            (Err(message), _) => v.problem(&format!("access.allow[{index}].addr"), message),
+            (Err(error), _) => v.problem(&format!("access.allow[{index}].addr"), error.to_string()),
             (_, None) => v.problem(
                 &format!("access.allow[{index}].role"),
                 format!("unknown role `{role_name}`"),
@@ -192,7 +192,10 @@ pub(super) fn validate_access(
     for (index, text) in raw.trusted_proxies.iter().enumerate() {
         match AddrPattern::parse(text) {
             Ok(pattern) => trusted_proxies.push(pattern),
-            Err(message) => v.problem(&format!("access.trusted_proxies[{index}]"), message),
+            Err(error) => v.problem(
+                &format!("access.trusted_proxies[{index}]"),
+                error.to_string(),
+            ),
         }
     }
     if !(raw.rate_limit_per_second.is_finite() && raw.rate_limit_per_second >= 0.0) {

@@ -51,8 +51,8 @@ pub use env::ENV_PREFIX;
 pub use health::{HealthConfig, RawHealth};
 pub use raw::{changed_keys, flat_keys, from_flat_keys, load_raw, parse_raw, render_effective};
 pub use traffic::{RawTraffic, TrafficConfig, TrafficDirection};
-pub use turnserver::{check_realm, RawTurnserver, TurnserverConfig};
-pub use validate::{parse_duration, validate};
+pub use turnserver::{check_realm, InvalidRealm, RawTurnserver, TurnserverConfig};
+pub use validate::{parse_duration, validate, InvalidDuration};
 pub use zookeeper::{RawZookeeper, ZookeeperConfig};
 
 /// The sections a file may have, in the order `check-config` prints them.

@@ -83,18 +83,24 @@ pub struct RawTurnserver {
 /// The realm as coturn and the agent's turnadmin listing parser accept it:
 /// coturn pastes it unescaped into SQL (`'`), turnadmin lists users as
 /// `user[realm]` (`[`, `]`), and STUN caps it at 127 bytes.
-pub fn check_realm(realm: &str) -> Result<(), String> {
+pub fn check_realm(realm: &str) -> Result<(), InvalidRealm> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
     if realm.is_empty() || realm.len() > 127 {
-        return Err("must be 1 to 127 characters".into());
+        return Err(InvalidRealm::Length);
     }
     if let Some(bad) = realm.chars().find(|c| !allowed(*c)) {
-        return Err(format!(
-            "must hold only ASCII letters, digits, `.`, `-` and `_` (found {:?})",
-            bad
-        ));
+        return Err(InvalidRealm::Character(bad));
     }
     Ok(())
+}
+
+/// Why coturn or the listing parser could not take a realm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRealm {
+    #[error("must be 1 to 127 characters")]
+    Length,
+    #[error("must hold only ASCII letters, digits, `.`, `-` and `_` (found {0:?})")]
+    Character(char),
 }
 
 pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConfig {
@@ -118,8 +124,8 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
         Some(realm) => realm.to_string(),
         None => default_host_name(),
     };
-    if let Err(message) = check_realm(&realm) {
-        v.problem("turnserver.realm", message);
+    if let Err(error) = check_realm(&realm) {
+        v.problem("turnserver.realm", error.to_string());
     }
     let userdb = v.path("turnserver.userdb", &raw.userdb);
     let pidfile = v.path("turnserver.pidfile", &raw.pidfile);
@@ -187,8 +193,11 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
 fn validate_extra_args(v: &mut Validator, raw: &RawTurnserver) {
     use crate::coturn_options::{check_combinations, check_pass_through_flag, parse_extra_args};
     for (index, flag) in raw.pass_through_flags.iter().enumerate() {
-        if let Err(message) = check_pass_through_flag(flag) {
-            v.problem(&format!("turnserver.pass_through_flags[{index}]"), message);
+        if let Err(error) = check_pass_through_flag(flag) {
+            v.problem(
+                &format!("turnserver.pass_through_flags[{index}]"),
+                error.to_string(),
+            );
         }
     }
     match parse_extra_args(&raw.extra_args, &raw.pass_through_flags) {

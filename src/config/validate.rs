@@ -31,8 +31,8 @@ impl Validator {
     pub(super) fn duration(&mut self, key: &str, text: &str) -> Duration {
         match parse_duration(text) {
             Ok(duration) => duration,
-            Err(message) => {
-                self.problem(key, message);
+            Err(error) => {
+                self.problem(key, error.to_string());
                 Duration::ZERO
             }
         }
@@ -125,10 +125,19 @@ impl Validator {
     }
 }
 
+/// A setting that is not a duration; the message names the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a duration like \"100ms\", \"10s\" or \"1h\" ({reason})")]
+pub struct InvalidDuration {
+    text: String,
+    reason: String,
+}
+
 /// Parses `"100ms"`, `"10s"`, `"1h"`, `"1h 30m"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|error| {
-        format!("`{text}` is not a duration like \"100ms\", \"10s\" or \"1h\" ({error})")
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
+    humantime::parse_duration(text.trim()).map_err(|error| InvalidDuration {
+        text: text.to_string(),
+        reason: error.to_string(),
     })
 }
 

@@ -26,6 +26,24 @@ use crate::backoff::ExponentialBackoff;
 use crate::config::{self, Config, ConfigWatch, CredentialMode, CredentialsConfig};
 use crate::secret::Secret;
 
+/// Why one step against the credential stores (turnadmin, the SQLite user
+/// database, the state file) failed; its text is what operators see.
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error("REST API mode needs an SQLite user database (credentials.database_args)")]
+    NoUserDb,
+    #[error("{0}")]
+    UserDb(#[from] UserDbError),
+    #[error("user database call panicked: {0}")]
+    Panicked(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Turnadmin(#[from] super::turnadmin::TurnadminError),
+    #[error("{0}")]
+    StateFile(#[from] state_file::StateFileError),
+    #[error("{0}")]
+    LiveSecrets(RotateError),
+}
+
 /// turnadmin can find the database locked while turnserver initialises it,
 /// so the first retry comes soon.
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -244,25 +262,20 @@ impl CredentialManager {
     async fn on_userdb<T: Send + 'static>(
         &self,
         call: impl FnOnce(&UserDb) -> Result<T, UserDbError> + Send + 'static,
-    ) -> Result<T, String> {
-        let userdb = self.userdb.clone().ok_or_else(|| {
-            "REST API mode needs an SQLite user database (credentials.database_args)".to_string()
-        })?;
-        match tokio::task::spawn_blocking(move || call(&userdb)).await {
-            Ok(result) => result.map_err(|error| error.to_string()),
-            Err(error) => Err(format!("user database call panicked: {error}")),
-        }
+    ) -> Result<T, StoreError> {
+        let userdb = self.userdb.clone().ok_or(StoreError::NoUserDb)?;
+        Ok(tokio::task::spawn_blocking(move || call(&userdb)).await??)
     }
 
-    async fn list_secrets(&self) -> Result<Vec<Secret>, String> {
+    async fn list_secrets(&self) -> Result<Vec<Secret>, StoreError> {
         self.on_userdb(|db| db.list_secrets()).await
     }
 
-    async fn add_secret(&self, secret: Secret) -> Result<(), String> {
+    async fn add_secret(&self, secret: Secret) -> Result<(), StoreError> {
         self.on_userdb(move |db| db.add_secret(&secret)).await
     }
 
-    async fn delete_secret(&self, secret: Secret) -> Result<(), String> {
+    async fn delete_secret(&self, secret: Secret) -> Result<(), StoreError> {
         self.on_userdb(move |db| db.delete_secret(&secret)).await
     }
 
@@ -335,12 +348,8 @@ impl CredentialManager {
         now: u64,
         have_state: bool,
         grace: u64,
-    ) -> Result<(), String> {
-        let users = self
-            .turnadmin
-            .list_users()
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), StoreError> {
+        let users = self.turnadmin.list_users().await?;
         let plan = long_term::reconcile(have_state.then_some(&self.state), &users, now, grace);
         let mut undeleted = Vec::new();
         for user in &plan.delete_now {
@@ -370,7 +379,7 @@ impl CredentialManager {
         now: u64,
         have_state: bool,
         grace: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let secrets = self.list_secrets().await?;
         let plan =
             rest_api::reconcile_secrets(&self.state.secrets, &secrets, now, grace, have_state);
@@ -473,7 +482,7 @@ impl CredentialManager {
             CredentialMode::LongTerm => self.rotate_user(now).await,
             CredentialMode::RestApi => match self.live_secret_bound(now) {
                 Ok(()) => self.rotate_secret(now).await,
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(StoreError::LiveSecrets(error)),
             },
         };
         match &result {
@@ -485,15 +494,14 @@ impl CredentialManager {
             }
             Err(error) => self.failed(format!("rotation failed: {error}")),
         }
-        result.map_err(RotateError::Failed)
+        result.map_err(|error| RotateError::Failed(error.to_string()))
     }
 
-    async fn rotate_user(&mut self, now: u64) -> Result<String, String> {
+    async fn rotate_user(&mut self, now: u64) -> Result<String, StoreError> {
         let credential = long_term::issue(now, self.config().lifetime.as_secs());
         self.turnadmin
             .add_user(&credential.username, &credential.password)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let mut next = self.state.clone();
         if let Some(previous) = next.current.replace(credential.clone()) {
             next.served.push(previous.username);
@@ -506,7 +514,7 @@ impl CredentialManager {
         Ok(credential.username)
     }
 
-    async fn rotate_secret(&mut self, now: u64) -> Result<String, String> {
+    async fn rotate_secret(&mut self, now: u64) -> Result<String, StoreError> {
         let secret = SharedSecret {
             value: naming::new_shared_secret(now),
             created_at: now,
@@ -600,8 +608,8 @@ impl CredentialManager {
         self.publish_current();
     }
 
-    fn persist(&mut self, next: CredentialState) -> Result<(), String> {
-        state_file::store(&self.config().state_file, &next).map_err(|error| error.to_string())?;
+    fn persist(&mut self, next: CredentialState) -> Result<(), StoreError> {
+        state_file::store(&self.config().state_file, &next)?;
         self.state = next;
         Ok(())
     }
