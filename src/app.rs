@@ -123,6 +123,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
             turn_uris,
             metrics: agent_metrics,
             tls,
+            control: Some(control_handle.status.clone()),
         },
         health_sender.clone(),
         status,
@@ -132,11 +133,11 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         tokio::select! {
             signal = signals.next() => match signal {
                 AgentSignal::Terminate(name) => break name,
-                AgentSignal::Drain => break drain(&reconfiguration.current(), &health_sender, &mut signals).await,
+                AgentSignal::Drain => break drain(&reconfiguration.current(), &control_handle, &health_sender, &mut signals).await,
                 AgentSignal::Reload => reconfiguration.reload(&config_path),
             },
             Some(()) = drain_requests.recv() => {
-                break drain(&reconfiguration.current(), &health_sender, &mut signals).await;
+                break drain(&reconfiguration.current(), &control_handle, &health_sender, &mut signals).await;
             }
             outcome = reconfiguration.drained() => reconfiguration.restart_turnserver(outcome),
             result = &mut supervisor_task => {
@@ -205,13 +206,14 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
 /// "draining", credentials are still served) and waits for traffic to end.
 async fn drain(
     config: &Config,
+    control: &crate::control::ControlHandle,
     health: &watch::Sender<HealthStatus>,
     signals: &mut Signals,
 ) -> &'static str {
     tracing::info!("draining: withdrawn from ZooKeeper, waiting for relayed traffic to end");
     health.send_modify(|status| status.draining = true);
     tokio::select! {
-        outcome = crate::drain::until_quiet(config) => outcome,
+        outcome = crate::drain::until_drained(config, Some(control.status.clone())) => outcome,
         name = terminated(signals) => {
             tracing::warn!(signal = name, "drain interrupted");
             name

@@ -3,9 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, DrainConfig, TrafficDirection};
+use crate::control::ControlStatus;
 use crate::traffic::{self, Observation, TrafficMeter};
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -54,6 +56,20 @@ impl DrainClock {
         }
     }
 
+    /// Drained as soon as coturn holds no allocation: coturn's count is
+    /// exact, so no quiet period is needed. Resets the traffic quiet period,
+    /// so a fall back to traffic starts it afresh.
+    pub fn observe_allocations(&mut self, allocations: u64, now: Instant) -> DrainStep {
+        self.quiet_since = None;
+        if allocations == 0 {
+            DrainStep::Quiet
+        } else if now - self.started >= self.config.timeout {
+            DrainStep::TimedOut
+        } else {
+            DrainStep::Wait
+        }
+    }
+
     pub fn time_left(&self, now: Instant) -> Duration {
         self.config.timeout.saturating_sub(now - self.started)
     }
@@ -61,10 +77,21 @@ impl DrainClock {
 
 /// The drain `config` asks for, as a future that owns what it needs.
 pub fn until_quiet(config: &Config) -> impl Future<Output = &'static str> + Send + 'static {
+    until_drained(config, None)
+}
+
+/// Like [`until_quiet`], but while the control channel is up the drain
+/// waits for coturn to report zero allocations instead of quiet traffic;
+/// the interface counters decide whenever it is down.
+pub fn until_drained(
+    config: &Config,
+    control: Option<watch::Receiver<ControlStatus>>,
+) -> impl Future<Output = &'static str> + Send + 'static {
     wait_for_quiet(
         config.drain.clone(),
         config.traffic.interface.clone(),
         config.traffic.direction,
+        control,
     )
 }
 
@@ -74,6 +101,7 @@ pub async fn wait_for_quiet(
     config: DrainConfig,
     interface: Option<String>,
     direction: TrafficDirection,
+    control: Option<watch::Receiver<ControlStatus>>,
 ) -> &'static str {
     let mut clock = DrainClock::new(config, Instant::now());
     let mut meter = TrafficMeter::new(0.0);
@@ -94,6 +122,36 @@ pub async fn wait_for_quiet(
             // Nothing to measure: nothing to wait for.
             _ => Some(0.0),
         };
+        let allocations = control.as_ref().and_then(|control| {
+            let status = control.borrow();
+            status.up.then_some(status.allocations).flatten()
+        });
+        if let Some(allocations) = allocations {
+            match clock.observe_allocations(allocations, now) {
+                DrainStep::Quiet => {
+                    tracing::info!("drained: coturn reports no allocations");
+                    return "drained";
+                }
+                DrainStep::TimedOut => {
+                    tracing::warn!(
+                        allocations,
+                        "drain.timeout passed with allocations still open; stopping anyway"
+                    );
+                    return "drain timeout";
+                }
+                DrainStep::Wait => {}
+            }
+            if now - last_progress >= PROGRESS_EVERY {
+                tracing::info!(
+                    allocations,
+                    time_left_s = clock.time_left(now).as_secs(),
+                    "draining: waiting for coturn's allocations to end"
+                );
+                last_progress = now;
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+            continue;
+        }
         match clock.observe(used, now) {
             DrainStep::Quiet => {
                 tracing::info!(
@@ -132,6 +190,39 @@ mod tests {
             quiet_period: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allocations_drain_at_zero_or_time_out() {
+        let start = Instant::now();
+        let mut clock = DrainClock::new(config(), start);
+        assert_eq!(clock.observe_allocations(3, start), DrainStep::Wait);
+        let later = start + Duration::from_secs(59);
+        assert_eq!(clock.observe_allocations(1, later), DrainStep::Wait);
+        assert_eq!(clock.observe_allocations(0, later), DrainStep::Quiet);
+        let past = start + Duration::from_secs(60);
+        assert_eq!(clock.observe_allocations(1, past), DrainStep::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allocations_decide_while_the_channel_is_up_traffic_otherwise() {
+        let (sender, receiver) = watch::channel(ControlStatus {
+            enabled: true,
+            up: true,
+            allocations: Some(2),
+            ..ControlStatus::default()
+        });
+        let drain = tokio::spawn(wait_for_quiet(
+            config(),
+            None,
+            TrafficDirection::Max,
+            Some(receiver),
+        ));
+        // No interface means zero traffic, but allocations are still open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!drain.is_finished());
+        sender.send_modify(|status| status.allocations = Some(0));
+        assert_eq!(drain.await.unwrap(), "drained");
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,6 +47,8 @@ pub struct LiveParts {
     pub metrics: AgentMetrics,
     /// Certificate files are re-read on every reload, whatever the file says.
     pub tls: Option<api::tls::TlsReloader>,
+    /// The control channel's status: drains wait for zero allocations.
+    pub control: Option<tokio::sync::watch::Receiver<crate::control::ControlStatus>>,
 }
 
 impl Reconfiguration {
@@ -126,7 +128,10 @@ impl Reconfiguration {
                 }
                 self.health
                     .send_modify(|status| status.reconfiguring = true);
-                self.drain = Some(Box::pin(crate::drain::until_quiet(&reread.apply_now)));
+                self.drain = Some(Box::pin(crate::drain::until_drained(
+                    &reread.apply_now,
+                    self.live.control.clone(),
+                )));
             }
             (false, true) => {
                 tracing::info!(

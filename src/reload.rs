@@ -33,8 +33,12 @@ pub fn effect(key: &str) -> Effect {
         ("api", "turn_uris" | "cors_origins" | "cors_max_age") => Effect::Live,
         (
             "turnserver",
-            "probe_interval" | "probe_timeout" | "probe_failures" | "startup_timeout"
-            | "stop_timeout",
+            "probe_interval"
+            | "probe_timeout"
+            | "probe_failures"
+            | "startup_timeout"
+            | "stop_timeout"
+            | "control_poll_interval",
         ) => Effect::Live,
         ("turnserver", "restart_delay_min" | "restart_delay_max" | "stable_after") => {
             Effect::AgentRestart

@@ -229,3 +229,46 @@ async fn no_cli_in_extra_args_turns_the_control_channel_off_with_a_warning() {
     assert_eq!(status, 503, "{body}");
     assert!(!agent.files.path("turnserver-agent.conf").exists());
 }
+
+#[tokio::test]
+async fn a_drain_waits_for_open_allocations_and_ends_when_they_are_ended() {
+    let mut agent = Agent::start(AgentOptions {
+        extra: "[drain]\nidle_mbps = 100000.0\nquiet_period = \"100ms\"\ntimeout = \"60s\"\n"
+            .into(),
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        ..AgentOptions::default()
+    });
+    agent.wait_ready(Duration::from_secs(10)).await;
+    let served = agent.wait_credential(Duration::from_secs(10)).await;
+    let _uclient = hold_allocations(agent.files.turn_port, &served.userid, &served.password);
+    wait_for(Duration::from_secs(15), "allocations open", || async {
+        let control = control_status(&agent).await?;
+        (control["allocations"].as_u64()? > 0).then_some(())
+    })
+    .await;
+
+    let response = reqwest::Client::new()
+        .post(agent.url("/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    wait_for(Duration::from_secs(5), "draining", || async {
+        let (status, body) = agent.get("/readyz").await?;
+        (status == 503 && body["reason"] == "draining").then_some(())
+    })
+    .await;
+    // Traffic counts as idle (idle_mbps is huge and the quiet period
+    // short), so only the open allocations keep the agent up: give it a
+    // window in which a traffic-based drain would have ended.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(agent.child_alive(), "{}", agent.log());
+
+    let (status, body) = delete(&agent, &format!("/sessions?user={}", served.userid)).await;
+    assert_eq!(status, 200, "{body}");
+    let exit = agent.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(0), "{}", agent.log());
+    assert!(agent
+        .log()
+        .contains("drained: coturn reports no allocations"));
+}
