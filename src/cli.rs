@@ -229,3 +229,115 @@ pub fn mint_token(
         other => TokenCommandError::Key(other),
     })
 }
+
+/// `GET /sessions[?user=]` on the local agent, as a table.
+pub fn sessions(config: &Config, user: Option<&str>) -> anyhow::Result<String> {
+    let url = sessions_url(config, None, user)?;
+    let body = block_on(call(
+        reqwest::Method::GET,
+        url.as_str(),
+        None,
+        Duration::from_secs(30),
+    ))?;
+    Ok(render_sessions(&body))
+}
+
+/// `DELETE /sessions/{id}` or `DELETE /sessions?user=`; returns how many
+/// sessions ended.
+pub fn kill_sessions(config: &Config, id: Option<&str>, user: Option<&str>) -> anyhow::Result<u64> {
+    if id.is_some() == user.is_some() {
+        anyhow::bail!("name either a session id or --user");
+    }
+    let url = sessions_url(config, id, user)?;
+    let body = block_on(call(
+        reqwest::Method::DELETE,
+        url.as_str(),
+        None,
+        Duration::from_secs(30),
+    ))?;
+    Ok(body["terminated"].as_u64().unwrap_or(0))
+}
+
+fn sessions_url(
+    config: &Config,
+    id: Option<&str>,
+    user: Option<&str>,
+) -> anyhow::Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(&format!("http://{}/sessions", local_api_addr(config)))?;
+    if let Some(id) = id {
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("cannot build the session URL"))?
+            .push(id);
+    }
+    if let Some(user) = user {
+        url.query_pairs_mut().append_pair("user", user);
+    }
+    Ok(url)
+}
+
+/// The `/sessions` answer as a table, one session a line; outside values
+/// escaped so a user name cannot move the cursor or forge a line.
+pub fn render_sessions(body: &serde_json::Value) -> String {
+    use std::fmt::Write;
+
+    let field = |session: &serde_json::Value, name: &str| match &session[name] {
+        serde_json::Value::String(text) => crate::log_safe::LogSafe::new(text).to_string(),
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|item| item.as_str())
+            .map(|text| crate::log_safe::LogSafe::new(text).to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    let mut text = format!(
+        "{:<18}  {:<9}  {:>7}  {:>10}  {:>10}  {:<21}  {:<21}  {}\n",
+        "ID", "TRANSPORT", "AGE_S", "RX_BPS", "TX_BPS", "CLIENT", "RELAY", "USER@REALM"
+    );
+    for session in body["sessions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            text,
+            "{:<18}  {:<9}  {:>7}  {:>10}  {:>10}  {:<21}  {:<21}  {}@{}",
+            field(session, "id"),
+            field(session, "transport"),
+            field(session, "age_s"),
+            field(session, "rx_bps"),
+            field(session, "tx_bps"),
+            field(session, "client"),
+            field(session, "relay"),
+            field(session, "user"),
+            field(session, "realm"),
+        );
+    }
+    let _ = write!(text, "total: {}", body["total"]);
+    if body["complete"] == false {
+        text.push_str(" (coturn listed only part of them)");
+    }
+    text
+}
+
+#[cfg(test)]
+mod session_table_tests {
+    use super::render_sessions;
+
+    #[test]
+    fn a_table_line_per_session_with_outside_values_escaped() {
+        let body = serde_json::json!({
+            "total": 1,
+            "complete": true,
+            "sessions": [{
+                "id": "001000000000000421", "user": "ta1-1\r\nforged", "realm": "example.org",
+                "client": "127.0.0.1:5000", "relay": ["127.0.0.1:10001"], "transport": "udp",
+                "age_s": 12, "rx_bps": 100, "tx_bps": 200
+            }]
+        });
+        let table = render_sessions(&body);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[1].starts_with("001000000000000421  udp"), "{table}");
+        assert!(lines[1].contains("127.0.0.1:10001"));
+        assert!(!lines[1].contains('\r'));
+        assert_eq!(lines[2], "total: 1");
+    }
+}

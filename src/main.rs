@@ -45,6 +45,17 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// List turnserver's sessions through the local agent (GET /sessions),
+    /// or end them (`sessions kill ID` or `sessions kill --user NAME`).
+    Sessions {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this user's sessions.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
+    },
     /// Allocate and release a relay on the local turnserver with the
     /// credential the local agent serves: exit 0 if clients can relay.
     Selfcheck {
@@ -99,6 +110,17 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// End one session by id, or every session of --user.
+    Kill {
+        /// The session id as `turn-agent sessions` prints it.
+        id: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config } => {
@@ -129,6 +151,29 @@ fn main() -> ExitCode {
             turn_agent::cli::drain(loaded)
                 .map(|()| "draining; the agent stops once relayed traffic has ended".into())
         }),
+        Command::Sessions {
+            config,
+            user,
+            action,
+        } => match action {
+            None => ask_agent(&config, "sessions", |loaded| {
+                turn_agent::cli::sessions(loaded, user.as_deref())
+            }),
+            Some(SessionsAction::Kill {
+                id,
+                user: kill_user,
+            }) => {
+                let kill_user = kill_user.or(user);
+                if id.is_some() == kill_user.is_some() {
+                    eprintln!("turn-agent: sessions kill: name either a session id or --user");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+                ask_agent(&config, "sessions kill", |loaded| {
+                    turn_agent::cli::kill_sessions(loaded, id.as_deref(), kill_user.as_deref())
+                        .map(|count| format!("terminated: {count}"))
+                })
+            }
+        },
         Command::Selfcheck { config } => {
             ask_agent(&config, "selfcheck", turn_agent::cli::selfcheck)
         }

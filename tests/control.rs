@@ -197,9 +197,35 @@ async fn sessions_are_listed_counted_published_and_ended() {
     // The same turnserver still runs.
     assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
 
+    // `turn-agent sessions` prints the same as a table, and `sessions kill`
+    // ends one.
+    let config = agent.files.config_path.display().to_string();
+    let (code, table, stderr) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run_agent_cli(&["sessions", "--config", &config], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
     let first = sessions[0]["id"].as_str().unwrap().to_string();
-    let (status, body) = delete(&agent, &format!("/sessions/{first}")).await;
-    assert_eq!((status, &body["terminated"]), (200, &serde_json::json!(1)));
+    assert!(
+        table.contains(&first) && table.contains(&served.userid),
+        "{table}"
+    );
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run_agent_cli(&["sessions", "--config", &config, "kill"], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let first = first.clone();
+        move || run_agent_cli(&["sessions", "--config", &config, "kill", &first], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!((code, stdout.trim()), (0, "terminated: 1"), "{stderr}");
     let (status, body) = delete(&agent, &format!("/sessions?user={}", served.userid)).await;
     assert_eq!(status, 200, "{body}");
     wait_for(Duration::from_secs(10), "allocations back to 0", || async {
