@@ -33,10 +33,15 @@ pub struct ReloadLabels {
     pub outcome: &'static str,
 }
 
-/// The agent's metrics registry plus the live counters it owns.
+/// The agent's metrics registry plus the live counters it owns; a clone
+/// is one reference count (the API clones it for every request), and reads
+/// the counters through [`Deref`](std::ops::Deref).
 #[derive(Clone)]
-pub struct AgentMetrics {
-    registry: Arc<Registry>,
+pub struct AgentMetrics(Arc<AgentMetricSet>);
+
+/// What an [`AgentMetrics`] handle shares.
+pub struct AgentMetricSet {
+    registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// 1 when the last SIGHUP re-read was applied, 0 when it was rejected;
@@ -96,13 +101,13 @@ impl AgentMetrics {
             "changed configuration keys that take effect at the next agent start",
             config_keys_awaiting_restart.clone(),
         );
-        AgentMetrics {
-            registry: Arc::new(registry),
+        AgentMetrics(Arc::new(AgentMetricSet {
+            registry,
             http_requests,
             config_reloads,
             config_last_reload_ok,
             config_keys_awaiting_restart,
-        }
+        }))
     }
 
     /// Records one SIGHUP re-read.
@@ -124,6 +129,14 @@ impl AgentMetrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+impl std::ops::Deref for AgentMetrics {
+    type Target = AgentMetricSet;
+
+    fn deref(&self) -> &AgentMetricSet {
+        &self.0
     }
 }
 
