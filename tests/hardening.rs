@@ -98,7 +98,7 @@ async fn slow_header_connections_do_not_block_others_and_are_dropped() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_cap_are_closed_and_capacity_returns() {
+async fn connections_beyond_the_cap_wait_in_the_backlog_and_are_served() {
     let agent = Agent::start(options("max_connections = 4\nheader_read_timeout = \"1s\""));
     agent.wait_ready(Duration::from_secs(5)).await;
     let mut held = Vec::new();
@@ -110,28 +110,29 @@ async fn connections_beyond_the_cap_are_closed_and_capacity_returns() {
             .unwrap();
         held.push(stream);
     }
-    // Give the server a moment to accept all four before the fifth arrives.
-    let mut extra = wait_for(
-        Duration::from_secs(2),
-        "the cap to close a new connection",
-        || async {
-            let mut stream = TcpStream::connect(agent.files.api).await.ok()?;
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .ok()?;
-            let (answer, closed) = read_until_closed(&mut stream, Duration::from_millis(300)).await;
-            (closed && answer.is_empty()).then_some(stream)
-        },
-    )
-    .await;
-    let _ = extra.shutdown().await;
-    // Once the held connections time out, requests are served again.
+    // A fifth client is neither refused nor reset: it waits until the held
+    // connections reach their head deadline, then it is served.
+    let started = Instant::now();
+    let mut extra = TcpStream::connect(agent.files.api).await.unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    eprintln!("the fifth client was served after {:?}", started.elapsed());
+    for stream in &mut held {
+        let (_, closed) = read_until_closed(stream, Duration::from_secs(3)).await;
+        assert!(closed, "a held connection outlived its deadline");
+    }
+    // Capacity is back for everyone.
     wait_for(Duration::from_secs(5), "capacity to return", || async {
         let response = reqwest::get(agent.url("/healthz")).await.ok()?;
         (response.status() == 200).then_some(())
     })
     .await;
+    assert!(agent.log().contains("all connection slots are taken"));
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

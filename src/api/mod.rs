@@ -10,6 +10,7 @@ pub mod ice_filter;
 pub mod server;
 pub mod sessions;
 pub mod tls;
+pub mod trim;
 
 use std::sync::Arc;
 
@@ -32,7 +33,9 @@ use crate::metrics::{AgentMetrics, HttpLabels};
 use crate::readiness::Readiness;
 use crate::registry::RegistryStatus;
 
-/// What the handlers read; cheap to clone.
+/// What the handlers read. The router holds it behind one `Arc`
+/// ([`SharedState`]): axum clones the state for every request, and a clone
+/// of this struct would touch every field's reference count.
 #[derive(Clone)]
 pub struct ApiState {
     pub readiness: Readiness,
@@ -48,8 +51,20 @@ pub struct ApiState {
     pub control: crate::control::ControlHandle,
 }
 
+/// The router's state: one reference count per clone.
+pub type SharedState = Arc<ApiState>;
+
+/// Lets a handler take `State<ApiState>` (a full clone); the hot paths take
+/// `State<SharedState>`.
+impl axum::extract::FromRef<SharedState> for ApiState {
+    fn from_ref(state: &SharedState) -> ApiState {
+        ApiState::clone(state)
+    }
+}
+
 /// The agent's routes behind the access guard.
 pub fn router(state: ApiState, guard: guard::Guard) -> Router {
+    let request_metrics = state.metrics.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -72,10 +87,10 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         // of the guard must name the origin too.
         .layer(axum::middleware::from_fn_with_state(guard, guard::cors))
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            request_metrics,
             count_requests,
         ))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 pub use crate::config::ServerLimits;
@@ -88,7 +103,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// 200 only while turnserver answers STUN and a valid credential can be
 /// served; 503 with the reason otherwise.
-async fn readyz(State(state): State<ApiState>) -> Response {
+async fn readyz(State(state): State<SharedState>) -> Response {
     let now = state.readiness.snapshot();
     let reason = now.not_ready_reason();
     let body = json!({
@@ -158,7 +173,7 @@ fn issue(
 }
 
 async fn turn_credential(
-    State(state): State<ApiState>,
+    State(state): State<SharedState>,
     subject: Option<Extension<guard::ClientSubject>>,
     query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -196,7 +211,7 @@ struct IceServer<'a> {
 /// An RTCConfiguration fragment WebRTC stacks take as is, filtered by
 /// transport (see [`ice_filter`]). A bad filter mints nothing.
 async fn ice(
-    State(state): State<ApiState>,
+    State(state): State<SharedState>,
     subject: Option<Extension<guard::ClientSubject>>,
     query: Result<Query<IceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -229,7 +244,7 @@ async fn ice(
 }
 
 /// Rotation on demand (permission `rotate`).
-async fn rotate(State(state): State<ApiState>) -> Result<Response, ApiError> {
+async fn rotate(State(state): State<SharedState>) -> Result<Response, ApiError> {
     match state.rotate.rotate().await {
         Ok(credential) => Ok(no_store(
             Json(json!({ "rotated": true, "credential": credential })).into_response(),
@@ -243,7 +258,7 @@ async fn rotate(State(state): State<ApiState>) -> Result<Response, ApiError> {
 
 /// Starts a drain (permission `rotate`, an operator action); the agent
 /// exits once traffic has ended.
-async fn drain(State(state): State<ApiState>) -> Result<Response, ApiError> {
+async fn drain(State(state): State<SharedState>) -> Result<Response, ApiError> {
     match state.drain.try_send(()) {
         Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
             Ok(Json(json!({ "draining": true })).into_response())
@@ -255,7 +270,7 @@ async fn drain(State(state): State<ApiState>) -> Result<Response, ApiError> {
 }
 
 /// Prometheus text exposition (permission `metrics`).
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(State(state): State<SharedState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -267,7 +282,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 /// Everything `/readyz` knows, always 200 (permission `status`).
-async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
+async fn status(State(state): State<SharedState>) -> Json<serde_json::Value> {
     let now = state.readiness.snapshot();
     let reason = now.not_ready_reason();
     Json(json!({

@@ -5,14 +5,19 @@
 //!   at once (hyper answers nothing and closes); TLS offers only
 //!   `http/1.1` in ALPN. Serving HTTP/2 would need its own deadlines for
 //!   preface-only and ping-answering idle sockets, and nothing needs it.
-//! - Every request head, the first included, must arrive within
-//!   `header_read_timeout` from the moment the server waits for it: a
-//!   socket that sends nothing at all, or stays idle between keep-alive
-//!   requests, is closed after that long.
+//! - A socket that sends nothing is closed after `header_read_timeout`;
+//!   from its first byte every request head, the first included, must
+//!   arrive within `header_read_timeout` from the moment the server waits
+//!   for it, so an idle keep-alive connection is closed after that long.
+//! - Until its first byte a connection holds no hyper or TLS state (about
+//!   16 KiB of buffers): idle sockets cost little.
 //! - Each request gets `request_timeout` (408 after it).
 //! - Open connections are capped in total and per client address (an IPv6
-//!   client by its /64), so one address cannot take the pool; refusals are
-//!   logged at most once per [`REFUSAL_LOG_INTERVAL`] with a count.
+//!   client by its /64), so one address cannot take the pool. At the total
+//!   cap the server stops accepting: new clients wait in the listen backlog
+//!   and are served when a connection ends. Beyond an address's cap a new
+//!   connection is accepted and closed at once. Both are logged at most
+//!   once per [`REFUSAL_LOG_INTERVAL`] with a count.
 //! - The request head is bounded: beyond `max_header_bytes` a JSON 431
 //!   (see `api::error`). Every error the stack produces in the router
 //!   (404, 405, 408, ...) is rendered in the API's JSON shape by
@@ -34,7 +39,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -57,11 +63,23 @@ pub enum Refusal {
     AddressFull,
 }
 
-/// Open connections, in total and per address (pure bookkeeping).
+/// Open connections, in total and per address (bookkeeping, no I/O).
+///
+/// The total is a semaphore: the accept loop waits for a free slot before
+/// it accepts, so at the cap new clients wait in the listen backlog and are
+/// served when a connection ends, instead of being accepted and closed.
 #[derive(Debug)]
 pub struct ConnectionSlots {
     limits: ServerLimits,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    free: Arc<Semaphore>,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Room for one more connection, not yet given to an address.
+#[derive(Debug)]
+pub struct Reservation {
+    slots: Arc<ConnectionSlots>,
+    permit: OwnedSemaphorePermit,
 }
 
 /// One taken slot; dropping it frees it.
@@ -69,64 +87,103 @@ pub struct ConnectionSlots {
 pub struct Slot {
     slots: Arc<ConnectionSlots>,
     key: IpAddr,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl ConnectionSlots {
     pub fn new(limits: ServerLimits) -> Arc<ConnectionSlots> {
         Arc::new(ConnectionSlots {
             limits,
-            open: Mutex::new((0, HashMap::new())),
+            free: Arc::new(Semaphore::new(
+                limits.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            per_address: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits until fewer than `max_connections` are open.
+    pub async fn reserve(self: &Arc<Self>) -> Reservation {
+        let permit = self
+            .free
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        Reservation {
+            slots: self.clone(),
+            permit,
+        }
+    }
+
+    /// A reservation if a slot is free now.
+    pub fn try_reserve(self: &Arc<Self>) -> Result<Reservation, Refusal> {
+        let permit = self
+            .free
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full)?;
+        Ok(Reservation {
+            slots: self.clone(),
+            permit,
         })
     }
 
     pub fn try_take(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refusal> {
-        let key = crate::access::rate_limit_key(peer, CONNECTION_KEY_IPV6_PREFIX);
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (total, per_address) = &mut *open;
-        if *total >= self.limits.max_connections {
-            return Err(Refusal::Full);
-        }
-        let count = per_address.entry(key).or_insert(0);
-        if *count >= self.limits.max_connections_per_address {
-            return Err(Refusal::AddressFull);
-        }
-        *count += 1;
-        *total += 1;
-        Ok(Slot {
-            slots: self.clone(),
-            key,
-        })
+        self.try_reserve()?.assign(peer)
+    }
+
+    /// Open connections in total.
+    pub fn open_total(&self) -> usize {
+        self.limits.max_connections.min(Semaphore::MAX_PERMITS) - self.free.available_permits()
     }
 
     /// Open connections in total and from `peer`'s address.
     pub fn open(&self, peer: IpAddr) -> (usize, usize) {
         let key = crate::access::rate_limit_key(peer, CONNECTION_KEY_IPV6_PREFIX);
-        let open = self
-            .open
+        let per_address = self.lock();
+        (
+            self.open_total(),
+            per_address.get(&key).copied().unwrap_or(0),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_address
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (open.0, open.1.get(&key).copied().unwrap_or(0))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Reservation {
+    /// Gives the slot to `peer` unless its address already holds
+    /// `max_connections_per_address`; a refused reservation is freed.
+    pub fn assign(self, peer: IpAddr) -> Result<Slot, Refusal> {
+        let key = crate::access::rate_limit_key(peer, CONNECTION_KEY_IPV6_PREFIX);
+        let mut per_address = self.slots.lock();
+        let count = per_address.entry(key).or_insert(0);
+        if *count >= self.slots.limits.max_connections_per_address {
+            return Err(Refusal::AddressFull);
+        }
+        *count += 1;
+        drop(per_address);
+        Ok(Slot {
+            slots: self.slots,
+            key,
+            _permit: self.permit,
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self
-            .slots
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (total, per_address) = &mut *open;
-        *total -= 1;
+        let mut per_address = self.slots.lock();
         if let Some(count) = per_address.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
                 per_address.remove(&self.key);
             }
         }
+        // The permit goes back after this, when the field is dropped.
     }
 }
 
@@ -183,7 +240,9 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(super::error::json_errors));
     let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
     let slots = ConnectionSlots::new(limits);
+    let trimmer = tokio::spawn(super::trim::run(slots.clone(), shutdown.clone()));
     let mut refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
+    let mut full_log = RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -192,7 +251,24 @@ pub async fn serve(
         // Room above the limit so that the JSON 431 of
         // `limit_header_bytes` answers; hyper's minimum buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(8192));
+    let builder = Arc::new(builder);
     loop {
+        let reservation = match slots.try_reserve() {
+            Ok(reservation) => reservation,
+            Err(_) => {
+                if let Some(times) = full_log.refused(Instant::now()) {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        times,
+                        "all connection slots are taken; new connections wait in the listen backlog until one ends (times counts since the last line)"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    reservation = slots.reserve() => reservation,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -206,7 +282,7 @@ pub async fn serve(
                 }
             },
         };
-        let slot = match slots.try_take(peer.ip()) {
+        let slot = match reservation.assign(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
                 drop(stream);
@@ -230,32 +306,28 @@ pub async fn serve(
             .call(peer)
             .await
             .map_err(|never: Infallible| never);
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            tower_service.clone().oneshot(request)
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.as_ref().map(TlsReloader::acceptor);
-        let handshake_timeout = limits.header_read_timeout;
+        let connection = Connection {
+            stream,
+            peer,
+            service: hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                tower_service.clone().oneshot(request)
+            }),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            tls: tls.as_ref().map(TlsReloader::acceptor),
+            handshake_timeout: limits.header_read_timeout,
+        };
+        let first_byte_timeout = limits.header_read_timeout;
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match tls {
-                None => {
-                    let connection = builder
-                        .serve_connection(TokioIo::new(JsonErrorWrites::new(stream)), service);
-                    let _ = watcher.watch(connection).await;
-                }
-                Some(acceptor) => {
-                    // The handshake gets the same deadline as a request head.
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let connection = builder.serve_connection(
-                                TokioIo::new(JsonErrorWrites::new(stream)),
-                                service,
-                            );
-                            let _ = watcher.watch(connection).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            // Until its first byte a socket costs only this small future:
+            // hyper's buffers (16 KiB) and TLS state are made once there is
+            // something to read, in their own allocation.
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                readable = tokio::time::timeout(first_byte_timeout, connection.stream.readable()) => {
+                    if let Ok(Ok(())) = readable {
+                        Box::pin(connection.serve()).await;
                     }
                 }
             }
@@ -264,7 +336,59 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+    let _ = trimmer.await;
     Ok(())
+}
+
+/// An accepted connection with what serving it takes.
+struct Connection<S> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    builder: Arc<http1::Builder>,
+    watcher: hyper_util::server::graceful::Watcher,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl<S> Connection<S>
+where
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn serve(self) {
+        let Connection {
+            stream,
+            peer,
+            service,
+            builder,
+            watcher,
+            tls,
+            handshake_timeout,
+        } = self;
+        match tls {
+            None => {
+                let connection =
+                    builder.serve_connection(TokioIo::new(JsonErrorWrites::new(stream)), service);
+                let _ = watcher.watch(connection).await;
+            }
+            Some(acceptor) => {
+                // The handshake gets the same deadline as a request head.
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let connection = builder
+                            .serve_connection(TokioIo::new(JsonErrorWrites::new(stream)), service);
+                        let _ = watcher.watch(connection).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
 }
 
 /// A connection's stream that renders hyper's own bare error answers
@@ -382,6 +506,97 @@ mod tests {
         drop(a1);
         assert_eq!(slots.open(ip("192.0.2.1")), (4, 1));
         let _a3 = slots.try_take(ip("192.0.2.1")).unwrap();
+    }
+
+    /// A server with one route answering `ok`, on a loopback port.
+    async fn ok_server(limits: ServerLimits) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(listener, router, limits, None, shutdown.clone()));
+        (addr, shutdown)
+    }
+
+    /// Sends a GET and reads until the answer's body (`ok`) or EOF.
+    async fn get(stream: &mut TcpStream, close: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connection = if close { "close" } else { "keep-alive" };
+        stream
+            .write_all(
+                format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !answer.ends_with(b"ok") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => answer.extend_from_slice(&buffer[..read]),
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_new_client_waits_and_is_served_when_a_slot_frees() {
+        let (addr, shutdown) = ok_server(ServerLimits {
+            header_read_timeout: Duration::from_secs(30),
+            ..limits(2, 2)
+        })
+        .await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut first, false).await.starts_with("HTTP/1.1 200"));
+        assert!(get(&mut second, false).await.starts_with("HTTP/1.1 200"));
+        // The third connects (the listen backlog holds it) and is neither
+        // answered nor reset while both slots are taken.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::spawn(async move { (get(&mut third, true).await, third) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "served or reset while full");
+        drop(first);
+        let (answer, _third) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("served once a slot freed")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        // The second is still served on its keep-alive connection.
+        assert!(get(&mut second, false).await.starts_with("HTTP/1.1 200"));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn idle_slots_still_time_out_and_let_waiting_clients_in() {
+        use tokio::io::AsyncReadExt;
+        let (addr, shutdown) = ok_server(ServerLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..limits(1, 1)
+        })
+        .await;
+        // One socket that never sends, one that went idle after a request.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut waiting = TcpStream::connect(addr).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), get(&mut waiting, false))
+            .await
+            .expect("served once the silent socket timed out");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the silent socket was kept: {closed:?}"
+        );
+        // The idle keep-alive one is closed after the deadline too, and a
+        // new client is served after it.
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), waiting.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the idle keep-alive socket was kept");
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut next, true).await.starts_with("HTTP/1.1 200"));
+        shutdown.cancel();
     }
 
     #[test]
