@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
+pub use crate::forwarded::Client;
 use crate::secret::Secret;
 
 /// What an endpoint requires.
@@ -218,6 +219,12 @@ impl AccessPolicy {
     /// The role of a caller: a valid bearer token wins, else the first
     /// allow-list entry that matches the client address.
     pub fn role(&self, client: IpAddr, bearer: Option<&str>) -> Option<&Role> {
+        self.role_of(Some(client), bearer)
+    }
+
+    /// [`AccessPolicy::role`] for a caller whose address may be unknown
+    /// (`None`: a trusted proxy named nobody); then only a token gives one.
+    fn role_of(&self, client: Option<IpAddr>, bearer: Option<&str>) -> Option<&Role> {
         if let Some(presented) = bearer {
             // Compare against every token in constant time per token, with
             // no early exit, so timing says nothing about which matched.
@@ -230,6 +237,7 @@ impl AccessPolicy {
             }
             return found.map(|index| &self.roles[index]);
         }
+        let client = client?;
         self.allow
             .iter()
             .find(|(pattern, _)| pattern.matches(client))
@@ -237,7 +245,25 @@ impl AccessPolicy {
     }
 
     pub fn decide(&self, client: IpAddr, bearer: Option<&str>, permission: Permission) -> Decision {
-        match self.role(client, bearer) {
+        Self::decision(self.role(client, bearer), permission)
+    }
+
+    /// [`AccessPolicy::decide`] for a request's [`Client`]: one a trusted
+    /// proxy did not name gets no role from any address.
+    pub fn decide_client(
+        &self,
+        client: Client,
+        bearer: Option<&str>,
+        permission: Permission,
+    ) -> Decision {
+        Self::decision(
+            self.role_of(client.allow_list_address(), bearer),
+            permission,
+        )
+    }
+
+    fn decision(role: Option<&Role>, permission: Permission) -> Decision {
+        match role {
             None => Decision::Unknown,
             Some(role) if role.allows(permission) => Decision::Allowed,
             Some(_) => Decision::Forbidden,
@@ -247,8 +273,13 @@ impl AccessPolicy {
     /// The client behind trusted proxies: every `X-Forwarded-For` line of
     /// the request as one list, walked from the right past trusted proxies
     /// (see [`crate::forwarded`]). Untrusted peers' headers are ignored.
+    pub fn client<S: AsRef<str>>(&self, peer: IpAddr, forwarded_for: &[S]) -> Client {
+        crate::forwarded::client(peer, forwarded_for, |ip| self.is_trusted_proxy(ip))
+    }
+
+    /// [`AccessPolicy::client`]'s address: the proxy's when it named nobody.
     pub fn client_address<S: AsRef<str>>(&self, peer: IpAddr, forwarded_for: &[S]) -> IpAddr {
-        crate::forwarded::client_address(peer, forwarded_for, |ip| self.is_trusted_proxy(ip))
+        self.client(peer, forwarded_for).address()
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
@@ -398,6 +429,31 @@ mod tests {
         assert_eq!(
             policy.client_address(ip("10.9.9.9"), &["garbage"]),
             ip("10.9.9.9")
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_names_nobody_gives_no_role() {
+        let mut policy = policy();
+        // The proxy is on this host: loopback is admin, and trusted.
+        policy.trusted_proxies = vec![AddrPattern::parse("127.0.0.1").unwrap()];
+        for lines in [&[][..], &["127.0.0.1"][..], &["unknown"][..], &["::1"][..]] {
+            let client = policy.client(ip("127.0.0.1"), lines);
+            assert_eq!(
+                policy.decide_client(client, None, Permission::Credential),
+                Decision::Unknown,
+                "{lines:?}"
+            );
+            // A token still works.
+            assert_eq!(
+                policy.decide_client(client, Some("tok-user"), Permission::Credential),
+                Decision::Allowed
+            );
+        }
+        let named = policy.client(ip("127.0.0.1"), &["10.1.1.1"]);
+        assert_eq!(
+            policy.decide_client(named, None, Permission::Credential),
+            Decision::Allowed
         );
     }
 

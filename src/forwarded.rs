@@ -58,34 +58,99 @@ pub fn hops_from_right<'a, S: AsRef<str>>(lines: &'a [S]) -> impl Iterator<Item 
         .filter_map(parse_hop)
 }
 
-/// The client address for a request that came in from `peer` with these
+/// Who sent a request, as far as the allow list may know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// The peer itself: not a trusted proxy.
+    Peer(IpAddr),
+    /// The first entry of a trusted proxy's chain that is not a trusted
+    /// proxy itself.
+    Forwarded(IpAddr),
+    /// A trusted proxy (its address here) named no usable client: no
+    /// header, trusted proxies only, garbage where the client should be, or
+    /// a loopback or unspecified address. Such a request gets no role from
+    /// its address: the proxy's own address, often loopback (admin by
+    /// default), must not stand in for a client nobody named.
+    Unidentified(IpAddr),
+}
+
+impl Client {
+    /// The address to count the request against (rate limit, logs): the
+    /// client's, or the proxy's when it named none.
+    pub fn address(self) -> IpAddr {
+        match self {
+            Client::Peer(ip) | Client::Forwarded(ip) | Client::Unidentified(ip) => ip,
+        }
+    }
+
+    /// The address the allow list may match; `None` when nobody was named.
+    pub fn allow_list_address(self) -> Option<IpAddr> {
+        match self {
+            Client::Peer(ip) | Client::Forwarded(ip) => Some(ip),
+            Client::Unidentified(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Peer(ip) | Client::Forwarded(ip) => write!(f, "{ip}"),
+            Client::Unidentified(proxy) => write!(
+                f,
+                "a client the trusted proxy {proxy} did not name in X-Forwarded-For"
+            ),
+        }
+    }
+}
+
+/// The client for a request that came in from `peer` with these
 /// `X-Forwarded-For` lines (in the order received).
 ///
 /// A peer that is not a trusted proxy is the client, whatever it sent. From
 /// a trusted peer the chain is walked from the right: trusted proxies are
 /// skipped, the first other address is the client. An unparsable entry met
 /// on the way means a trusted proxy wrote something that is not an address,
-/// so the answer is the peer, never an entry further left (which the client
-/// chose). A chain of trusted proxies only (or no header) gives the
-/// left-most trusted address, or the peer.
+/// and a chain of trusted proxies only (or no header) names nobody: both are
+/// [`Client::Unidentified`], never an entry further left (which the client
+/// chose). A loopback address is taken from a header only when the proxies
+/// that passed it on are all on this host (loopback addresses): written by a
+/// proxy elsewhere it names that proxy's host, not this one, and must not
+/// match this host's loopback entries (admin by default). An unspecified
+/// address is never taken. Both are unidentified instead.
+pub fn client<S: AsRef<str>>(
+    peer: IpAddr,
+    lines: &[S],
+    is_trusted: impl Fn(IpAddr) -> bool,
+) -> Client {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer) {
+        return Client::Peer(peer);
+    }
+    // Whether every proxy so far, and so the one that wrote the entry
+    // looked at next, is on this host.
+    let mut on_this_host = peer.is_loopback();
+    for hop in hops_from_right(lines) {
+        match hop {
+            Hop::Address(ip) if is_trusted(ip) => on_this_host &= ip.is_loopback(),
+            Hop::Address(ip) if ip.is_unspecified() => return Client::Unidentified(peer),
+            Hop::Address(ip) if ip.is_loopback() && !on_this_host => {
+                return Client::Unidentified(peer)
+            }
+            Hop::Address(ip) => return Client::Forwarded(ip),
+            Hop::Unparsable => return Client::Unidentified(peer),
+        }
+    }
+    Client::Unidentified(peer)
+}
+
+/// [`client`]'s address: the client's, or the proxy's when it named none.
 pub fn client_address<S: AsRef<str>>(
     peer: IpAddr,
     lines: &[S],
     is_trusted: impl Fn(IpAddr) -> bool,
 ) -> IpAddr {
-    let peer = peer.to_canonical();
-    if !is_trusted(peer) {
-        return peer;
-    }
-    let mut client = peer;
-    for hop in hops_from_right(lines) {
-        match hop {
-            Hop::Address(ip) if is_trusted(ip) => client = ip,
-            Hop::Address(ip) => return ip,
-            Hop::Unparsable => return peer,
-        }
-    }
-    client
+    client(peer, lines, is_trusted).address()
 }
 
 #[cfg(test)]
@@ -164,9 +229,9 @@ mod tests {
                 &["127.0.0.1", "203.0.113.5:61000"],
                 "203.0.113.5",
             ),
-            // No header, or trusted proxies only.
+            // No header, or trusted proxies only: the peer (unidentified).
             ("10.9.0.1", &[], "10.9.0.1"),
-            ("10.9.0.1", &["10.9.0.3, 10.9.0.2"], "10.9.0.3"),
+            ("10.9.0.1", &["10.9.0.3, 10.9.0.2"], "10.9.0.1"),
             // Garbage where it matters: the peer, never the entry left of it.
             ("10.9.0.1", &["127.0.0.1", "unknown"], "10.9.0.1"),
             ("10.9.0.1", &["127.0.0.1, garbage, 10.9.0.2"], "10.9.0.1"),
@@ -184,6 +249,109 @@ mod tests {
             assert_eq!(
                 client_address(ip(peer), lines, trusted),
                 ip(expected),
+                "{peer} {lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxies_that_name_nobody_give_no_address_to_the_allow_list() {
+        let table: &[(&str, &[&str], Client)] = &[
+            ("192.0.2.1", &["127.0.0.1"], Client::Peer(ip("192.0.2.1"))),
+            ("127.0.0.1", &[], Client::Peer(ip("127.0.0.1"))),
+            (
+                "10.9.0.1",
+                &["203.0.113.5"],
+                Client::Forwarded(ip("203.0.113.5")),
+            ),
+            ("10.9.0.1", &[], Client::Unidentified(ip("10.9.0.1"))),
+            (
+                "10.9.0.1",
+                &["10.9.0.2"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            (
+                "10.9.0.1",
+                &["unknown"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            // A loopback address is not taken from a proxy elsewhere, an
+            // unspecified one from no proxy.
+            (
+                "10.9.0.1",
+                &["127.0.0.1"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            (
+                "10.9.0.1",
+                &["203.0.113.5, 127.0.0.2"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            (
+                "10.9.0.1",
+                &["[::1]:80"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            (
+                "10.9.0.1",
+                &["::ffff:127.0.0.1"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            (
+                "10.9.0.1",
+                &["0.0.0.0"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+            // Left of the client, loopback is never reached.
+            (
+                "10.9.0.1",
+                &["127.0.0.1", "203.0.113.5"],
+                Client::Forwarded(ip("203.0.113.5")),
+            ),
+        ];
+        for (peer, lines, expected) in table {
+            let found = client(ip(peer), lines, trusted);
+            assert_eq!(found, *expected, "{peer} {lines:?}");
+            assert_eq!(
+                found.allow_list_address().is_none(),
+                matches!(expected, Client::Unidentified(_))
+            );
+        }
+        // A proxy on this host (127.0.0.2) passes on a local caller; one
+        // elsewhere behind it cannot.
+        let local = |ip: IpAddr| trusted(ip) || ip == IpAddr::from([127, 0, 0, 2]);
+        let table: &[(&str, &[&str], Client)] = &[
+            (
+                "127.0.0.2",
+                &["127.0.0.1"],
+                Client::Forwarded(ip("127.0.0.1")),
+            ),
+            (
+                "127.0.0.2",
+                &["127.0.0.9:5100"],
+                Client::Forwarded(ip("127.0.0.9")),
+            ),
+            (
+                "127.0.0.2",
+                &["127.0.0.1, 10.9.0.1"],
+                Client::Unidentified(ip("127.0.0.2")),
+            ),
+            (
+                "127.0.0.2",
+                &["0.0.0.0"],
+                Client::Unidentified(ip("127.0.0.2")),
+            ),
+            ("127.0.0.2", &[], Client::Unidentified(ip("127.0.0.2"))),
+            (
+                "10.9.0.1",
+                &["127.0.0.1, 127.0.0.2"],
+                Client::Unidentified(ip("10.9.0.1")),
+            ),
+        ];
+        for (peer, lines, expected) in table {
+            assert_eq!(
+                client(ip(peer), lines, local),
+                *expected,
                 "{peer} {lines:?}"
             );
         }
@@ -210,7 +378,9 @@ mod tests {
 
         fn untrusted_v4() -> impl Strategy<Value = IpAddr> {
             any::<[u8; 4]>()
-                .prop_filter("not a trusted proxy", |o| o[0] != 10)
+                .prop_filter("not a trusted proxy, loopback or unspecified", |o| {
+                    o[0] != 10 && o[0] != 127 && *o != [0; 4]
+                })
                 .prop_map(|o| IpAddr::V4(Ipv4Addr::from(o)))
         }
 
@@ -253,6 +423,23 @@ mod tests {
                 }
                 let peer = IpAddr::V4(Ipv4Addr::new(10, 9, 0, proxies.last().unwrap().0));
                 prop_assert_eq!(client_address(peer, &lines, trusted), client);
+            }
+
+            /// From a trusted proxy the allow list never sees a loopback,
+            /// unspecified or trusted address, whatever the lines say.
+            #[test]
+            fn a_trusted_proxy_never_passes_on_loopback_or_itself(
+                lines in proptest::collection::vec(proptest::collection::vec(client_entry(), 0..4), 0..4),
+                last_octet in 0u8..4,
+            ) {
+                let lines: Vec<String> = lines.iter().map(|line| line.join(",")).collect();
+                let peer = IpAddr::V4(Ipv4Addr::new(10, 9, 0, last_octet));
+                let found = client(peer, &lines, trusted);
+                if let Some(ip) = found.allow_list_address() {
+                    prop_assert!(!ip.is_loopback() && !ip.is_unspecified() && !trusted(ip), "{found:?}");
+                } else {
+                    prop_assert_eq!(found, Client::Unidentified(peer));
+                }
             }
 
             /// The answer is always the peer or an address some trusted

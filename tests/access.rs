@@ -239,14 +239,15 @@ async fn a_client_line_before_the_proxys_own_line_gets_no_admin_role() {
     )
     .await;
     assert_eq!(status, 401, "{body}");
-    // Garbage where the proxy's entry should be: the proxy itself (a user).
+    // Garbage where the proxy's entry should be: nobody named, no role
+    // (not the proxy's own, a user).
     let (status, _) = raw_exchange(
         "127.0.0.2",
         agent.files.api,
         &format!("{rotate}X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-For: unknown\r\n"),
     )
     .await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 401);
     // The untrusted client itself, sending both lines: its own address.
     let (status, _) = raw_exchange(
         "127.0.0.3",

@@ -99,6 +99,26 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// One request against `client`'s budget; 429 when it is spent.
+    fn check_rate(&self, client: IpAddr) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let key = crate::access::rate_limit_key(client, self.ipv6_prefix);
+        if let Err(not_until) = limiter.check_key(&key) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            });
+        }
+        if limiter.len() > LIMITER_KEYS_BEFORE_SWEEP {
+            limiter.retain_recent();
+        }
+        Ok(())
+    }
+}
+
 /// The permission a path needs; `None` for the open liveness probe.
 fn required_permission(path: &str) -> Option<Permission> {
     match path {
@@ -248,16 +268,21 @@ pub async fn guard(
     };
     let guard = guard.rules.load();
     let forwarded = forwarded_for_lines(request.headers());
-    let client = guard.policy.client_address(peer.ip(), &forwarded);
+    let client = guard.policy.client(peer.ip(), &forwarded);
     let bearer_token = bearer(&request);
-    let mut decision = guard.policy.decide(client, bearer_token, permission);
+    let mut decision = guard.policy.decide_client(client, bearer_token, permission);
     let mut subject = None;
+    let mut rate_checked = false;
     if let (Decision::Unknown, Some(token), Some((verifier, role))) =
         (decision, bearer_token, &guard.client_tokens)
     {
         // Not one of the configured bearer tokens: a client token, when it
         // has the shape of one. The token itself is never logged.
         if looks_like_jwt(token) {
+            // A signature check costs more than an answer: the rate limit
+            // comes first, so invalid tokens cannot be sent unbounded.
+            guard.check_rate(client.address())?;
+            rate_checked = true;
             let verified = verifier
                 .verify(token, crate::credentials::unix_now().as_secs())
                 .map_err(|refusal| ApiError::Unauthorized(refusal.to_string()))?;
@@ -283,19 +308,8 @@ pub async fn guard(
             )))
         }
     }
-    if matches!(permission, Permission::Credential | Permission::Ice) {
-        if let Some(limiter) = &guard.limiter {
-            let key = crate::access::rate_limit_key(client, guard.ipv6_prefix);
-            if let Err(not_until) = limiter.check_key(&key) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(ApiError::TooManyRequests {
-                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                });
-            }
-            if limiter.len() > LIMITER_KEYS_BEFORE_SWEEP {
-                limiter.retain_recent();
-            }
-        }
+    if matches!(permission, Permission::Credential | Permission::Ice) && !rate_checked {
+        guard.check_rate(client.address())?;
     }
     if let Some(subject) = subject {
         request.extensions_mut().insert(ClientSubject(subject));

@@ -413,13 +413,14 @@ async fn a_second_forwarded_for_line_cannot_claim_admin() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    // Garbage where it matters: the proxy itself (in 10.0.0.0/8, a user).
+    // Garbage where it matters: nobody named, no role (not the proxy's,
+    // which is in 10.0.0.0/8, a user).
     let (status, _, _) = call_with(
         &app,
         forwarded("POST", "/rotate", &["127.0.0.1", "unknown"]),
     )
     .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A line that is not text is garbage too.
     let request = Request::post("/rotate")
         .header("x-forwarded-for", "127.0.0.1")
@@ -429,9 +430,17 @@ async fn a_second_forwarded_for_line_cannot_claim_admin() {
         )
         .body(Body::empty())
         .unwrap();
-    assert_eq!(call_with(&app, request).await.0, StatusCode::FORBIDDEN);
-    // The real admin through the proxy still is one.
-    let (status, _, body) = call_with(&app, forwarded("POST", "/rotate", &["127.0.0.1"])).await;
+    assert_eq!(call_with(&app, request).await.0, StatusCode::UNAUTHORIZED);
+    // A loopback address is never taken from a header, not even as the
+    // only entry; nor does a proxy that names nobody lend its own role.
+    for lines in [&["127.0.0.1"][..], &["::1"][..], &[][..], &["10.9.9.9"][..]] {
+        let (status, _, body) = call_with(&app, forwarded("GET", "/turncredential", lines)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{lines:?}: {body}");
+        assert!(body.get("password").is_none());
+    }
+    // A caller the proxy names is served by its own role.
+    let (status, _, body) =
+        call_with(&app, forwarded("GET", "/turncredential", &["10.1.2.3"])).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -926,6 +935,29 @@ async fn client_token_holders_keep_the_per_address_rate_limit() {
         [
             StatusCode::OK,
             StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
+
+#[tokio::test]
+async fn invalid_client_tokens_spend_the_rate_limit_before_they_are_verified() {
+    let (_, public) = crate::client_token::test_keys::key_pair();
+    let (other_private, _) = crate::client_token::test_keys::key_pair();
+    let app = browser_app(BROWSER, Some(public), 0.001);
+    let now = unix_now().as_secs();
+    let forged = token(&other_private, json!({"exp": now + 300, "aud": AUDIENCE}));
+    let mut statuses = Vec::new();
+    for uri in ["/ice", "/turncredential", "/ice", "/turncredential"] {
+        statuses.push(with_bearer(&app, uri, &forged).await.0);
+    }
+    // Burst 2: the third forged token is not even checked.
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS,
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
