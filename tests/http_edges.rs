@@ -20,7 +20,8 @@ struct Service {
     _dir: tempfile::TempDir,
 }
 
-/// 127.0.0.1 is admin, 127.0.0.3 a user, 127.0.0.2 the trusted proxy.
+/// 127.0.0.1 is admin, 127.0.0.3 a user, 127.0.0.2 the trusted proxy;
+/// pages from https://app.example may call it.
 async fn start_service() -> Service {
     let dir = tempfile::tempdir().unwrap();
     let listen: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
@@ -31,6 +32,7 @@ async fn start_service() -> Service {
         &config,
         format!(
             "[allocator]\nlisten = \"{listen}\"\nconnect = \"127.0.0.1:{}\"\npath = \"/turn/servers\"\n\
+             cors_origins = [\"https://app.example\"]\n\
              [access]\n\
              allow = [{{ addr = \"127.0.0.1\", role = \"admin\" }}, {{ addr = \"127.0.0.2\" }}, {{ addr = \"127.0.0.3\" }}]\n\
              trusted_proxies = [\"127.0.0.2\"]\n",
@@ -163,4 +165,72 @@ async fn a_thousand_preface_only_sockets_leave_the_allocators_healthz_reachable(
         started.elapsed()
     );
     drop(held);
+}
+
+#[tokio::test]
+async fn pages_of_a_listed_origin_may_call_the_allocator_and_others_not() {
+    let service = start_service().await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", service.listen);
+    // A preflight from a stranger's address: answered before the access
+    // checks, for the listed origin only.
+    let stranger = reqwest::Client::builder()
+        .local_address("127.0.0.9".parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let preflight = |origin: &'static str| {
+        stranger
+            .request(reqwest::Method::OPTIONS, url("/allocate"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let response = preflight("https://app.example").await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let response = preflight("https://evil.example").await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    // The real request: its answer (a 503, no hosts without ZooKeeper) is
+    // readable by the page; a foreign origin is refused before any pick.
+    let response = client
+        .get(url("/allocate"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(response.headers()["vary"]
+        .to_str()
+        .unwrap()
+        .contains("origin"));
+    let response = client
+        .get(url("/allocate"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // A server without Origin is served as before.
+    let response = client.get(url("/allocate")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 }

@@ -48,6 +48,8 @@
 //! ```
 
 #[cfg(feature = "agent")]
+pub mod client_grant;
+#[cfg(feature = "agent")]
 pub mod fleet_page;
 pub mod host_set;
 pub mod pick_index;

@@ -57,6 +57,9 @@ pub struct ServiceConfig {
     pub access: AccessConfig,
     /// Checked at start for loose permissions, like the agent's secrets.
     pub auth_file: Option<std::path::PathBuf>,
+    /// Origins whose pages may call `/allocate` and `/ice` (as the agent's
+    /// `api.cors_origins`).
+    pub cors: crate::cors::CorsPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +109,8 @@ struct RawService {
     max_string_chars: i64,
     max_list_items: i64,
     max_hosts: i64,
+    cors_origins: Vec<String>,
+    cors_max_age: String,
 }
 
 impl Default for RawService {
@@ -126,6 +131,8 @@ impl Default for RawService {
             max_string_chars: PayloadLimits::default().max_string_chars as i64,
             max_list_items: PayloadLimits::default().max_list_items as i64,
             max_hosts: PayloadLimits::default().max_hosts as i64,
+            cors_origins: Vec::new(),
+            cors_max_age: "10m".into(),
         }
     }
 }
@@ -187,6 +194,12 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
     let session_timeout = duration("allocator.session_timeout", &raw.session_timeout);
     let max_staleness = duration("allocator.max_staleness", &raw.max_staleness);
     let ice_timeout = duration("allocator.ice_timeout", &raw.ice_timeout);
+    let cors_max_age = duration("allocator.cors_max_age", &raw.cors_max_age);
+    let cors =
+        crate::cors::CorsPolicy::new(&raw.cors_origins, cors_max_age).unwrap_or_else(|error| {
+            problems.push(problem("allocator.cors_origins", error.to_string()));
+            crate::cors::CorsPolicy::disabled()
+        });
     let listen = raw.listen.parse().unwrap_or_else(|_| {
         problems.push(problem(
             "allocator.listen",
@@ -269,6 +282,7 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         ice_timeout,
         log_level: raw.log_level,
         auth_file: raw.auth_file.map(std::path::PathBuf::from),
+        cors,
     })
 }
 
@@ -549,8 +563,14 @@ pub fn router(
             metrics: Arc::new(metrics),
         })
         .layer(axum::middleware::from_fn_with_state(
-            guard,
+            guard.clone(),
             crate::api::guard::guard,
+        ))
+        // Outside the guard, as on the agent: preflights carry no
+        // credentials, and the guard's refusals must name the origin.
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::api::guard::cors,
         ))
         .layer(axum::middleware::from_fn_with_state(
             loops_refused,
@@ -612,11 +632,11 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     };
     let server = tokio::spawn(crate::api::serve(
         listener,
-        router(
-            allocator,
-            ice,
-            crate::api::guard::Guard::new(&config.access),
-        ),
+        router(allocator, ice, {
+            let guard = crate::api::guard::Guard::new(&config.access);
+            guard.set_cors(&config.cors);
+            guard
+        }),
         crate::api::ServerLimits::default(),
         None,
         stop.clone(),
