@@ -1,18 +1,28 @@
-//! `/turncredential` throughput and p99 latency at 64 connections, as ratios
-//! against a static JSON response served by the same axum stack in the same
-//! run (same process, same runtime, same load generator).
+//! `/turncredential` against nginx on the same machine, in the same run.
 //!
-//! Run: `cargo bench --bench credential_http` (optionally
-//! `BENCH_SECONDS=10`). Prints figures; asserts nothing.
+//! The agent's router (access checks on, rate limit off, metrics on) runs in
+//! this process on the default runtime; nginx (one worker) answers the same
+//! JSON from its configuration (`return 200`, its fastest path). wrk loads
+//! both in turn with keep-alive at 64 and 1,024 connections, with
+//! `Connection: close`, and over TLS 1.3 (keep-alive and full handshakes),
+//! and the bench prints requests per second, p99 and their ratios, and the
+//! agent's RSS after the load. Then it holds `BENCH_IDLE` idle sockets
+//! (default 10,000; 0 skips) open to the agent and to nginx and prints what
+//! they cost and what is left after they close.
+//!
+//! Run: `cargo bench --bench credential_http` (`BENCH_SECONDS=10` for longer
+//! runs). Without wrk it prints a note and measures nothing; without nginx
+//! it prints the agent's figures alone. Asserts nothing.
 
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use turn_agent::api::{self, ApiState};
 use turn_agent::config::CredentialMode;
@@ -21,61 +31,251 @@ use turn_agent::credentials::{CredentialSource, CredentialStatus, RotateHandle};
 use turn_agent::secret::Secret;
 use turn_agent::supervisor::SupervisorStatus;
 
-const CONNECTIONS: usize = 64;
+const BODY: &str = r#"{"type":"result","code":"ok","userid":"ta1-4102444800-0123456789ab","password":"AAAAAAAAAAAAAAAAAAAAAAAA","expired_time":4102444800000}"#;
 
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy, Default)]
 struct Figures {
     requests_per_second: f64,
-    p50: Duration,
-    p99: Duration,
+    p99_ms: f64,
+    /// Socket errors (connect, read, write, timeout) and non-2xx answers.
+    errors: u64,
 }
 
-async fn serve(router: Router) -> SocketAddr {
+/// One load shape.
+struct Scenario {
+    name: &'static str,
+    connections: usize,
+    close: bool,
+    tls: bool,
+}
+
+static SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "keep-alive -c64",
+        connections: 64,
+        close: false,
+        tls: false,
+    },
+    Scenario {
+        name: "keep-alive -c1024",
+        connections: 1024,
+        close: false,
+        tls: false,
+    },
+    Scenario {
+        name: "Connection: close -c64",
+        connections: 64,
+        close: true,
+        tls: false,
+    },
+    Scenario {
+        name: "TLS keep-alive -c64",
+        connections: 64,
+        close: false,
+        tls: true,
+    },
+    Scenario {
+        name: "TLS handshakes -c64",
+        connections: 64,
+        close: true,
+        tls: true,
+    },
+];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn in_path(program: &str) -> bool {
+    Command::new(program)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// `12.5us`, `1.20ms`, `2.00s` in milliseconds.
+fn parse_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => number / 1e3,
+        "ms" => number,
+        "s" => number * 1e3,
+        "m" => number * 60e3,
+        _ => return None,
+    })
+}
+
+/// Requests/sec, the 99 % line of `--latency` and the error counts.
+fn parse_wrk(output: &str) -> Figures {
+    let mut figures = Figures::default();
+    for line in output.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", value] => figures.requests_per_second = value.parse().unwrap_or(0.0),
+            ["99%", value] => figures.p99_ms = parse_duration_ms(value).unwrap_or(f64::NAN),
+            ["Socket", "errors:", rest @ ..] => {
+                figures.errors += rest
+                    .iter()
+                    .filter_map(|word| word.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            ["Non-2xx", "or", "3xx", "responses:", value] => {
+                figures.errors += value.parse::<u64>().unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    figures
+}
+
+fn wrk(url: &str, scenario: &Scenario, seconds: u64) -> Figures {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t2",
+        &format!("-c{}", scenario.connections),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if scenario.close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command.arg(url).output().expect("wrk runs");
+    parse_wrk(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// nginx's master and its worker.
+fn nginx_rss_kib(master: u32) -> u64 {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default();
+    vm_rss_kib(master)
+        + children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .map(vm_rss_kib)
+            .sum::<u64>()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx with one worker, `return 200` with the agent's JSON, on `port`
+/// and over TLS 1.3 on `tls_port`.
+fn start_nginx(dir: &Path, port: u16, tls_port: u16) -> Child {
+    let config = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path {dir};
+    proxy_temp_path {dir};
+    fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir};
+    scgi_temp_path {dir};
+    ssl_protocols TLSv1.3;
+    ssl_certificate {dir}/cert.pem;
+    ssl_certificate_key {dir}/key.pem;
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{tls_port} ssl backlog=1024;
+        location = /turncredential {{
+            default_type application/json;
+            add_header Cache-Control no-store;
+            return 200 '{BODY}';
+        }}
+    }}
+}}
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), config).unwrap();
+    let child = Command::new("nginx")
+        .args(["-p", &dir.display().to_string(), "-e"])
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("nginx starts");
+    wait_listening(port);
+    wait_listening(tls_port);
+    child
+}
+
+fn write_certificate(dir: &Path) {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+}
+
+async fn serve(
+    router: Router,
+    limits: api::ServerLimits,
+    tls: Option<api::tls::TlsReloader>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(api::serve(
         listener,
         router,
-        api::ServerLimits::default(),
-        None,
+        limits,
+        tls,
         CancellationToken::new(),
     ));
     addr
-}
-
-async fn load(url: String, seconds: u64) -> Figures {
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let url = url.clone();
-        // One client per task: one keep-alive connection each.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < until {
-                let started = Instant::now();
-                let response = client.get(&url).send().await.unwrap();
-                assert!(response.status().is_success());
-                let _ = response.bytes().await.unwrap();
-                latencies.push(started.elapsed());
-            }
-            latencies
-        }));
-    }
-    let started = Instant::now();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    Figures {
-        requests_per_second: latencies.len() as f64 / elapsed,
-        p50: latencies[latencies.len() / 2],
-        p99: latencies[latencies.len() * 99 / 100],
-    }
 }
 
 /// The agent's router with a fixed credential; the receiver must be kept
@@ -145,51 +345,223 @@ fn loopback_admin() -> turn_agent::config::AccessConfig {
     }
 }
 
-fn baseline_router() -> Router {
-    let body = serde_json::json!({
-        "type": "result", "code": "ok", "userid": "ta1-4102444800-0123456789ab",
-        "password": "AAAAAAAAAAAAAAAAAAAAAAAA", "expired_time": 4_102_444_800_000u64,
-    });
-    Router::new().route(
-        "/static",
-        get(move || std::future::ready(Json(body.clone()))),
-    )
+/// This bench re-run as a child that holds `count` idle sockets to `to`
+/// (so that their client ends count neither to this process's descriptors
+/// nor to its RSS), prints `open` and waits for a line on stdin.
+fn hold_idle_sockets(count: usize, to: &str) {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        held.push(std::net::TcpStream::connect(to).expect("connect"));
+    }
+    println!("open");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
 }
 
-#[tokio::main]
-async fn main() {
+/// Opens `count` idle sockets to `to` from a child; returns it once they
+/// are connected.
+fn idle_sockets(count: usize, to: SocketAddr) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("BENCH_HOLD_IDLE", format!("{count} {to}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "open");
+    child
+}
+
+fn close_idle_sockets(mut child: Child) {
+    let _ = child.stdin.take().unwrap().write_all(b"done\n");
+    let _ = child.wait();
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("BENCH_HOLD_IDLE") {
+        let (count, to) = spec.split_once(' ').unwrap();
+        hold_idle_sockets(count.parse().unwrap(), to);
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(run());
+}
+
+async fn run() {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let baseline_addr = serve(baseline_router()).await;
-    let (router, _rotate_requests) = agent_router();
-    let agent_addr = serve(router).await;
-
-    // Warm up both, then measure baseline, agent, baseline again to show drift.
-    load(format!("http://{baseline_addr}/static"), 1).await;
-    load(format!("http://{agent_addr}/turncredential"), 1).await;
-    let baseline = load(format!("http://{baseline_addr}/static"), seconds).await;
-    let agent = load(format!("http://{agent_addr}/turncredential"), seconds).await;
-    let baseline_again = load(format!("http://{baseline_addr}/static"), seconds).await;
-
-    let print = |name: &str, f: &Figures| {
-        println!(
-            "{name:<22} {:>10.0} req/s   p50 {:>8.3} ms   p99 {:>8.3} ms",
-            f.requests_per_second,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3
-        )
+        .unwrap_or(5);
+    let idle: usize = std::env::var("BENCH_IDLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    if !in_path("wrk") {
+        println!("wrk is not installed (apt-get install wrk): nothing measured");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_certificate(dir.path());
+    let tls = api::tls::TlsReloader::new(api::tls::TlsFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    })
+    .unwrap();
+    // The defaults, except that every wrk connection comes from 127.0.0.1.
+    let limits = api::ServerLimits {
+        max_connections_per_address: 1024,
+        ..api::ServerLimits::default()
     };
-    println!("{CONNECTIONS} connections, {seconds} s per run");
-    print("static baseline", &baseline);
-    print("/turncredential", &agent);
-    print("static baseline again", &baseline_again);
-    let base_rps = (baseline.requests_per_second + baseline_again.requests_per_second) / 2.0;
-    let base_p99 = (baseline.p99 + baseline_again.p99) / 2;
+    let (router, _rotate_requests) = agent_router();
+    let agent = serve(router.clone(), limits, None).await;
+    let agent_tls = serve(router, limits, Some(tls)).await;
+    let nginx_ports = (free_port(), free_port());
+    let nginx = in_path("nginx")
+        .then(|| Nginx(start_nginx(dir.path(), nginx_ports.0, nginx_ports.1)))
+        .or_else(|| {
+            println!("nginx is not installed: the agent's figures alone");
+            None
+        });
+    let own_pid = std::process::id();
+    let rss_before = vm_rss_kib(own_pid);
+
+    println!("wrk -t2, {seconds} s per run; agent: access checks and metrics on, no rate limit; nginx: one worker, return 200");
     println!(
-        "ratio /turncredential vs baseline: throughput {:.2}x, p99 {:.2}x",
-        agent.requests_per_second / base_rps,
-        agent.p99.as_secs_f64() / base_p99.as_secs_f64()
+        "{:<24} {:>12} {:>9} {:>7} {:>12} {:>9} {:>7} {:>8} {:>8}",
+        "scenario",
+        "agent req/s",
+        "p99 ms",
+        "errors",
+        "nginx req/s",
+        "p99 ms",
+        "errors",
+        "ratio",
+        "p99 x"
     );
+    for scenario in &SCENARIOS {
+        let (scheme, agent_addr, nginx_port) = if scenario.tls {
+            ("https", agent_tls, nginx_ports.1)
+        } else {
+            ("http", agent, nginx_ports.0)
+        };
+        let agent_url = format!("{scheme}://{agent_addr}/turncredential");
+        let nginx_url = format!("{scheme}://127.0.0.1:{nginx_port}/turncredential");
+        // wrk blocks; the server runs on the runtime's worker threads.
+        // One second of warm-up each.
+        blocking_wrk(agent_url.clone(), scenario, 1).await;
+        let agent_figures = blocking_wrk(agent_url, scenario, seconds).await;
+        let nginx_figures = match nginx {
+            Some(_) => {
+                blocking_wrk(nginx_url.clone(), scenario, 1).await;
+                Some(blocking_wrk(nginx_url, scenario, seconds).await)
+            }
+            None => None,
+        };
+        let nginx_text = nginx_figures.map_or_else(
+            || format!("{:>12} {:>9} {:>7} {:>8} {:>8}", "-", "-", "-", "-", "-"),
+            |n| {
+                format!(
+                    "{:>12.0} {:>9.2} {:>7} {:>7.2}x {:>7.2}x",
+                    n.requests_per_second,
+                    n.p99_ms,
+                    n.errors,
+                    agent_figures.requests_per_second / n.requests_per_second,
+                    agent_figures.p99_ms / n.p99_ms
+                )
+            },
+        );
+        println!(
+            "{:<24} {:>12.0} {:>9.2} {:>7} {nginx_text}",
+            scenario.name,
+            agent_figures.requests_per_second,
+            agent_figures.p99_ms,
+            agent_figures.errors,
+        );
+    }
+    // Let closing connections finish, and the server give freed memory
+    // back (it looks every TRIM_CHECK_INTERVAL), before reading memory.
+    tokio::time::sleep(api::trim::TRIM_CHECK_INTERVAL + Duration::from_secs(1)).await;
+    let rss_after = vm_rss_kib(own_pid);
+    let nginx_rss = nginx.as_ref().map(|nginx| nginx_rss_kib(nginx.0.id()));
+    println!(
+        "RSS after load: agent {:.1} MB (bench process, {:.1} MB before load){}",
+        rss_after as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        nginx_rss.map_or(String::new(), |kib| format!(
+            ", nginx {:.1} MB (master and worker)",
+            kib as f64 / 1024.0
+        ))
+    );
+
+    if idle > 0 {
+        let idle_limits = api::ServerLimits {
+            max_connections: idle + 16,
+            max_connections_per_address: idle + 16,
+            header_read_timeout: Duration::from_secs(120),
+            ..api::ServerLimits::default()
+        };
+        let (router, _rotate_requests) = agent_router();
+        let idle_agent = serve(router, idle_limits, None).await;
+        let before = vm_rss_kib(own_pid);
+        let holder = tokio::task::spawn_blocking(move || idle_sockets(idle, idle_agent))
+            .await
+            .unwrap();
+        // Let the accept loop take all of them.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held = vm_rss_kib(own_pid);
+        tokio::task::spawn_blocking(move || close_idle_sockets(holder))
+            .await
+            .unwrap();
+        tokio::time::sleep(api::trim::TRIM_CHECK_INTERVAL + Duration::from_secs(1)).await;
+        let after = vm_rss_kib(own_pid);
+        println!(
+            "{idle} idle sockets: agent {:.1} MB before, {:.1} MB held (+{:.1} KB each), {:.1} MB after they closed",
+            before as f64 / 1024.0,
+            held as f64 / 1024.0,
+            held.saturating_sub(before) as f64 / idle as f64,
+            after as f64 / 1024.0
+        );
+        if let Some(nginx) = &nginx {
+            let master = nginx.0.id();
+            let before = nginx_rss_kib(master);
+            let to: SocketAddr = format!("127.0.0.1:{}", nginx_ports.0).parse().unwrap();
+            let holder = tokio::task::spawn_blocking(move || idle_sockets(idle, to))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let held = nginx_rss_kib(master);
+            tokio::task::spawn_blocking(move || close_idle_sockets(holder))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = nginx_rss_kib(master);
+            println!(
+                "{idle} idle sockets: nginx {:.1} MB before, {:.1} MB held (+{:.1} KB each), {:.1} MB after they closed",
+                before as f64 / 1024.0,
+                held as f64 / 1024.0,
+                held.saturating_sub(before) as f64 / idle as f64,
+                after as f64 / 1024.0
+            );
+        }
+    }
+}
+
+/// Stops nginx (master and worker) when dropped, also on a panic.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+async fn blocking_wrk(url: String, scenario: &'static Scenario, seconds: u64) -> Figures {
+    tokio::task::spawn_blocking(move || wrk(&url, scenario, seconds))
+        .await
+        .unwrap()
 }
