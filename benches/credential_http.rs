@@ -405,7 +405,7 @@ async fn run() {
     }
     let dir = tempfile::tempdir().unwrap();
     write_certificate(dir.path());
-    let tls = api::tls::TlsReloader::new(api::tls::TlsFiles {
+    let tls = api::tls::TlsReloader::new(turn_agent::config::TlsFiles {
         cert: dir.path().join("cert.pem"),
         key: dir.path().join("key.pem"),
     })

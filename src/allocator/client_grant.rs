@@ -133,6 +133,7 @@ mod tests {
                 updated_at: String::new(),
                 version: String::new(),
                 restarts: 0,
+                allocations: None,
             },
         }
     }

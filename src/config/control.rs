@@ -70,7 +70,7 @@ pub fn validate(raw: &RawControl<'_>) -> Result<ControlConfig, Vec<ConfigProblem
             MIN_POLL_INTERVAL
         }
         Err(message) => {
-            problem("turnserver.control_poll_interval", message);
+            problem("turnserver.control_poll_interval", message.to_string());
             MIN_POLL_INTERVAL
         }
     };
