@@ -1370,16 +1370,17 @@ async fn an_allocator_started_before_zookeeper_retries_with_backoff_and_is_told_
     tokio::time::timeout(Duration::from_secs(10), allocator.synced())
         .await
         .expect("the view is complete once ZooKeeper is there");
-    let status = allocator.status();
-    assert!(status.synced && status.problem.is_none(), "{status:?}");
-    // The listing may have come before "a" did; its event follows.
+    // The listing may have come before the path or "a" did (the view then
+    // says the path is missing); their events follow.
     tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         changes.wait_for(|view| view.hosts.get("a").is_some()),
     )
     .await
     .expect("a joins the view")
     .unwrap();
+    let status = allocator.status();
+    assert!(status.synced && status.problem.is_none(), "{status:?}");
     assert_eq!(nodes(&allocator), vec!["a"]);
 
     changes.borrow_and_update();

@@ -221,7 +221,9 @@ async fn watch_session(
             _ = stop.cancelled() => return Ok(()),
             event = next_event => event,
             _ = rearm_due => {
-                if is_connected(client.state()) {
+                // Without a watch yet no session event can arrive, so the
+                // attempt is made (and retried with backoff) regardless.
+                if is_connected(client.state()) || watcher.is_none() {
                     rearm_at = rearm(client, base, published, &mut watcher, limits, &mut retries).await?;
                     if rearm_at.is_none() {
                         sessions.reset();
