@@ -575,3 +575,50 @@ fn alive_connections(port: u16) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn a_session_the_server_expired_is_replaced_at_once() {
+    // Only the server expires a session now; this proves its answer is
+    // heard: the agent frozen past its session timeout comes back to an
+    // expired session and publishes again through a new one.
+    let zookeeper = ZooKeeper::start(200).await;
+    let agent = start_agent(&zookeeper.connect_string(), "agent-0");
+    agent.wait_ready(Duration::from_secs(20)).await;
+    let reader = Reader::connect(&zookeeper).await;
+    let path = format!("{BASE}/agent-0");
+    let (_, before) = wait_for(Duration::from_secs(10), "the node", || reader.node(&path)).await;
+
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_for(
+        Duration::from_secs(10),
+        "the server to expire the frozen agent's session",
+        || {
+            let reader = &reader;
+            let path = &path;
+            async move { (reader.exists(path).await == Some(false)).then_some(()) }
+        },
+    )
+    .await;
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    let thawed = Instant::now();
+    let (_, after) = wait_for(
+        Duration::from_secs(5),
+        "the node published by a new session",
+        || {
+            let reader = &reader;
+            let path = &path;
+            async move {
+                reader
+                    .node(path)
+                    .await
+                    .filter(|(_, stat)| stat.ephemeral_owner != before.ephemeral_owner)
+            }
+        },
+    )
+    .await;
+    println!(
+        "expired by the server: node back {} ms after the agent resumed",
+        thawed.elapsed().as_millis()
+    );
+    assert_ne!(after.ephemeral_owner, before.ephemeral_owner);
+}
