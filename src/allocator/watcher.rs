@@ -1,9 +1,11 @@
 //! Keeps the allocator's view in step with ZooKeeper.
 //!
-//! zookeeper-client 0.11 does not re-send persistent watches after a
-//! reconnect (its `resend_watches` never selects `SetWatches2`), so a
-//! persistent recursive watch is silently dead after any disconnection,
-//! even one far shorter than the session timeout. The watcher therefore
+//! The released zookeeper-client 0.11 does not re-send persistent watches
+//! after a reconnect (its `resend_watches` never selects `SetWatches2`), so
+//! a persistent recursive watch is silently dead after any disconnection,
+//! even one far shorter than the session timeout. Our patched copy
+//! (`vendor/zookeeper-client`) fixes that, but the watcher does not rely on
+//! it: it
 //! re-arms the watch itself after every reconnect (the new watch is added
 //! before the old one is dropped, so the server never sees a removal) and
 //! re-lists only once the new watch is in place. The view counts as
