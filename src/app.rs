@@ -67,7 +67,8 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         credentials: credentials.status.clone(),
         health,
     };
-    tokio::spawn(report_to_systemd(readiness.clone()));
+    let systemd_stop = CancellationToken::new();
+    let systemd_task = tokio::spawn(report_to_systemd(readiness.clone(), systemd_stop.clone()));
 
     let registry_stop = CancellationToken::new();
     let (registry, registry_status) = Registry::new(config_watch.clone(), readiness.clone());
@@ -152,6 +153,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     tracing::info!(signal = reason, "shutting down");
     systemd::notify_stopping();
     let deadline = Instant::now() + reconfiguration.current().agent.shutdown_timeout;
+    reconfiguration.stop(deadline).await;
 
     // Withdraw first, so signalling servers stop sending clients here while
     // the API still answers those that already picked this host.
@@ -181,7 +183,19 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     // No more checks once the host stops serving; a check in flight is
     // abandoned (it only allocates and releases a relay).
     self_check_stop.cancel();
-    self_check_task.abort();
+    if tokio::time::timeout_at(deadline, self_check_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("self-check did not stop in time");
+    }
+    systemd_stop.cancel();
+    if tokio::time::timeout_at(deadline, systemd_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("systemd status reporting did not stop in time");
+    }
     control_stop.cancel();
     if tokio::time::timeout_at(deadline, control_task)
         .await
@@ -259,7 +273,7 @@ fn warn_about_loose_secret_files(config: &Config) {
 /// READY=1 once the host can first serve (turnserver answers STUN and a
 /// credential exists; the API already listens by then), and STATUS= on
 /// every change, for `systemctl status`.
-async fn report_to_systemd(mut readiness: Readiness) {
+async fn report_to_systemd(mut readiness: Readiness, stop: CancellationToken) {
     let mut announced_ready = false;
     loop {
         match readiness.not_ready_reason() {
@@ -272,6 +286,9 @@ async fn report_to_systemd(mut readiness: Readiness) {
                 }
             }
         }
-        readiness.changed().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = readiness.changed() => {}
+        }
     }
 }

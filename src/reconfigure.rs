@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::config::{self, Config, RawConfig};
@@ -37,7 +38,9 @@ pub struct Reconfiguration {
     /// The keys that restart is for.
     restart_keys: Vec<String>,
     /// Waits for the new turnserver and lists the host again.
-    finish: Option<JoinHandle<()>>,
+    /// The wait for a new turnserver after a restart, and what tells it to
+    /// stop (a newer restart, or shutdown).
+    finish: Option<(JoinHandle<()>, CancellationToken)>,
 }
 
 /// What a reload changes in place, outside the config channel.
@@ -123,8 +126,10 @@ impl Reconfiguration {
                     keys = ?reread.turnserver,
                     "these changes need a new turnserver: withdrawn, draining before the restart"
                 );
-                if let Some(finish) = self.finish.take() {
-                    finish.abort();
+                if let Some((_, stop)) = self.finish.take() {
+                    // It returns at once, leaving `reconfiguring` to the
+                    // restart that follows.
+                    stop.cancel();
                 }
                 self.health
                     .send_modify(|status| status.reconfiguring = true);
@@ -208,15 +213,30 @@ impl Reconfiguration {
         // credential manager its first turnadmin retries.
         let limit = next.turnserver.startup_timeout + Duration::from_secs(10);
         self.config.send_replace(Arc::new(next));
-        self.finish = Some(tokio::spawn(finish_restart(
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(finish_restart(
+            stop.clone(),
             self.supervisor.clone(),
             self.credentials.clone(),
             self.health.clone(),
-            new_process.then_some(old_pid).flatten(),
-            fresh_credentials.then_some(generation),
+            Replaced {
+                old_pid: new_process.then_some(old_pid).flatten(),
+                old_generation: fresh_credentials.then_some(generation),
+            },
             limit,
             std::mem::take(&mut self.restart_keys),
-        )));
+        ));
+        self.finish = Some((task, stop));
+    }
+
+    /// Shutdown: tells a wait for a new turnserver to stop and joins it.
+    pub async fn stop(&mut self, deadline: Instant) {
+        if let Some((task, stop)) = self.finish.take() {
+            stop.cancel();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("the wait for a new turnserver did not stop in time");
+            }
+        }
     }
 }
 
@@ -224,15 +244,26 @@ impl Reconfiguration {
 /// `old_generation` is given) the credential manager has started afresh
 /// and serves, then clears `reconfiguring`. After `limit` it clears it
 /// anyway: readiness then follows turnserver and credentials as usual.
+/// What a restart replaces: the turnserver pid and the credential
+/// generation the new ones must differ from (`None`: any will do).
+struct Replaced {
+    old_pid: Option<u32>,
+    old_generation: Option<u64>,
+}
+
 async fn finish_restart(
+    stop: CancellationToken,
     mut supervisor: watch::Receiver<SupervisorStatus>,
     mut credentials: watch::Receiver<CredentialStatus>,
     health: Arc<watch::Sender<HealthStatus>>,
-    old_pid: Option<u32>,
-    old_generation: Option<u64>,
+    replaced: Replaced,
     limit: Duration,
     keys: Vec<String>,
 ) {
+    let Replaced {
+        old_pid,
+        old_generation,
+    } = replaced;
     let started = Instant::now();
     let done = async {
         loop {
@@ -253,7 +284,11 @@ async fn finish_restart(
             }
         }
     };
-    match tokio::time::timeout(limit, done).await {
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => return,
+        outcome = tokio::time::timeout(limit, done) => outcome,
+    };
+    match outcome {
         Ok(pid) => tracing::info!(
             pid,
             took_ms = started.elapsed().as_millis() as u64,
@@ -306,11 +341,14 @@ mod tests {
 
     fn finish(c: &Channels, old_pid: Option<u32>, old_generation: Option<u64>) -> JoinHandle<()> {
         tokio::spawn(finish_restart(
+            CancellationToken::new(),
             c.supervisor.subscribe(),
             c.credentials.subscribe(),
             c.health.clone(),
-            old_pid,
-            old_generation,
+            Replaced {
+                old_pid,
+                old_generation,
+            },
             Duration::from_secs(20),
             vec!["turnserver.listening_port".into()],
         ))

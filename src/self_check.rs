@@ -190,13 +190,18 @@ impl SelfCheck {
             let Ok(credential) = self.source.issue(&request, unix_now().as_secs()) else {
                 continue;
             };
-            let outcome = allocate_and_release(
+            // A check in flight is abandoned at shutdown (it only allocates
+            // and releases a relay): the task is told to stop, not aborted.
+            let check = allocate_and_release(
                 self.applied.turnserver.probe_addr(),
                 &credential.username,
                 &credential.password,
                 self.config().self_check_timeout,
-            )
-            .await;
+            );
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                outcome = check => outcome,
+            };
             self.record(outcome).await;
         }
     }
