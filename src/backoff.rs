@@ -92,10 +92,23 @@ mod tests {
     }
 
     #[test]
-    fn never_overflows() {
+    fn never_overflows_never_shrinks_and_stops_doubling() {
+        // A max out of reach: the capped exponent (2^20) bounds the delay,
+        // and a loop that fails for days neither panics nor wraps around.
         let mut backoff = ExponentialBackoff::new(ms(1), Duration::MAX).unwrap();
+        let mut previous = Duration::ZERO;
         for _ in 0..1000 {
-            assert!(backoff.next_delay() <= Duration::MAX);
+            let delay = backoff.next_delay();
+            assert!(delay >= previous, "{delay:?} after {previous:?}");
+            previous = delay;
         }
+        assert_eq!(previous, ms(1 << 20));
+        // A min whose fourfold overflows: the delay saturates at max.
+        let huge = Duration::from_secs(u64::MAX / 3);
+        let mut backoff = ExponentialBackoff::new(huge, Duration::MAX).unwrap();
+        assert_eq!(backoff.next_delay(), huge);
+        assert_eq!(backoff.next_delay(), huge * 2);
+        assert_eq!(backoff.next_delay(), Duration::MAX);
+        assert_eq!(backoff.next_delay(), Duration::MAX);
     }
 }

@@ -150,7 +150,19 @@ impl Reloader {
 mod tests {
     use super::*;
 
+    /// Validation resolves `turnserver` and `turnadmin` on PATH: without
+    /// coturn installed these tests cannot run, and say so.
+    fn needs_coturn() {
+        for binary in ["turnserver", "turnadmin"] {
+            assert!(
+                which::which(binary).is_ok(),
+                "this test needs coturn's `{binary}` on PATH (scripts/install-deps.sh installs it)"
+            );
+        }
+    }
+
     fn raw(lines: &str) -> RawConfig {
+        needs_coturn();
         config::parse_raw(
             &format!("[turnserver]\nrealm = \"example.org\"\n{lines}"),
             std::iter::empty(),
@@ -186,6 +198,7 @@ mod tests {
             include_str!("../config/turn-agent.toml"),
             include_str!("../config/local.toml"),
         ] {
+            needs_coturn();
             let started = config::parse_raw(text, std::iter::empty()).unwrap();
             let running = config::validate(&started).unwrap();
             let mut reloader = Reloader::new(started.clone());
