@@ -298,3 +298,45 @@ async fn a_drain_waits_for_open_allocations_and_ends_when_they_are_ended() {
         .log()
         .contains("drained: coturn reports no allocations"));
 }
+
+#[tokio::test]
+async fn a_frozen_cli_means_fallback_to_interface_counters_and_recovery() {
+    let agent = Agent::start(AgentOptions {
+        // Probes may fail for a while without a restart: only the CLI
+        // should notice the freeze.
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        env: vec![("TURN_AGENT_TURNSERVER_PROBE_FAILURES".into(), "100".into())],
+        ..AgentOptions::default()
+    });
+    let pid = agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+
+    signal_pid(pid, nix::sys::signal::Signal::SIGSTOP);
+    let control = wait_for(Duration::from_secs(15), "the fallback", || async {
+        let control = control_status(&agent).await?;
+        (control["fallback"] == true).then_some(control)
+    })
+    .await;
+    assert_eq!(control["up"], false);
+    assert!(control["allocations"].is_null());
+    let metrics = agent.metrics().await;
+    assert!(metrics.contains("turn_agent_control_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("turn_agent_control_fallback 1"),
+        "{metrics}"
+    );
+    assert!(agent.child_alive());
+
+    signal_pid(pid, nix::sys::signal::Signal::SIGCONT);
+    let control = wait_control_up(&agent).await;
+    assert_eq!(control["pid"], pid, "the same turnserver");
+    assert_eq!(control["fallback"], false);
+    assert_eq!(control["fallbacks"], 1);
+    let log = agent.log();
+    assert_eq!(
+        log.matches("falling back to interface counters").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("answers again").count(), 1, "{log}");
+}

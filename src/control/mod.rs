@@ -245,7 +245,7 @@ impl Control {
         let target = self.targets.borrow_and_update().clone();
         self.previous = None;
         self.backoff.reset();
-        self.health.new_target();
+        self.health.new_target(std::time::Instant::now());
         self.client = target.as_ref().map(|t| {
             CliClient::new(
                 t.endpoint.address,
@@ -284,7 +284,7 @@ impl Control {
                 true
             }
             Err(error) => {
-                if self.health.failed() == Transition::FellBack {
+                if self.health.failed(std::time::Instant::now()) == Transition::FellBack {
                     tracing::warn!(
                         %error,
                         "turnserver's CLI is not usable: falling back to interface counters until it answers"
