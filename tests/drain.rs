@@ -10,8 +10,11 @@ use common::*;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+/// The control channel is off: these tests are about the interface
+/// traffic a drain falls back to (tests/control.rs drains by allocations).
 fn options(zookeeper: &ZooKeeper, drain: &str) -> AgentOptions {
     AgentOptions {
+        turnserver_extra: "control = \"off\"\n".into(),
         extra: format!(
             "[zookeeper]\nconnect = \"{}\"\nnode = \"draining\"\n[traffic]\ninterface = \"lo\"\n[drain]\n{drain}\n",
             zookeeper.connect_string()
