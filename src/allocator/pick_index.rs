@@ -115,7 +115,8 @@ pub struct PickIndex {
     wildcard_by_region: HashMap<Box<str>, Group>,
     /// Eligible hosts naming each ISP.
     by_isp: HashMap<Box<str>, IspGroups>,
-    /// Per host position: what least-loaded compares.
+    /// Per host position: what least-loaded compares, headroom over
+    /// capacity.
     headroom: Box<[f64]>,
     /// Per host position: free traffic, for the most-free order.
     free: Box<[f64]>,
@@ -219,9 +220,21 @@ impl PickIndex {
             })
             .collect();
         let session_mbps = fleet_session_mbps(hosts);
+        // Least-loaded compares headroom as a share of capacity: in a
+        // mixed fleet, Mbps alone would fill the large hosts to the brim
+        // (the fleet simulator's 95 % run), since their hysteresis band
+        // alone is as wide as the headroom the fleet runs at.
         let headroom = hosts
             .iter()
-            .map(|host| headroom_mbps(&host.borrow().payload, session_mbps))
+            .zip(capacity.iter())
+            .map(|(host, &capacity)| {
+                let headroom = headroom_mbps(&host.borrow().payload, session_mbps);
+                if capacity > 0.0 {
+                    headroom / capacity
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let group = |members: Vec<u32>, key: GroupKey<'_>| -> Group {
             let mut cumulative_free = Vec::with_capacity(members.len());

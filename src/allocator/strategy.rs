@@ -24,8 +24,8 @@ pub enum Strategy {
     /// Uniformly random.
     Random,
     /// Power of two choices: two hosts drawn in proportion to capacity,
-    /// the one with more headroom (free traffic, lowered by `allocations`
-    /// when the host publishes it) wins.
+    /// the one with more headroom for its size (free traffic over
+    /// capacity, lowered by `allocations` when the host publishes it) wins.
     LeastLoaded,
 }
 
