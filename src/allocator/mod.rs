@@ -115,7 +115,7 @@ impl AllocatorSettings {
             path: path.into(),
             digest: None,
             session_timeout: Duration::from_secs(10),
-            strategy: Strategy::RoundRobin,
+            strategy: Strategy::Weighted,
             min_free_mbps: 1.0,
             max_staleness: Duration::from_secs(60),
             limits: PayloadLimits::default(),

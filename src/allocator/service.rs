@@ -121,7 +121,7 @@ impl Default for RawService {
             path: "/turn/servers".into(),
             auth_file: None,
             session_timeout: "10s".into(),
-            strategy: "round-robin".into(),
+            strategy: "weighted".into(),
             min_free_mbps: 1.0,
             max_staleness: "60s".into(),
             ice_attempts: 3,
