@@ -291,7 +291,14 @@ async fn picks_spread_within_one_skip_low_and_malformed_hosts_and_follow_changes
     )
     .await;
 
-    let allocator = Allocator::start(settings(&zookeeper)).await.unwrap();
+    // Round-robin, not the default weighted: the spread within one is its
+    // promise.
+    let allocator = Allocator::start(AllocatorSettings {
+        strategy: turn_agent::allocator::Strategy::RoundRobin,
+        ..settings(&zookeeper)
+    })
+    .await
+    .unwrap();
     assert!(allocator.wait_synced(Duration::from_secs(10)).await);
     assert_eq!(
         nodes(&allocator),
