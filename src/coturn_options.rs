@@ -82,6 +82,8 @@ pub const RESERVED_TOKENS: &[&str] = &["-c", "-n", "-h", "--version"];
 
 const SECRET_ON_ARGV: &str =
     "puts a secret on turnserver's command line, readable by every local user in /proc; set it in turnserver.config_file";
+const OTHER_USER_DB: &str =
+    "moves coturn's users away from the database the agent rotates credentials in (turnserver.userdb), and its connection string would put a password on turnserver's command line";
 const NOT_IN_DEBIAN: &str =
     "is not built into Debian's turnserver 4.6.1, which exits at start on an option it does not know";
 
@@ -128,11 +130,11 @@ pub static OPTIONS: &[CoturnOption] = &[
     ),
     opt!(Some('u'), ["user"], Required, false, Unsafe(SECRET_ON_ARGV)),
     opt!(Some('b'), ["userdb", "db"], Required, false, Owned),
-    opt!(Some('e'), ["psql-userdb", "sql-userdb"], Required, false, Pass),
-    opt!(Some('M'), ["mysql-userdb"], Required, false, Pass),
+    opt!(Some('e'), ["psql-userdb", "sql-userdb"], Required, false, Unsafe(OTHER_USER_DB)),
+    opt!(Some('M'), ["mysql-userdb"], Required, false, Unsafe(OTHER_USER_DB)),
     opt!(Some('J'), ["mongo-userdb"], Required, false, Unsafe(NOT_IN_DEBIAN)),
-    opt!(Some('N'), ["redis-userdb"], Required, false, Pass),
-    opt!(Some('O'), ["redis-statsdb"], Required, false, Pass),
+    opt!(Some('N'), ["redis-userdb"], Required, false, Unsafe(OTHER_USER_DB)),
+    opt!(Some('O'), ["redis-statsdb"], Required, false, Unsafe(SECRET_ON_ARGV)),
     opt!(None, ["prometheus"], Optional, true, Unsafe(NOT_IN_DEBIAN)),
     opt!(None, ["prometheus-port"], Optional, false, Unsafe(NOT_IN_DEBIAN)),
     opt!(None, ["prometheus-username-labels"], Optional, true, Unsafe(NOT_IN_DEBIAN)),
@@ -733,6 +735,16 @@ mod tests {
             (&["--lt-cred"], "`--lt-cred` sets -a (--lt-cred-mech)"),
             (&["--log-f=syslog"], "`--log-f=syslog` sets -l (--log-file)"),
             (&["-vVo"], "`-vVo` sets -o (--daemon)"),
+            (
+                &["-epostgresql://turn:pw@db/turn"],
+                "`-epostgresql://turn:pw@db/turn` sets -e (--psql-userdb), which moves coturn's users away",
+            ),
+            (&["--mysql-userdb", "host=db password=pw"], "`--mysql-userdb` sets -M"),
+            (&["-N", "ip=db password=pw"], "`-N` sets -N (--redis-userdb)"),
+            (
+                &["--redis-statsdb=ip=db password=pw"],
+                "`--redis-statsdb=ip=db password=pw` sets -O (--redis-statsdb), which puts a secret",
+            ),
         ] {
             let errors = refused(spelling);
             assert!(
