@@ -890,10 +890,12 @@ async fn ice_never_calls_itself_or_another_allocator_and_skips_a_busy_host_for_t
 async fn allocator_forwards_the_caller_so_the_agent_limits_each_caller_not_the_allocator() {
     let zookeeper = ZooKeeper::start(2000).await;
     // The agent's default limit (20/s, burst 40 per address) with the
-    // allocator, on 127.0.0.1, as its trusted proxy.
+    // allocator, on 127.0.0.1, as its trusted proxy. A trusted proxy that
+    // names nobody has no role, so this test watches the agent from
+    // 127.0.0.2 (admin).
     let agent = Agent::start(AgentOptions {
         extra: "[access]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-             allow = [{ addr = \"127.0.0.1\", role = \"admin\" }, { addr = \"127.0.0.2-255\", role = \"user\" }]\n"
+             allow = [{ addr = \"127.0.0.2\", role = \"admin\" }, { addr = \"127.0.0.1-255\", role = \"user\" }]\n"
             .into(),
         // The allocator holds up to one connection per concurrent caller,
         // all from its one address: the per-address connection cap must fit
@@ -904,7 +906,22 @@ async fn allocator_forwards_the_caller_so_the_agent_limits_each_caller_not_the_a
         )],
         ..AgentOptions::default()
     });
-    agent.wait_ready(Duration::from_secs(5)).await;
+    let watcher = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the agent ready", || {
+        let request = watcher
+            .get(format!("http://{}/readyz", agent.files.api))
+            .send();
+        async move {
+            request
+                .await
+                .ok()
+                .filter(|response| response.status() == 200)
+        }
+    })
+    .await;
     // Listed by hand rather than by its registry, whose znode a loaded test
     // machine can briefly withdraw (a slow STUN probe).
     {
