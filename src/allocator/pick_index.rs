@@ -469,37 +469,12 @@ pub fn headroom_mbps(payload: &crate::znode::HostPayload, session_mbps: Option<f
 mod tests {
     use super::*;
     use crate::allocator::strategy::candidates;
-    use crate::znode::HostPayload;
     use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest, Just};
     use proptest::strategy::Strategy as _;
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
 
-    fn host(node: &str, free: f64, capacity: f64, region: &str, isp: &[&str]) -> Host {
-        Host {
-            node: node.into(),
-            payload: HostPayload {
-                free_traffic: free,
-                rest_addr: "127.0.0.1:1".into(),
-                turn_uris: Vec::new(),
-                realm: String::new(),
-                capacity_mbps: capacity,
-                region: region.into(),
-                isp: isp.iter().map(|s| s.to_string()).collect(),
-                updated_at: String::new(),
-                version: String::new(),
-                restarts: 0,
-                allocations: None,
-            },
-        }
-    }
-
-    fn preference(isp: Option<&str>, region: Option<&str>) -> Preference {
-        Preference {
-            isp: isp.map(Into::into),
-            region: region.map(Into::into),
-        }
-    }
+    use crate::allocator::strategy::tests::{preference, test_host as host};
 
     const STRATEGIES: [Strategy; 5] = [
         Strategy::RoundRobin,

@@ -108,12 +108,23 @@ impl Selector {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::znode::HostPayload;
     use std::collections::BTreeMap;
 
     fn host(node: &str, free: f64, region: &str, isp: &[&str]) -> Host {
+        test_host(node, free, 1000.0, region, isp)
+    }
+
+    /// A host as the allocator's unit tests need one.
+    pub(crate) fn test_host(
+        node: &str,
+        free: f64,
+        capacity: f64,
+        region: &str,
+        isp: &[&str],
+    ) -> Host {
         Host {
             node: node.into(),
             payload: HostPayload {
@@ -121,7 +132,7 @@ mod tests {
                 rest_addr: "127.0.0.1:1".into(),
                 turn_uris: Vec::new(),
                 realm: String::new(),
-                capacity_mbps: 1000.0,
+                capacity_mbps: capacity,
                 region: region.into(),
                 isp: isp.iter().map(|s| s.to_string()).collect(),
                 updated_at: String::new(),
@@ -132,7 +143,7 @@ mod tests {
         }
     }
 
-    fn preference(isp: Option<&str>, region: Option<&str>) -> Preference {
+    pub(crate) fn preference(isp: Option<&str>, region: Option<&str>) -> Preference {
         Preference {
             isp: isp.map(Into::into),
             region: region.map(Into::into),
