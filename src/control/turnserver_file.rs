@@ -55,11 +55,34 @@ pub fn file_text(operator: Option<&str>, endpoint: &CliEndpoint) -> String {
             text.push('\n');
         }
     }
+    if operator
+        .is_some_and(|text| sets(text, "allow-loopback-peers") && !sets(text, "no-tcp-relay"))
+    {
+        // A TCP relay to loopback would reach the agent's API (loopback is
+        // admin by default) and this CLI: extra_args refuses the same pair.
+        text.push_str("# turn-agent: allow-loopback-peers above needs TCP relays off\n");
+        text.push_str("no-tcp-relay\n");
+    }
     text.push_str("# turn-agent: coturn's CLI for the control channel; rewritten at every start\n");
     text.push_str(&format!("cli-ip={}\n", endpoint.address.ip()));
     text.push_str(&format!("cli-port={}\n", endpoint.address.port()));
     text.push_str(&format!("cli-password={}\n", endpoint.password.expose()));
     text
+}
+
+/// Whether a line of a coturn config file turns on `option` (`name`,
+/// `name=value`, `name value`, with or without leading dashes; `#` starts a
+/// comment).
+fn sets(text: &str, option: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let name = line
+            .trim_start_matches('-')
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .unwrap_or("");
+        name == option
+    })
 }
 
 /// A new endpoint: 127.0.0.1, a port free now, a random password.
@@ -135,6 +158,34 @@ mod tests {
         CliEndpoint {
             address: "127.0.0.1:5766".parse().unwrap(),
             password: Secret::new("pw-1"),
+        }
+    }
+
+    #[test]
+    fn loopback_peers_in_the_operators_file_turn_tcp_relays_off() {
+        for operator in [
+            "allow-loopback-peers\n",
+            "realm=x\n  --allow-loopback-peers # for tests\n",
+            "allow-loopback-peers=1",
+        ] {
+            let text = file_text(Some(operator), &endpoint());
+            assert!(
+                text.lines().any(|line| line == "no-tcp-relay"),
+                "{operator:?}: {text}"
+            );
+        }
+        for operator in [
+            "allow-loopback-peers\nno-tcp-relay\n",
+            "# allow-loopback-peers\n",
+            "allow-loopback-peers-not\n",
+            "realm=x\n",
+        ] {
+            let text = file_text(Some(operator), &endpoint());
+            assert_eq!(
+                text.lines().filter(|line| *line == "no-tcp-relay").count(),
+                usize::from(operator.starts_with("allow-loopback-peers\nno")),
+                "{operator:?}: {text}"
+            );
         }
     }
 
