@@ -111,14 +111,20 @@ impl Default for PayloadLimits {
     }
 }
 
+/// The most Mbps a record may state (10 Tbps): far above any host, and
+/// low enough that the allocator's sums over a fleet stay finite.
+pub const MAX_MBPS: f64 = 1e7;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     #[error("payload of {bytes} bytes is over the cap of {max}")]
     TooLarge { bytes: usize, max: usize },
     #[error("payload is not the expected JSON: {0}")]
     Json(String),
-    #[error("freeTraffic must be a finite, non-negative number")]
+    #[error("freeTraffic must be a number from 0 to {MAX_MBPS} (Mbps)")]
     BadFreeTraffic,
+    #[error("capacityMbps must be a number from 0 to {MAX_MBPS} (Mbps)")]
+    BadCapacity,
     #[error("restAddr `{}` is not a unicast ip:port address", LogSafe::new(.0))]
     BadRestAddr(String),
     #[error("{field} is longer than {max} characters")]
@@ -184,8 +190,12 @@ impl HostPayload {
         string("version", &self.version)?;
         list("turnUris", &self.turn_uris)?;
         list("isp", &self.isp)?;
-        if !self.free_traffic.is_finite() || self.free_traffic < 0.0 {
+        let mbps = |value: f64| (0.0..=MAX_MBPS).contains(&value);
+        if !mbps(self.free_traffic) {
             return Err(PayloadError::BadFreeTraffic);
+        }
+        if !mbps(self.capacity_mbps) {
+            return Err(PayloadError::BadCapacity);
         }
         if self.rest_socket_addr().is_none() {
             return Err(PayloadError::BadRestAddr(self.rest_addr.clone()));
@@ -309,6 +319,10 @@ mod tests {
             br#"{"freeTraffic":-1,"restAddr":"10.0.0.1:80"}"#,
             br#"{"freeTraffic":1,"restAddr":"nowhere"}"#,
             br#"{"freeTraffic":"1","restAddr":"10.0.0.1:80"}"#,
+            // Sums of these over a fleet would be infinite.
+            br#"{"freeTraffic":1.7e308,"restAddr":"10.0.0.1:80"}"#,
+            br#"{"freeTraffic":1,"capacityMbps":1e300,"restAddr":"10.0.0.1:80"}"#,
+            br#"{"freeTraffic":1,"capacityMbps":-5,"restAddr":"10.0.0.1:80"}"#,
         ] {
             assert!(
                 HostPayload::parse(bad).is_err(),

@@ -108,7 +108,7 @@ pub struct AllocatorSettings {
 
 impl AllocatorSettings {
     /// Defaults for everything but where the hosts are: a 10 s session,
-    /// round-robin, at least 1 Mbps free, 60 s of staleness, default limits.
+    /// weighted, at least 1 Mbps free, 60 s of staleness, default limits.
     pub fn new(connect: impl Into<String>, path: impl Into<String>) -> Self {
         AllocatorSettings {
             connect: connect.into(),
