@@ -2,10 +2,10 @@
 //!
 //! Loading happens in three steps so that every problem is reported before the
 //! agent touches the world:
-//! 1. the TOML file is read into a table ([`raw`]) and `TURN_AGENT_<SECTION>_<KEY>`
+//! 1. the TOML file is read into a table (`raw.rs`) and `TURN_AGENT_<SECTION>_<KEY>`
 //!    environment variables are laid over it ([`env`]);
 //! 2. each section is deserialized into a plain `Raw*` struct
-//!    (`deny_unknown_fields`, durations still strings; defaults in [`defaults`]);
+//!    (`deny_unknown_fields`, durations still strings; defaults in `defaults.rs`);
 //! 3. [`validate()`] turns the raw structs into [`Config`], whose types already
 //!    carry the guarantees (parsed durations and socket addresses, ordered
 //!    bounds, binaries that exist), collecting one [`ConfigProblem`] per fault.
