@@ -13,7 +13,7 @@
 //! use turn_agent::allocator::client_grant::ClientTokenMinter;
 //! use turn_agent::allocator::{Allocator, AllocatorSettings, Preference};
 //!
-//! let allocator = Allocator::start(AllocatorSettings::new("zk1:2181/turn", "/turn/servers"));
+//! let allocator = Allocator::start(AllocatorSettings::new("zk1:2181/turn", "/turn/servers")).await?;
 //! let minter = ClientTokenMinter::from_pem(
 //!     &std::fs::read("/etc/signalling/client-token-key.pem")?,
 //!     Duration::from_secs(120),
