@@ -1543,8 +1543,10 @@ async fn the_first_listing_reads_hosts_concurrently() {
     let took = started.elapsed();
     eprintln!("{HOSTS} hosts over a 20 ms round trip listed in {took:?}");
     assert_eq!(allocator.snapshot().hosts.len(), HOSTS);
-    // One by one: at least 300 round trips, 6 s.
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // One by one is at least 300 round trips of 20 ms, 6 s on any machine;
+    // concurrent reads took 0.4-0.8 s, 2.3 s on a loaded CI machine. The
+    // bound sits below what one by one cannot beat, not near the usual.
+    assert!(took < Duration::from_secs(5), "{took:?}");
 
     if let Some(count) = std::env::var("TURN_AGENT_FIRST_LOAD_HOSTS")
         .ok()
