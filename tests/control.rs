@@ -7,26 +7,10 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::zookeeper::{Reader, ZooKeeper};
 use common::*;
-use tokio::process::{Child, Command};
-
-/// A uclient that keeps relaying (and so keeps its allocations) until dropped.
-fn hold_allocations(port: u16, user: &str, password: &str) -> Child {
-    Command::new("turnutils_uclient")
-        .args(["-y", "-n", "100000", "-m", "1", "-l", "100"])
-        .args(["-u", user, "-w", password, "-p"])
-        .arg(port.to_string())
-        .arg("127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 async fn control_status(agent: &Agent) -> Option<serde_json::Value> {
     let (200, body) = agent.get("/status").await? else {

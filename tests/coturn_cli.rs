@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, free_tcp_port, relay_range, wait_for};
+use common::{free_port, free_tcp_port, hold_allocations, relay_range, wait_for};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use turn_agent::coturn_cli::client::{CliClient, CliError};
@@ -90,20 +90,6 @@ async fn start_turnserver(user: &str, password: &str) -> Turnserver {
         port,
         cli,
     }
-}
-
-/// A uclient that keeps relaying (and so keeps its allocations) until dropped.
-fn hold_allocations(port: u16, user: &str, password: &str) -> Child {
-    Command::new("turnutils_uclient")
-        .args(["-y", "-n", "100000", "-m", "1", "-l", "100"])
-        .args(["-u", user, "-w", password, "-p"])
-        .arg(port.to_string())
-        .arg("127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test]

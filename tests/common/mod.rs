@@ -601,3 +601,18 @@ pub fn openssl_key_pair(dir: &Path, name: &str) -> (String, String) {
         .success());
     (private.display().to_string(), public.display().to_string())
 }
+
+/// A uclient on loopback that keeps relaying (and so keeps its
+/// allocations) until dropped.
+pub fn hold_allocations(port: u16, user: &str, password: &str) -> tokio::process::Child {
+    tokio::process::Command::new("turnutils_uclient")
+        .args(["-y", "-n", "100000", "-m", "1", "-l", "100"])
+        .args(["-u", user, "-w", password, "-p"])
+        .arg(port.to_string())
+        .arg("127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
