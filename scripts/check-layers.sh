@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fails when a module of src/ imports from a higher layer, when a module is
-# in no layer, or when the modules' imports form a circle.
+# in no layer, when the modules' imports form a circle, or when
+# src/allocator/ imports a module outside its `allocator-imports` list.
 #
 # The layer table is the `layers` block in ARCHITECTURE.md (one place): each
 # line is `<rank> <name>: <module> <module> ...`; a module may use modules of
@@ -12,6 +13,14 @@ cd "$(dirname "$0")/.."
 table=$(awk '/^```layers$/ {inside = 1; next} /^```$/ {inside = 0} inside' ARCHITECTURE.md)
 if [ -z "$table" ]; then
   echo "check-layers: no \`\`\`layers block in ARCHITECTURE.md" >&2
+  exit 1
+fi
+# The allocator stands on its own feet: the `allocator-imports` block lists
+# the only modules src/allocator/ may use (no agent module: api, supervisor,
+# credentials, registry, self_check, metrics, ...).
+allocator_imports=" $(awk '/^```allocator-imports$/ {inside = 1; next} /^```$/ {inside = 0} inside' ARCHITECTURE.md | tr '\n' ' ') "
+if [ "$allocator_imports" = "  " ]; then
+  echo "check-layers: no \`\`\`allocator-imports block in ARCHITECTURE.md" >&2
   exit 1
 fi
 declare -A rank
@@ -40,6 +49,10 @@ for file in $(find src -name '*.rs' | sort); do
       failed=1
     elif [ "${rank[$used]}" -gt "${rank[$module]}" ]; then
       echo "check-layers: $file (layer ${rank[$module]}) imports \`$used\` from the higher layer ${rank[$used]}" >&2
+      failed=1
+    fi
+    if [ "$module" = allocator ] && [[ "$allocator_imports" != *" $used "* ]]; then
+      echo "check-layers: $file imports \`$used\`, which is not in ARCHITECTURE.md's allocator-imports" >&2
       failed=1
     fi
     echo "$module $used" >>"$edges"

@@ -31,7 +31,8 @@
 //! - [`readiness`]: the one definition of "this host can serve".
 //! - [`reconfigure`]: applies a re-read file: live parts at once, the rest through a drain.
 //! - [`metrics`]: Prometheus exposition read from the status channels at scrape time.
-//! - [`api`]: the axum router and server.
+//! - [`api`]: the agent's axum router and handlers.
+//! - [`http`]: the HTTP edge shared by the agent's API and the allocator service: server loop, guard, CORS, JSON errors.
 //! - [`systemd`]: READY/STOPPING/STATUS/WATCHDOG notifications.
 //! - [`logging`]: the tracing subscriber.
 //! - [`time`]: wall-clock time (`unix_now`), read in one place.
@@ -70,6 +71,8 @@ pub mod drain;
 #[cfg(feature = "agent")]
 pub mod file_checks;
 pub mod forwarded;
+#[cfg(feature = "agent")]
+pub mod http;
 pub mod log_safe;
 #[cfg(feature = "agent")]
 pub mod logging;

@@ -29,7 +29,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::gauge;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -37,9 +36,10 @@ use prometheus_client::metrics::family::Family;
 
 use super::strategy::Selector;
 use super::{AllocError, Allocator, AllocatorSettings, Host, Preference, Strategy};
-use crate::access::AccessPolicy;
-use crate::api::ApiError;
+use crate::access::{AccessPolicy, Permission};
 use crate::config::{parse_duration, AccessConfig, ConfigError, ConfigProblem, RawAccess};
+use crate::http::guard::{ClientSubject, Guard};
+use crate::http::{gauge, ApiError};
 use crate::log_safe::LogSafe;
 use crate::znode::{LogBudget, PayloadLimits};
 use ice_answer::{IceAnswer, IceAnswerError, MAX_BODY_BYTES};
@@ -510,14 +510,22 @@ impl Collector for ViewCollector {
     }
 }
 
+/// The permission a service path needs: `/allocate` and `/ice` need `ice`,
+/// `/metrics` needs `metrics`, `/healthz` is open, anything else (`/hosts`,
+/// the fleet page, unknown paths) needs `status`.
+fn required_permission(path: &str) -> Option<Permission> {
+    match path {
+        "/healthz" => None,
+        "/allocate" | "/ice" => Some(Permission::Ice),
+        "/metrics" => Some(Permission::Metrics),
+        _ => Some(Permission::Status),
+    }
+}
+
 /// The allocator's routes behind the same access guard as the agent's:
 /// `/allocate` and `/ice` need `ice`, `/hosts` needs `status`. In front of
 /// the guard, a request carrying the hop header is refused.
-pub fn router(
-    allocator: Arc<Allocator>,
-    ice_fetch: IceFetch,
-    guard: crate::api::guard::Guard,
-) -> Router {
+pub fn router(allocator: Arc<Allocator>, ice_fetch: IceFetch, guard: Guard) -> Router {
     let http = reqwest::Client::builder()
         .timeout(ice_fetch.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -563,14 +571,14 @@ pub fn router(
             metrics: Arc::new(metrics),
         })
         .layer(axum::middleware::from_fn_with_state(
-            guard.clone(),
-            crate::api::guard::guard,
+            guard.for_routes(required_permission),
+            crate::http::guard::guard,
         ))
         // Outside the guard, as on the agent: preflights carry no
         // credentials, and the guard's refusals must name the origin.
         .layer(axum::middleware::from_fn_with_state(
             guard,
-            crate::api::guard::cors,
+            crate::http::guard::cors,
         ))
         .layer(axum::middleware::from_fn_with_state(
             loops_refused,
@@ -630,14 +638,14 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
         listener: listener.local_addr()?,
         policy: config.access.policy.clone(),
     };
-    let server = tokio::spawn(crate::api::serve(
+    let server = tokio::spawn(crate::http::serve(
         listener,
         router(allocator, ice, {
-            let guard = crate::api::guard::Guard::new(&config.access);
+            let guard = Guard::new(&config.access);
             guard.set_cors(&config.cors);
             guard
         }),
-        crate::api::ServerLimits::default(),
+        crate::http::ServerLimits::default(),
         None,
         stop.clone(),
     ));
@@ -720,7 +728,7 @@ async fn ice(
     State(state): State<ServiceState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    subject: Option<axum::Extension<crate::api::guard::ClientSubject>>,
+    subject: Option<axum::Extension<ClientSubject>>,
     raw: Result<Query<PickQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(request) = raw?;
@@ -728,16 +736,16 @@ async fn ice(
     // A client token's `sub` names the caller and wins over `?username=`,
     // as on the agent, so a token holder cannot claim another's name.
     let username = match &subject {
-        Some(axum::Extension(crate::api::guard::ClientSubject(subject))) => Some(subject.as_str()),
+        Some(axum::Extension(ClientSubject(subject))) => Some(subject.as_str()),
         None => request
             .username
             .as_deref()
-            .filter(|user| crate::credentials::rest_api::is_safe_user(user)),
+            .filter(|user| crate::turn_user::is_safe_user(user)),
     };
-    let client = state
-        .ice
-        .policy
-        .client_address(peer.ip(), &crate::api::guard::forwarded_for_lines(&headers));
+    let client = state.ice.policy.client_address(
+        peer.ip(),
+        &crate::http::guard::forwarded_for_lines(&headers),
+    );
     let mut tried: Vec<String> = Vec::new();
     let mut failures = Vec::new();
     for attempt in 0..state.ice.attempts {

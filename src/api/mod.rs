@@ -4,13 +4,12 @@
 //! with `tower::ServiceExt::oneshot`; [`serve`] takes an already-bound
 //! listener and a shutdown token.
 
-mod error;
-pub mod guard;
 pub mod ice_filter;
-pub mod server;
 pub mod sessions;
-pub mod tls;
-pub mod trim;
+
+// The HTTP edge the API stands on lives in `crate::http` (shared with the
+// allocator service); these names keep the agent's callers unchanged.
+pub use crate::http::{guard, server, tls, trim};
 
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
-pub use error::ApiError;
+pub use crate::http::ApiError;
 
 use crate::credentials::{
     unix_now, CredentialRequest, CredentialSource, IssuedCredential, RotateHandle,
@@ -80,7 +79,7 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         )
         .route("/sessions/{id}", delete(sessions::end_one))
         .layer(axum::middleware::from_fn_with_state(
-            guard.clone(),
+            guard.for_routes(required_permission),
             guard::guard,
         ))
         // Outside the guard: preflights carry no credentials, and refusals
@@ -93,8 +92,25 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .with_state(Arc::new(state))
 }
 
-pub use crate::config::ServerLimits;
-pub use server::serve;
+pub use crate::http::{serve, ServerLimits};
+
+/// The permission an agent path needs; `None` for the open liveness probe.
+pub fn required_permission(path: &str) -> Option<crate::access::Permission> {
+    use crate::access::Permission;
+    match path {
+        "/healthz" => None,
+        "/turncredential" => Some(Permission::Credential),
+        "/ice" => Some(Permission::Ice),
+        "/rotate" | "/drain" => Some(Permission::Rotate),
+        // Users and addresses of every session, and ending them.
+        "/sessions" => Some(Permission::Rotate),
+        path if path.starts_with("/sessions/") => Some(Permission::Rotate),
+        "/metrics" => Some(Permission::Metrics),
+        // /readyz and anything unknown: only callers who may see status
+        // learn even that a path does not exist.
+        _ => Some(Permission::Status),
+    }
+}
 
 /// 200 while the agent's HTTP server runs: liveness, not readiness.
 async fn healthz() -> Json<serde_json::Value> {

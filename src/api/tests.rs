@@ -504,7 +504,7 @@ async fn every_error_the_stack_produces_is_json() {
             StatusCode::REQUEST_TIMEOUT,
             std::time::Duration::from_millis(50),
         ))
-        .layer(axum::middleware::from_fn(super::error::json_errors));
+        .layer(axum::middleware::from_fn(crate::http::error::json_errors));
     let table = [
         ("GET", "/nowhere", 404, "not_found"),
         ("GET", "/rotate", 405, "method_not_allowed"),
@@ -531,7 +531,7 @@ async fn every_error_the_stack_produces_is_json() {
     assert_eq!(body["reason"], "plain words");
     // A head over the limit: 431 in the same shape.
     let app = fixture(long_term(far_future()), [127, 0, 0, 1]).app.layer(
-        axum::middleware::from_fn_with_state(8192usize, super::error::limit_header_bytes),
+        axum::middleware::from_fn_with_state(8192usize, crate::http::error::limit_header_bytes),
     );
     let request = Request::get("/healthz")
         .header("x-padding", "a".repeat(9000))

@@ -43,7 +43,27 @@ struct Rules {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSubject(pub String);
 
+/// The permission a request path needs; `None` for an open path (the
+/// liveness probe). Each server passes its own route table's.
+pub type RequiredPermission = fn(&str) -> Option<Permission>;
+
+/// A [`Guard`] with the permission table of one server's routes: the state
+/// of the [`guard`] middleware.
+#[derive(Clone)]
+pub struct RouteGuard {
+    guard: Guard,
+    required: RequiredPermission,
+}
+
 impl Guard {
+    /// This guard for a server whose paths need what `required` says.
+    pub fn for_routes(&self, required: RequiredPermission) -> RouteGuard {
+        RouteGuard {
+            guard: self.clone(),
+            required,
+        }
+    }
+
     /// Rules from `access`, CORS off until [`Guard::set_cors`].
     pub fn new(access: &AccessConfig) -> Guard {
         Guard {
@@ -116,24 +136,6 @@ impl Rules {
             limiter.retain_recent();
         }
         Ok(())
-    }
-}
-
-/// The permission a path needs; `None` for the open liveness probe.
-fn required_permission(path: &str) -> Option<Permission> {
-    match path {
-        "/healthz" => None,
-        "/turncredential" => Some(Permission::Credential),
-        // The allocator service's /allocate hands out a host for /ice.
-        "/ice" | "/allocate" => Some(Permission::Ice),
-        "/rotate" | "/drain" => Some(Permission::Rotate),
-        // Users and addresses of every session, and ending them.
-        "/sessions" => Some(Permission::Rotate),
-        path if path.starts_with("/sessions/") => Some(Permission::Rotate),
-        "/metrics" => Some(Permission::Metrics),
-        // /readyz and anything unknown: only callers who may see status
-        // learn even that a path does not exist.
-        _ => Some(Permission::Status),
     }
 }
 
@@ -258,15 +260,15 @@ pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> R
 }
 
 pub async fn guard(
-    State(guard): State<Guard>,
+    State(route_guard): State<RouteGuard>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(permission) = required_permission(request.uri().path()) else {
+    let Some(permission) = (route_guard.required)(request.uri().path()) else {
         return Ok(next.run(request).await);
     };
-    let guard = guard.rules.load();
+    let guard = route_guard.guard.rules.load();
     let forwarded = forwarded_for_lines(request.headers());
     let client = guard.policy.client(peer.ip(), &forwarded);
     let bearer_token = bearer(&request);
@@ -284,7 +286,7 @@ pub async fn guard(
             guard.check_rate(client.address())?;
             rate_checked = true;
             let verified = verifier
-                .verify(token, crate::credentials::unix_now().as_secs())
+                .verify(token, crate::time::unix_now().as_secs())
                 .map_err(|refusal| ApiError::Unauthorized(refusal.to_string()))?;
             subject = verified.subject;
             decision = if guard.policy.roles[*role].allows(permission) {

@@ -21,7 +21,7 @@
 //!   connection is accepted and closed at once. Both are logged at most
 //!   once per [`REFUSAL_LOG_INTERVAL`] with a count.
 //! - The request head is bounded: beyond `max_header_bytes` a JSON 431
-//!   (see `api::error`). Every error the stack produces in the router
+//!   (see `error`). Every error the stack produces in the router
 //!   (404, 405, 408, ...) is rendered in the API's JSON shape by
 //!   `error::json_errors`; the answers hyper writes by itself for
 //!   requests it cannot parse (400, 414, 431 beyond twice the limit) are

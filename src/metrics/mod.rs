@@ -11,7 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -147,16 +147,9 @@ struct StatusCollector {
     probe_latency_micros: Arc<AtomicU64>,
 }
 
-/// One constant gauge at scrape time; shared with the allocator's collector.
-pub(crate) fn gauge(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: f64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
+/// One constant gauge at scrape time (the HTTP edge's, shared with the
+/// allocator service's collector).
+pub(crate) use crate::http::gauge;
 
 fn counter(
     encoder: &mut DescriptorEncoder<'_>,
