@@ -22,7 +22,7 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -510,21 +510,106 @@ impl Collector for ViewCollector {
     }
 }
 
-/// The permission a service path needs: `/allocate` and `/ice` need `ice`,
-/// `/metrics` needs `metrics`, `/healthz` is open, anything else (`/hosts`,
-/// the fleet page, unknown paths) needs `status`.
-fn required_permission(path: &str) -> Option<Permission> {
-    match path {
-        "/healthz" => None,
-        "/allocate" | "/ice" => Some(Permission::Ice),
-        "/metrics" => Some(Permission::Metrics),
-        _ => Some(Permission::Status),
+/// What answers a route: the router maps each to its handler function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    Healthz,
+    Allocate,
+    Ice,
+    Hosts,
+    FleetPage,
+    Metrics,
+}
+
+impl Handler {
+    /// Every handler, for the check that each is routed exactly once.
+    pub const ALL: [Handler; 6] = [
+        Handler::Healthz,
+        Handler::Allocate,
+        Handler::Ice,
+        Handler::Hosts,
+        Handler::FleetPage,
+        Handler::Metrics,
+    ];
+}
+
+/// One route of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: MethodFilter,
+    pub path: &'static str,
+    /// What the caller's role needs; `None` is open to everyone.
+    pub permission: Option<Permission>,
+    pub handler: Handler,
+}
+
+/// The service's routes and the permission each needs: the one table both
+/// the router ([`router`]) and the access guard read.
+pub const ROUTES: [Route; 6] = [
+    Route {
+        method: MethodFilter::GET,
+        path: "/healthz",
+        permission: None,
+        handler: Handler::Healthz,
+    },
+    Route {
+        method: MethodFilter::GET,
+        path: "/allocate",
+        permission: Some(Permission::Ice),
+        handler: Handler::Allocate,
+    },
+    Route {
+        method: MethodFilter::GET,
+        path: "/ice",
+        permission: Some(Permission::Ice),
+        handler: Handler::Ice,
+    },
+    Route {
+        method: MethodFilter::GET,
+        path: "/hosts",
+        permission: Some(Permission::Status),
+        handler: Handler::Hosts,
+    },
+    Route {
+        method: MethodFilter::GET,
+        path: "/",
+        permission: Some(Permission::Status),
+        handler: Handler::FleetPage,
+    },
+    Route {
+        method: MethodFilter::GET,
+        path: "/metrics",
+        permission: Some(Permission::Metrics),
+        handler: Handler::Metrics,
+    },
+];
+
+/// The permission a path needs: its route's from [`ROUTES`]. A path that
+/// is not routed needs `status`, so only callers who may see status learn
+/// even that it does not exist.
+pub fn required_permission(path: &str) -> Option<Permission> {
+    ROUTES
+        .iter()
+        .find(|route| route.path == path)
+        .map_or(Some(Permission::Status), |route| route.permission)
+}
+
+/// The handler function behind a route.
+fn method_router(route: &Route) -> MethodRouter<ServiceState> {
+    let method = route.method;
+    match route.handler {
+        Handler::Healthz => on(method, || async { Json(json!({ "status": "ok" })) }),
+        Handler::Allocate => on(method, allocate),
+        Handler::Ice => on(method, ice),
+        Handler::Hosts => on(method, hosts),
+        Handler::FleetPage => on(method, fleet_page),
+        Handler::Metrics => on(method, metrics_text),
     }
 }
 
-/// The allocator's routes behind the same access guard as the agent's:
-/// `/allocate` and `/ice` need `ice`, `/hosts` needs `status`. In front of
-/// the guard, a request carrying the hop header is refused.
+/// The allocator's routes ([`ROUTES`]) behind the same access guard as the
+/// agent's, with the permissions of the same table. In front of the guard,
+/// a request carrying the hop header is refused.
 pub fn router(allocator: Arc<Allocator>, ice_fetch: IceFetch, guard: Guard) -> Router {
     let http = reqwest::Client::builder()
         .timeout(ice_fetch.timeout)
@@ -551,16 +636,11 @@ pub fn router(allocator: Arc<Allocator>, ice_fetch: IceFetch, guard: Guard) -> R
         loops_refused.clone(),
     );
     metrics.register_collector(Box::new(ViewCollector(allocator.clone())));
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/allocate", get(allocate))
-        .route("/ice", get(ice))
-        .route("/hosts", get(hosts))
-        .route("/", get(fleet_page))
-        .route("/metrics", get(metrics_text))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, method_router(route))
+        })
         .with_state(ServiceState {
             allocator,
             http,
@@ -824,4 +904,48 @@ async fn hosts(State(state): State<ServiceState>) -> Json<serde_json::Value> {
             "payload": host.payload,
         })).collect::<Vec<_>>(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_routed_path_has_its_permission_and_every_handler_one_route() {
+        for route in &ROUTES {
+            assert_eq!(
+                required_permission(route.path),
+                route.permission,
+                "{}",
+                route.path
+            );
+            let same_path = ROUTES.iter().filter(|other| other.path == route.path);
+            assert_eq!(same_path.count(), 1, "{} routed twice", route.path);
+        }
+        for handler in Handler::ALL {
+            let routes = ROUTES.iter().filter(|route| route.handler == handler);
+            assert_eq!(routes.count(), 1, "{handler:?}");
+        }
+        // Only the liveness probe is open; what is not routed needs status.
+        let open: Vec<_> = ROUTES
+            .iter()
+            .filter(|route| route.permission.is_none())
+            .map(|route| route.path)
+            .collect();
+        assert_eq!(open, ["/healthz"]);
+        for unrouted in ["/nope", "/allocate/", "/healthz/x", "/rotate", ""] {
+            assert_eq!(required_permission(unrouted), Some(Permission::Status));
+        }
+    }
+
+    #[test]
+    fn the_permissions_are_the_documented_ones() {
+        let needs = |path| required_permission(path);
+        assert_eq!(needs("/allocate"), Some(Permission::Ice));
+        assert_eq!(needs("/ice"), Some(Permission::Ice));
+        assert_eq!(needs("/hosts"), Some(Permission::Status));
+        assert_eq!(needs("/"), Some(Permission::Status));
+        assert_eq!(needs("/metrics"), Some(Permission::Metrics));
+        assert_eq!(needs("/healthz"), None);
+    }
 }
