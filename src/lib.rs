@@ -29,6 +29,7 @@
 //! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
 //! - [`reload`]: which SIGHUP changes apply at once, after a turnserver restart, or never live.
 //! - [`readiness`]: the one definition of "this host can serve".
+//! - [`status`]: what the tasks publish (supervisor, credentials, self-check, registry) as plain data, and the not-ready rule (pure).
 //! - [`reconfigure`]: applies a re-read file: live parts at once, the rest through a drain.
 //! - [`metrics`]: Prometheus exposition read from the status channels at scrape time.
 //! - [`api`]: the agent's axum router and handlers.
@@ -91,6 +92,8 @@ pub mod secret;
 pub mod self_check;
 #[cfg(feature = "agent")]
 pub mod shutdown;
+#[cfg(feature = "agent")]
+pub mod status;
 #[cfg(feature = "agent")]
 pub mod stun_client;
 #[cfg(feature = "agent")]

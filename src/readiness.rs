@@ -5,9 +5,7 @@
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::credentials::CredentialStatus;
-use crate::self_check::HealthStatus;
-use crate::supervisor::SupervisorStatus;
+use crate::status::{not_ready_reason, CredentialStatus, HealthStatus, SupervisorStatus};
 
 /// The three status channels readiness depends on. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -58,35 +56,5 @@ impl Readiness {
 impl Snapshot {
     pub fn not_ready_reason(&self) -> Option<String> {
         not_ready_reason(&self.turnserver, &self.credentials, &self.health)
-    }
-}
-
-/// Not ready while draining or being reconfigured (on purpose), while
-/// turnserver does not answer STUN, while no valid credential exists, or
-/// while the allocation self-check fails.
-fn not_ready_reason(
-    turnserver: &SupervisorStatus,
-    credentials: &CredentialStatus,
-    health: &HealthStatus,
-) -> Option<String> {
-    if health.draining {
-        Some("draining".to_string())
-    } else if health.reconfiguring {
-        Some("restarting turnserver for a new configuration".to_string())
-    } else if !turnserver.is_ready() {
-        Some(turnserver.reason())
-    } else if !credentials.available {
-        Some(match &credentials.last_error {
-            Some(error) => format!("no valid credential: {error}"),
-            None => "no valid credential yet".to_string(),
-        })
-    } else if health.failing {
-        Some(format!(
-            "self-check failing {} time(s) in a row: {}",
-            health.consecutive_failures,
-            health.last_error.as_deref().unwrap_or("unknown")
-        ))
-    } else {
-        None
     }
 }

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -27,23 +26,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// Upper bound on the shutdown deletion.
 const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `/readyz` shows about the registry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RegistryStatus {
-    pub enabled: bool,
-    pub connected: bool,
-    pub published: bool,
-    pub session: Option<String>,
-    pub writes: u64,
-    /// Deletions while the agent ran (turnserver down, no credential).
-    pub withdrawals: u64,
-    /// Unix seconds of the last create or update.
-    pub last_write_unix: Option<u64>,
-    pub free_traffic_mbps: Option<f64>,
-    /// `traffic.capacity_mbps` as currently configured.
-    pub capacity_mbps: f64,
-    pub last_error: Option<String>,
-}
+pub use crate::status::RegistryStatus;
 
 pub struct Registry {
     /// The configuration in effect. Traffic settings, capacity, region,

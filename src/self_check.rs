@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -23,22 +22,8 @@ use crate::credentials::{
 use crate::supervisor::SupervisorStatus;
 use crate::turn_check::{allocate_and_release, TurnCheckError};
 
-/// What `/readyz`, metrics and the registry know about the self-check.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HealthStatus {
-    pub enabled: bool,
-    pub checks: u64,
-    pub consecutive_failures: u32,
-    /// `consecutive_failures` reached `self_check_failures`.
-    pub failing: bool,
-    pub last_error: Option<String>,
-    pub last_ok_unix: Option<u64>,
-    /// The host is draining: not ready, on purpose.
-    pub draining: bool,
-    /// turnserver is being replaced for a new configuration: not ready, on
-    /// purpose, and not checked.
-    pub reconfiguring: bool,
-}
+/// Defined in the core, so readiness and metrics need nothing of this module.
+pub use crate::status::HealthStatus;
 
 /// The first repair after a rejection runs at once; while coturn keeps
 /// rejecting, the next ones wait 1 s, 2 s, 4 s ... up to 5 minutes, like

@@ -8,14 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::validate::Validator;
 use super::TurnserverConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CredentialMode {
-    /// Long-term users added and removed with `turnadmin -a/-d`.
-    LongTerm,
-    /// coturn's `--use-auth-secret`: shared secrets, per-request HMAC credentials.
-    RestApi,
-}
+/// Defined in the core, so the credential status there can name it.
+pub use crate::status::CredentialMode;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialsConfig {

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+/// Defined in the core, so readiness and metrics need nothing of this module.
+pub use crate::status::CredentialStatus;
 pub use manager::{CredentialHandles, CredentialManager};
 
-use crate::config::{Config, CredentialMode};
+use crate::config::Config;
 use crate::secret::Secret;
 use state_file::LongTermCredential;
 
@@ -155,63 +156,6 @@ pub fn needs_fresh_start(old: &Config, new: &Config) -> bool {
 fn random_user() -> String {
     let bytes: [u8; 8] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// What `/readyz` and metrics show about credentials. Never a password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CredentialStatus {
-    pub mode: CredentialMode,
-    /// The realm the served credential belongs to (long-term users and
-    /// secrets are per realm).
-    pub realm: String,
-    /// Fresh starts for a new realm, mode or database (see
-    /// [`needs_fresh_start`]): a reload waits for this to move.
-    pub generation: u64,
-    /// A valid credential can be served right now.
-    pub available: bool,
-    /// Long-term mode: the served username.
-    pub username: Option<String>,
-    /// Unix seconds: creation and expiry of the served long-term credential.
-    pub issued_at: Option<u64>,
-    pub expires_at: Option<u64>,
-    /// Agent users (long-term) or secrets (REST API) in coturn's database.
-    pub live_in_database: usize,
-    /// Agent users or secrets past their expiry plus grace that are still
-    /// in the database because their deletion failed; retried with backoff,
-    /// also after a restart (they stay in the state file until a listing
-    /// confirms them gone).
-    pub pending_deletions: usize,
-    /// Failed deletions since start.
-    pub deletion_failures: u64,
-    pub next_rotation_at: Option<u64>,
-    pub rotations: u64,
-    /// Failed reconciliations and rotations since start.
-    pub failures: u64,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
-}
-
-impl CredentialStatus {
-    /// Nothing available yet, no rotation so far.
-    pub fn new(mode: CredentialMode) -> Self {
-        CredentialStatus {
-            mode,
-            realm: String::new(),
-            generation: 0,
-            available: false,
-            username: None,
-            issued_at: None,
-            expires_at: None,
-            live_in_database: 0,
-            pending_deletions: 0,
-            deletion_failures: 0,
-            next_rotation_at: None,
-            rotations: 0,
-            failures: 0,
-            consecutive_failures: 0,
-            last_error: None,
-        }
-    }
 }
 
 /// Why a rotation on demand did not happen.

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::readiness::{Readiness, Snapshot};
-use crate::registry::RegistryStatus;
+use crate::status::RegistryStatus;
 use crate::time::unix_now;
 
 /// HTTP requests by route and status code.

@@ -7,81 +7,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::backoff::RestartBackoff;
 
-/// Where the supervised turnserver is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Spawned, no STUN answer yet.
-    Starting,
-    /// Answered the last probe.
-    Ready,
-    /// Was ready, has missed at least one probe since.
-    Unhealthy,
-    /// Exited or was killed; waiting before the next spawn.
-    BackingOff,
-    /// The supervisor has stopped it for good.
-    Stopped,
-}
-
-/// What the supervisor publishes to the rest of the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SupervisorStatus {
-    pub phase: Phase,
-    pub pid: Option<u32>,
-    /// Spawns after the first one.
-    pub restarts: u64,
-    pub last_exit: Option<String>,
-    pub crash_loop: bool,
-    pub consecutive_probe_failures: u32,
-    /// Set while backing off.
-    pub next_restart_in_ms: Option<u64>,
-}
-
-impl SupervisorStatus {
-    pub fn is_ready(&self) -> bool {
-        self.phase == Phase::Ready
-    }
-
-    /// A short reason for `/readyz` when not ready.
-    pub fn reason(&self) -> String {
-        match self.phase {
-            Phase::Ready => "turnserver is ready".into(),
-            Phase::Starting => "turnserver is starting".into(),
-            Phase::Unhealthy => format!(
-                "turnserver missed {} STUN probe(s)",
-                self.consecutive_probe_failures
-            ),
-            Phase::BackingOff if self.crash_loop => format!(
-                "turnserver is in a crash loop (last exit: {})",
-                self.last_exit.as_deref().unwrap_or("unknown")
-            ),
-            Phase::BackingOff => format!(
-                "turnserver exited ({}), restarting",
-                self.last_exit.as_deref().unwrap_or("unknown")
-            ),
-            Phase::Stopped => "turnserver is stopped".into(),
-        }
-    }
-}
-
-impl Default for SupervisorStatus {
-    fn default() -> Self {
-        SupervisorStatus {
-            phase: Phase::Starting,
-            pid: None,
-            restarts: 0,
-            last_exit: None,
-            crash_loop: false,
-            consecutive_probe_failures: 0,
-            next_restart_in_ms: None,
-        }
-    }
-}
+pub use crate::status::{Phase, SupervisorStatus};
 
 /// What the shell should do after a failed probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
