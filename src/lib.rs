@@ -27,6 +27,7 @@
 //! - [`shutdown`]: process signals turned into agent actions.
 //! - [`supervisor`]: keeps one turnserver alive; `lifecycle` and `backoff` are its pure rules.
 //! - [`registry`]: the EPHEMERAL znode that lists this host while it can serve.
+//! - [`publish_rules`]: the registry's decisions: when to write, whose node it is, the payload (pure).
 //! - [`reload`]: which SIGHUP changes apply at once, after a turnserver restart, or never live.
 //! - [`readiness`]: the one definition of "this host can serve".
 //! - [`status`]: what the tasks publish (supervisor, credentials, self-check, registry) as plain data, and the not-ready rule (pure).
@@ -79,6 +80,8 @@ pub mod log_safe;
 pub mod logging;
 #[cfg(feature = "agent")]
 pub mod metrics;
+#[cfg(feature = "agent")]
+pub mod publish_rules;
 #[cfg(feature = "agent")]
 pub mod readiness;
 #[cfg(feature = "agent")]

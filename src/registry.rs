@@ -16,9 +16,10 @@ use zookeeper_client as zk;
 
 use crate::backoff::ExponentialBackoff;
 use crate::config::{self, Config, ConfigWatch, TrafficConfig, ZookeeperConfig};
+use crate::publish_rules::{self, HostFacts, NodeAction, Ownership, PublishRule, Wanted, Written};
 use crate::readiness::Readiness;
 use crate::traffic::{self, CounterSample, Observation, TrafficMeter};
-use crate::znode::{round_mbps, HostPayload};
+use crate::znode::HostPayload;
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Capped low so a returning ensemble sees the node again within ~2 s.
@@ -304,8 +305,18 @@ impl Registry {
         tick_at: Instant,
     ) -> Result<(), String> {
         let payload = self.payload();
-        match published {
-            None => {
+        let rule = PublishRule {
+            capacity_mbps: self.traffic().capacity_mbps,
+            hysteresis_percent: self.traffic().hysteresis_percent,
+            max_silence: self.zookeeper().max_silence,
+        };
+        let written = published.as_ref().map(|current| Written {
+            payload: &current.payload,
+            since_written: tick_at.saturating_duration_since(current.written_at),
+        });
+        match publish_rules::next_action(Wanted::Listed(&payload), written, &rule) {
+            NodeAction::Nothing | NodeAction::Delete => {}
+            NodeAction::Create => {
                 let version = self.create(client, &payload).await?;
                 tracing::info!(free_traffic = payload.free_traffic, "published");
                 *published = Some(Published {
@@ -313,30 +324,12 @@ impl Registry {
                     payload,
                     written_at: tick_at,
                 });
-                self.status.send_modify(|s| {
-                    s.writes += 1;
-                    s.last_write_unix = Some(crate::credentials::unix_now().as_secs());
-                });
+                self.count_write();
             }
-            Some(current) => {
-                let rule = traffic::PublishRule {
-                    capacity_mbps: self.traffic().capacity_mbps,
-                    hysteresis_percent: self.traffic().hysteresis_percent,
-                    max_silence: self.zookeeper().max_silence,
-                };
-                let due = rule.should_write(
-                    current.payload.free_traffic,
-                    payload.free_traffic,
-                    tick_at.saturating_duration_since(current.written_at),
-                );
-                let other_fields_changed = HostPayload {
-                    free_traffic: current.payload.free_traffic,
-                    updated_at: current.payload.updated_at.clone(),
-                    ..payload.clone()
-                } != current.payload;
-                if !(due || other_fields_changed) {
+            NodeAction::Update => {
+                let Some(current) = published.as_mut() else {
                     return Ok(());
-                }
+                };
                 match client
                     .set_data(&self.node_path, &payload.to_json(), Some(current.version))
                     .await
@@ -345,10 +338,7 @@ impl Registry {
                         current.version = stat.version;
                         current.payload = payload;
                         current.written_at = tick_at;
-                        self.status.send_modify(|s| {
-                            s.writes += 1;
-                            s.last_write_unix = Some(crate::credentials::unix_now().as_secs());
-                        });
+                        self.count_write();
                     }
                     Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
                         // Someone removed or changed it: create it afresh.
@@ -360,6 +350,13 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    fn count_write(&self) {
+        self.status.send_modify(|s| {
+            s.writes += 1;
+            s.last_write_unix = Some(crate::credentials::unix_now().as_secs());
+        });
     }
 
     /// Creates the EPHEMERAL node, replacing one left by our own earlier
@@ -378,23 +375,29 @@ impl Registry {
             // Gone in between: the next attempt creates it.
             Err(error) => return Err(format!("the node exists but cannot be read: {error}")),
         };
-        let session = client.session_id().0;
-        if stat.ephemeral_owner == session {
-            let stat = client
-                .set_data(&self.node_path, &data, Some(stat.version))
-                .await
-                .map_err(|error| format!("cannot update our own node: {error}"))?;
-            return Ok(stat.version);
-        }
-        let same_host = HostPayload::parse(&existing)
-            .map(|theirs| theirs.rest_addr == payload.rest_addr)
-            .unwrap_or(false);
-        if self.own_sessions.contains(&stat.ephemeral_owner) || same_host {
-            tracing::info!(
-                owner = %format!("{:#x}", stat.ephemeral_owner),
-                "replacing the node left by an earlier session of this host"
-            );
-            return self.replace(client, stat.version, &data, &options).await;
+        let ownership = publish_rules::ownership(
+            stat.ephemeral_owner,
+            client.session_id().0,
+            &self.own_sessions,
+            &existing,
+            &payload.rest_addr,
+        );
+        match ownership {
+            Ownership::ThisSession => {
+                let stat = client
+                    .set_data(&self.node_path, &data, Some(stat.version))
+                    .await
+                    .map_err(|error| format!("cannot update our own node: {error}"))?;
+                return Ok(stat.version);
+            }
+            Ownership::EarlierSessionOfThisHost => {
+                tracing::info!(
+                    owner = %format!("{:#x}", stat.ephemeral_owner),
+                    "replacing the node left by an earlier session of this host"
+                );
+                return self.replace(client, stat.version, &data, &options).await;
+            }
+            Ownership::AnotherHost => {}
         }
         tracing::error!(
             owner = %format!("{:#x}", stat.ephemeral_owner),
@@ -549,33 +552,33 @@ impl Registry {
             .control
             .as_ref()
             .and_then(|control| control.borrow().allocations);
-        let free = round_mbps(capped_by_allocations(
-            traffic::free_mbps(config.traffic.capacity_mbps, used),
+        let free = publish_rules::free_traffic(
+            config.traffic.capacity_mbps,
+            used,
             allocations,
             config.traffic.max_allocations,
-        ));
+        );
         self.status.send_if_modified(|s| {
             let changed = s.free_traffic_mbps != Some(free);
             s.free_traffic_mbps = Some(free);
             changed
         });
-        HostPayload {
-            free_traffic: free,
-            rest_addr: config
-                .api
-                .advertise
-                .unwrap_or(config.api.listen)
-                .to_string(),
+        let facts = HostFacts {
+            listen: config.api.listen,
+            advertise: config.api.advertise,
             turn_uris: config.api.turn_uris.clone(),
             realm: config.turnserver.realm.clone(),
             capacity_mbps: config.traffic.capacity_mbps,
             region: config.zookeeper.region.clone(),
             isp: config.zookeeper.isp.clone(),
-            updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
             restarts: self.readiness.supervisor.borrow().restarts,
             allocations,
-        }
+        };
+        facts.payload(
+            free,
+            std::time::SystemTime::now(),
+            env!("CARGO_PKG_VERSION"),
+        )
     }
 
     fn set_error(&self, error: String) {
@@ -606,29 +609,5 @@ impl NodeAcls {
             NodeAcls::Open => zk::Acls::anyone_all(),
             NodeAcls::CreatorWritesAnyoneReads => zk::Acls::new(&CREATOR_ALL_ANYONE_READ[..]),
         }
-    }
-}
-
-/// Free traffic as published: none at all once coturn holds
-/// `traffic.max_allocations` allocations, so allocators skip the host.
-fn capped_by_allocations(free_mbps: f64, allocations: Option<u64>, max: Option<u64>) -> f64 {
-    match (allocations, max) {
-        (Some(allocations), Some(max)) if allocations >= max => 0.0,
-        _ => free_mbps,
-    }
-}
-
-#[cfg(test)]
-mod allocation_cap_tests {
-    use super::capped_by_allocations;
-
-    #[test]
-    fn at_or_over_max_allocations_there_is_no_headroom() {
-        assert_eq!(capped_by_allocations(500.0, Some(99), Some(100)), 500.0);
-        assert_eq!(capped_by_allocations(500.0, Some(100), Some(100)), 0.0);
-        assert_eq!(capped_by_allocations(500.0, Some(101), Some(100)), 0.0);
-        // Unknown count (control channel down) or no cap: traffic decides.
-        assert_eq!(capped_by_allocations(500.0, None, Some(100)), 500.0);
-        assert_eq!(capped_by_allocations(500.0, Some(10_000), None), 500.0);
     }
 }

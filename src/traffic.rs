@@ -106,52 +106,9 @@ impl TrafficMeter {
     }
 }
 
-/// Free capacity: `capacity - used`, floored at zero.
-pub fn free_mbps(capacity_mbps: f64, used_mbps: f64) -> f64 {
-    (capacity_mbps - used_mbps).max(0.0)
-}
-
-/// Whether a new free value differs enough from the published one to be
-/// worth a write: more than `hysteresis_percent` of capacity.
-pub fn changed_enough(
-    published: f64,
-    current: f64,
-    capacity_mbps: f64,
-    hysteresis_percent: f64,
-) -> bool {
-    (published - current).abs() > capacity_mbps * hysteresis_percent / 100.0
-}
-
-/// When the agent writes its node again: at a publish tick, when free
-/// traffic moved past the hysteresis since the last write, or when
-/// `max_silence` passed since the tick of the last write. Silence counts
-/// from ticks, not from when a write returned, so a round trip per write
-/// cannot stretch it by a whole interval.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PublishRule {
-    pub capacity_mbps: f64,
-    pub hysteresis_percent: f64,
-    pub max_silence: Duration,
-}
-
-impl PublishRule {
-    /// `since_written` is the time from the tick of the last write to this
-    /// tick.
-    pub fn should_write(
-        &self,
-        published_free: f64,
-        current_free: f64,
-        since_written: Duration,
-    ) -> bool {
-        since_written >= self.max_silence
-            || changed_enough(
-                published_free,
-                current_free,
-                self.capacity_mbps,
-                self.hysteresis_percent,
-            )
-    }
-}
+/// The publishing rules moved to the pure core; these paths stay for
+/// the benches and simulations that use them.
+pub use crate::publish_rules::{changed_enough, free_mbps, PublishRule};
 
 /// Reads an interface's cumulative counters; `None` if it does not exist.
 pub fn read_counters(networks: &mut sysinfo::Networks, interface: &str) -> Option<CounterSample> {
@@ -233,28 +190,5 @@ mod tests {
             panic!("expected a rate");
         };
         assert!((rate.rx_mbps - 5.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn free_and_hysteresis() {
-        assert_eq!(free_mbps(1000.0, 250.0), 750.0);
-        assert_eq!(free_mbps(100.0, 250.0), 0.0);
-        assert!(!changed_enough(500.0, 530.0, 1000.0, 5.0));
-        assert!(changed_enough(500.0, 551.0, 1000.0, 5.0));
-        assert!(changed_enough(500.0, 500.5, 1000.0, 0.0));
-    }
-
-    #[test]
-    fn silence_counts_from_the_tick_of_the_last_write() {
-        let rule = PublishRule {
-            capacity_mbps: 1000.0,
-            hysteresis_percent: 5.0,
-            max_silence: Duration::from_secs(60),
-        };
-        // Six 10 s ticks after the write's tick: due, however long the
-        // write itself took.
-        assert!(rule.should_write(500.0, 500.0, Duration::from_secs(60)));
-        assert!(!rule.should_write(500.0, 500.0, Duration::from_secs(50)));
-        assert!(rule.should_write(500.0, 560.0, Duration::from_secs(10)));
     }
 }
