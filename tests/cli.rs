@@ -161,6 +161,32 @@ fn bad_zookeeper_and_traffic_settings_exit_2() {
 }
 
 #[test]
+fn allocator_server_limits_and_drain_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("allocator.toml");
+    std::fs::write(
+        &path,
+        "[allocator]\nconnect = \"127.0.0.1:2181\"\nmax_connections = 0\n\
+         max_header_bytes = 10\nheader_read_timeout = \"soon\"\ndrain_timeout = \"0s\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) =
+        run_agent_cli(&["allocator", "--config", &path.display().to_string()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    for key in [
+        "allocator.max_connections:",
+        "allocator.max_header_bytes:",
+        "allocator.header_read_timeout:",
+        "allocator.drain_timeout:",
+    ] {
+        assert!(
+            stderr.lines().any(|line| line.starts_with(key)),
+            "{key} missing in {stderr}"
+        );
+    }
+}
+
+#[test]
 fn allocator_config_is_validated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("allocator.toml");

@@ -37,7 +37,10 @@ use prometheus_client::metrics::family::Family;
 use super::strategy::Selector;
 use super::{AllocError, Allocator, AllocatorSettings, Host, Preference, Strategy};
 use crate::access::{AccessPolicy, Permission};
-use crate::config::{parse_duration, AccessConfig, ConfigError, ConfigProblem, RawAccess};
+use crate::config::{
+    positive_duration, validate_server_limits, AccessConfig, ConfigError, ConfigProblem, RawAccess,
+    RawServerLimits, ServerLimits,
+};
 use crate::http::guard::{ClientSubject, Guard};
 use crate::http::{gauge, ApiError};
 use crate::log_safe::LogSafe;
@@ -60,6 +63,10 @@ pub struct ServiceConfig {
     /// Origins whose pages may call `/allocate` and `/ice` (as the agent's
     /// `api.cors_origins`).
     pub cors: crate::cors::CorsPolicy,
+    /// Connection caps, header size and deadlines, as the agent's `[api]`.
+    pub limits: ServerLimits,
+    /// How long open requests may finish after SIGTERM or SIGINT.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,10 +118,18 @@ struct RawService {
     max_hosts: i64,
     cors_origins: Vec<String>,
     cors_max_age: String,
+    max_connections: i64,
+    max_connections_per_address: i64,
+    max_header_bytes: i64,
+    header_read_timeout: String,
+    request_timeout: String,
+    drain_timeout: String,
 }
 
 impl Default for RawService {
     fn default() -> Self {
+        // The HTTP limits default to the agent's `[api]` defaults.
+        let limits = ServerLimits::default();
         RawService {
             listen: "127.0.0.1:8087".into(),
             connect: String::new(),
@@ -133,6 +148,12 @@ impl Default for RawService {
             max_hosts: PayloadLimits::default().max_hosts as i64,
             cors_origins: Vec::new(),
             cors_max_age: "10m".into(),
+            max_connections: limits.max_connections as i64,
+            max_connections_per_address: limits.max_connections_per_address as i64,
+            max_header_bytes: limits.max_header_bytes as i64,
+            header_read_timeout: humantime::format_duration(limits.header_read_timeout).to_string(),
+            request_timeout: humantime::format_duration(limits.request_timeout).to_string(),
+            drain_timeout: "5s".into(),
         }
     }
 }
@@ -180,21 +201,18 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         }
     };
     let raw = raw.allocator;
-    let mut duration = |key: &str, text: &str| match parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => duration,
-        Ok(_) => {
-            problems.push(problem(key, "must be greater than zero".into()));
+    // The agent's duration parser and check, so both files read alike.
+    let mut duration = |key: &str, text: &str| {
+        positive_duration(key, text).unwrap_or_else(|error| {
+            problems.push(error);
             Duration::from_secs(1)
-        }
-        Err(message) => {
-            problems.push(problem(key, message.to_string()));
-            Duration::from_secs(1)
-        }
+        })
     };
     let session_timeout = duration("allocator.session_timeout", &raw.session_timeout);
     let max_staleness = duration("allocator.max_staleness", &raw.max_staleness);
     let ice_timeout = duration("allocator.ice_timeout", &raw.ice_timeout);
     let cors_max_age = duration("allocator.cors_max_age", &raw.cors_max_age);
+    let drain_timeout = duration("allocator.drain_timeout", &raw.drain_timeout);
     let cors =
         crate::cors::CorsPolicy::new(&raw.cors_origins, cors_max_age).unwrap_or_else(|error| {
             problems.push(problem("allocator.cors_origins", error.to_string()));
@@ -248,6 +266,20 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         max_list_items: cap("allocator.max_list_items", raw.max_list_items, 1 << 12),
         max_hosts: cap("allocator.max_hosts", raw.max_hosts, 10_000_000),
     };
+    let server_limits = validate_server_limits(
+        "allocator",
+        RawServerLimits {
+            max_connections: raw.max_connections,
+            max_connections_per_address: raw.max_connections_per_address,
+            max_header_bytes: raw.max_header_bytes,
+            header_read_timeout: &raw.header_read_timeout,
+            request_timeout: &raw.request_timeout,
+        },
+    )
+    .unwrap_or_else(|limit_problems| {
+        problems.extend(limit_problems);
+        ServerLimits::default()
+    });
     let digest = match &raw.auth_file {
         Some(file) => match crate::file_checks::read_limited_text(
             Path::new(file),
@@ -283,6 +315,8 @@ pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         log_level: raw.log_level,
         auth_file: raw.auth_file.map(std::path::PathBuf::from),
         cors,
+        limits: server_limits,
+        drain_timeout,
     })
 }
 
@@ -725,7 +759,7 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
             guard.set_cors(&config.cors);
             guard
         }),
-        crate::http::ServerLimits::default(),
+        config.limits,
         None,
         stop.clone(),
     ));
@@ -735,7 +769,7 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let _ = tokio::time::timeout(config.drain_timeout, server).await;
     Ok(())
 }
 
@@ -909,6 +943,66 @@ async fn hosts(State(state): State<ServiceState>) -> Json<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load_text(text: &str) -> Result<ServiceConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allocator.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn the_http_limits_and_drain_default_to_what_the_service_always_used() {
+        let config = load_text("[allocator]\nconnect = \"127.0.0.1:2181\"\n").unwrap();
+        assert_eq!(config.limits, ServerLimits::default());
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_http_limits_and_drain_come_from_the_file() {
+        let config = load_text(
+            "[allocator]\nconnect = \"127.0.0.1:2181\"\nmax_connections = 7\n\
+             max_connections_per_address = 3\nmax_header_bytes = 9000\n\
+             header_read_timeout = \"1500ms\"\nrequest_timeout = \"3s\"\ndrain_timeout = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.limits,
+            ServerLimits {
+                max_connections: 7,
+                max_connections_per_address: 3,
+                max_header_bytes: 9000,
+                header_read_timeout: Duration::from_millis(1500),
+                request_timeout: Duration::from_secs(3),
+            }
+        );
+        assert_eq!(config.drain_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_http_limits_name_their_keys() {
+        let error = load_text(
+            "[allocator]\nconnect = \"127.0.0.1:2181\"\nmax_connections = 0\n\
+             max_connections_per_address = -1\nmax_header_bytes = 100\n\
+             header_read_timeout = \"soon\"\nrequest_timeout = \"0s\"\ndrain_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = error
+            .problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
+        for key in [
+            "allocator.max_connections",
+            "allocator.max_connections_per_address",
+            "allocator.max_header_bytes",
+            "allocator.header_read_timeout",
+            "allocator.request_timeout",
+            "allocator.drain_timeout",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
 
     #[test]
     fn every_routed_path_has_its_permission_and_every_handler_one_route() {

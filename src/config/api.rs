@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::validate::Validator;
-use super::{default_host_name, TurnserverConfig};
+use super::{default_host_name, ConfigProblem, TurnserverConfig};
 use crate::cors::CorsPolicy;
 use crate::file_checks::MAX_PEM_BYTES;
 
@@ -117,25 +117,17 @@ pub(super) fn validate_api(
     } else {
         raw.turn_uris.clone()
     };
-    let max_connections: usize = v.at_least_one("api.max_connections", raw.max_connections);
-    let max_header_bytes = match usize::try_from(raw.max_header_bytes) {
-        Ok(bytes) if (8192..=1 << 20).contains(&bytes) => bytes,
-        _ => {
-            v.problem("api.max_header_bytes", "must be between 8192 and 1048576");
-            8192
-        }
-    };
-    let limits = ServerLimits {
-        max_connections,
-        max_header_bytes,
-        header_read_timeout: v
-            .positive_duration("api.header_read_timeout", &raw.header_read_timeout),
-        request_timeout: v.positive_duration("api.request_timeout", &raw.request_timeout),
-        max_connections_per_address: v.at_least_one(
-            "api.max_connections_per_address",
-            raw.max_connections_per_address,
-        ),
-    };
+    let limits = server_limits(
+        v,
+        "api",
+        RawServerLimits {
+            max_connections: raw.max_connections,
+            max_connections_per_address: raw.max_connections_per_address,
+            max_header_bytes: raw.max_header_bytes,
+            header_read_timeout: &raw.header_read_timeout,
+            request_timeout: &raw.request_timeout,
+        },
+    );
     // Only that the files are there and readable: their PEM is parsed
     // where it is used (`api::tls`), once.
     let tls = raw.tls.as_ref().map(|raw_tls| TlsFiles {
@@ -174,4 +166,56 @@ fn default_turn_uris(turnserver: &TurnserverConfig, advertise: Option<SocketAddr
         format!("turn:{host}:{port}?transport=udp"),
         format!("turn:{host}:{port}?transport=tcp"),
     ]
+}
+
+/// [`ServerLimits`]' keys as a file writes them: `[api]`'s, and the
+/// allocator service's `[allocator]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RawServerLimits<'a> {
+    pub max_connections: i64,
+    pub max_connections_per_address: i64,
+    pub max_header_bytes: i64,
+    pub header_read_timeout: &'a str,
+    pub request_timeout: &'a str,
+}
+
+/// [`ServerLimits`] from `section`'s keys; problems are named `section.key`.
+fn server_limits(v: &mut Validator, section: &str, raw: RawServerLimits<'_>) -> ServerLimits {
+    let key = |name: &str| format!("{section}.{name}");
+    let max_connections: usize = v.at_least_one(&key("max_connections"), raw.max_connections);
+    let max_header_bytes = match usize::try_from(raw.max_header_bytes) {
+        Ok(bytes) if (8192..=1 << 20).contains(&bytes) => bytes,
+        _ => {
+            v.problem(&key("max_header_bytes"), "must be between 8192 and 1048576");
+            8192
+        }
+    };
+    ServerLimits {
+        max_connections,
+        max_header_bytes,
+        header_read_timeout: v
+            .positive_duration(&key("header_read_timeout"), raw.header_read_timeout),
+        request_timeout: v.positive_duration(&key("request_timeout"), raw.request_timeout),
+        max_connections_per_address: v.at_least_one(
+            &key("max_connections_per_address"),
+            raw.max_connections_per_address,
+        ),
+    }
+}
+
+/// The `[api]` checks of [`ServerLimits`] for a file of its own (the
+/// allocator service's `[allocator]`).
+pub fn validate_server_limits(
+    section: &str,
+    raw: RawServerLimits<'_>,
+) -> Result<ServerLimits, Vec<ConfigProblem>> {
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+    let limits = server_limits(&mut v, section, raw);
+    if v.problems.is_empty() {
+        Ok(limits)
+    } else {
+        Err(v.problems)
+    }
 }

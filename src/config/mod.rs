@@ -44,7 +44,9 @@ pub use access::{
     RawClientTokens, RawRole, RawToken,
 };
 pub use agent::{AgentConfig, LogFormat, RawAgent};
-pub use api::{ApiConfig, RawApi, RawTls, ServerLimits, TlsFiles};
+pub use api::{
+    validate_server_limits, ApiConfig, RawApi, RawServerLimits, RawTls, ServerLimits, TlsFiles,
+};
 pub use credentials::{sqlite_path, CredentialMode, CredentialsConfig, RawCredentials};
 pub use drain::{DrainConfig, RawDrain};
 pub use env::ENV_PREFIX;
@@ -52,7 +54,7 @@ pub use health::{HealthConfig, RawHealth};
 pub use raw::{changed_keys, flat_keys, from_flat_keys, load_raw, parse_raw, render_effective};
 pub use traffic::{RawTraffic, TrafficConfig, TrafficDirection};
 pub use turnserver::{check_realm, InvalidRealm, RawTurnserver, TurnserverConfig};
-pub use validate::{parse_duration, validate, InvalidDuration};
+pub use validate::{parse_duration, positive_duration, validate, InvalidDuration};
 pub use zookeeper::{RawZookeeper, ZookeeperConfig};
 
 /// The sections a file may have, in the order `check-config` prints them.

@@ -141,6 +141,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
     })
 }
 
+/// A duration above zero for `key`, checked as the agent's keys are, for a
+/// file of its own (the allocator service's).
+pub fn positive_duration(key: &str, text: &str) -> Result<Duration, ConfigProblem> {
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+    let duration = v.positive_duration(key, text);
+    v.problems.pop().map_or(Ok(duration), Err)
+}
+
 /// Turns the raw form into a [`Config`], or reports every problem it has.
 ///
 /// Sections are checked in file order; a check that spans sections (the
