@@ -16,10 +16,10 @@ use crate::api::{self, ApiState};
 use crate::config::{Config, RawConfig};
 use crate::credentials::CredentialManager;
 use crate::metrics::AgentMetrics;
-use crate::readiness::Readiness;
+use crate::readiness::{self, HealthWriters, Readiness, Withdraw};
 use crate::reconfigure::{LiveParts, Reconfiguration};
 use crate::registry::Registry;
-use crate::self_check::{HealthStatus, SelfCheck};
+use crate::self_check::SelfCheck;
 use crate::shutdown::{AgentSignal, Signals};
 use crate::supervisor::Supervisor;
 use crate::systemd::{self, Watchdog};
@@ -53,14 +53,24 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
     let credentials_task = tokio::spawn(credential_manager.run(credentials_stop.clone()));
 
     let self_check_stop = CancellationToken::new();
-    let (self_check, health) = SelfCheck::new(
+    // Whether the host is withdrawn and why: one channel, one writer per
+    // party (self-check, drain, reconfiguration).
+    let (
+        HealthWriters {
+            self_check: self_check_report,
+            drain: draining,
+            reconfigure: reconfiguring,
+        },
+        health,
+    ) = readiness::health_channel();
+    let self_check = SelfCheck::new(
         config_watch.clone(),
         credentials.source.clone(),
         status.clone(),
         credentials.status.clone(),
         credentials.rotate.clone(),
+        self_check_report,
     );
-    let health_sender = self_check.status_sender();
     let self_check_task = tokio::spawn(self_check.run(self_check_stop.clone()));
     let readiness = Readiness {
         supervisor: status.clone(),
@@ -126,7 +136,7 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
             tls,
             control: Some(control_handle.status.clone()),
         },
-        health_sender.clone(),
+        reconfiguring,
         status,
         credentials.status,
     );
@@ -134,11 +144,11 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         tokio::select! {
             signal = signals.next() => match signal {
                 AgentSignal::Terminate(name) => break name,
-                AgentSignal::Drain => break drain(&reconfiguration.current(), &control_handle, &health_sender, &mut signals).await,
+                AgentSignal::Drain => break drain(&reconfiguration.current(), &control_handle, &draining, &mut signals).await,
                 AgentSignal::Reload => reconfiguration.reload(&config_path),
             },
             Some(()) = drain_requests.recv() => {
-                break drain(&reconfiguration.current(), &control_handle, &health_sender, &mut signals).await;
+                break drain(&reconfiguration.current(), &control_handle, &draining, &mut signals).await;
             }
             outcome = reconfiguration.drained() => reconfiguration.restart_turnserver(outcome),
             result = &mut supervisor_task => {
@@ -221,11 +231,11 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
 async fn drain(
     config: &Config,
     control: &crate::control::ControlHandle,
-    health: &watch::Sender<HealthStatus>,
+    draining: &Withdraw,
     signals: &mut Signals,
 ) -> &'static str {
     tracing::info!("draining: withdrawn from ZooKeeper, waiting for relayed traffic to end");
-    health.send_modify(|status| status.draining = true);
+    draining.set();
     tokio::select! {
         outcome = crate::drain::until_drained(config, Some(control.status.clone())) => outcome,
         name = terminated(signals) => {

@@ -20,8 +20,8 @@ use crate::config::{self, Config, RawConfig};
 use crate::credentials::{self, CredentialStatus};
 use crate::log_safe::LogSafe;
 use crate::metrics::AgentMetrics;
+use crate::readiness::Withdraw;
 use crate::reload::{Reloader, Reread};
-use crate::self_check::HealthStatus;
 use crate::supervisor::{self, SupervisorStatus};
 
 /// Applies reloaded configurations: live keys at once, turnserver keys
@@ -30,7 +30,8 @@ pub struct Reconfiguration {
     reloader: Reloader,
     config: watch::Sender<Arc<Config>>,
     live: LiveParts,
-    health: Arc<watch::Sender<HealthStatus>>,
+    /// The reconfiguration's own withdrawal reason.
+    reconfiguring: Withdraw,
     supervisor: watch::Receiver<SupervisorStatus>,
     credentials: watch::Receiver<CredentialStatus>,
     /// The drain before a turnserver restart, while one is due.
@@ -61,7 +62,7 @@ impl Reconfiguration {
         started: RawConfig,
         config: watch::Sender<Arc<Config>>,
         live: LiveParts,
-        health: Arc<watch::Sender<HealthStatus>>,
+        reconfiguring: Withdraw,
         supervisor: watch::Receiver<SupervisorStatus>,
         credentials: watch::Receiver<CredentialStatus>,
     ) -> Reconfiguration {
@@ -69,7 +70,7 @@ impl Reconfiguration {
             reloader: Reloader::new(started),
             config,
             live,
-            health,
+            reconfiguring,
             supervisor,
             credentials,
             drain: None,
@@ -131,8 +132,7 @@ impl Reconfiguration {
                     // restart that follows.
                     stop.cancel();
                 }
-                self.health
-                    .send_modify(|status| status.reconfiguring = true);
+                self.reconfiguring.set();
                 self.drain = Some(Box::pin(crate::drain::until_drained(
                     &reread.apply_now,
                     self.live.control.clone(),
@@ -143,8 +143,7 @@ impl Reconfiguration {
                     "the changes that needed a new turnserver were reverted; listed again"
                 );
                 self.drain = None;
-                self.health
-                    .send_modify(|status| status.reconfiguring = false);
+                self.reconfiguring.clear();
             }
             _ => {}
         }
@@ -194,8 +193,7 @@ impl Reconfiguration {
             Ok(next) => next,
             Err(error) => {
                 tracing::error!(%error, "cannot compose the new configuration; keeping the running one");
-                self.health
-                    .send_modify(|status| status.reconfiguring = false);
+                self.reconfiguring.clear();
                 return;
             }
         };
@@ -218,7 +216,7 @@ impl Reconfiguration {
             stop.clone(),
             self.supervisor.clone(),
             self.credentials.clone(),
-            self.health.clone(),
+            self.reconfiguring.clone(),
             Replaced {
                 old_pid: new_process.then_some(old_pid).flatten(),
                 old_generation: fresh_credentials.then_some(generation),
@@ -255,7 +253,7 @@ async fn finish_restart(
     stop: CancellationToken,
     mut supervisor: watch::Receiver<SupervisorStatus>,
     mut credentials: watch::Receiver<CredentialStatus>,
-    health: Arc<watch::Sender<HealthStatus>>,
+    reconfiguring: Withdraw,
     replaced: Replaced,
     limit: Duration,
     keys: Vec<String>,
@@ -301,19 +299,21 @@ async fn finish_restart(
             "turnserver did not come back with the new configuration in time"
         ),
     }
-    health.send_modify(|status| status.reconfiguring = false);
+    reconfiguring.clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::CredentialMode;
+    use crate::readiness::health_channel;
+    use crate::status::{HealthStatus, WithdrawReason};
     use crate::supervisor::Phase;
 
     struct Channels {
         supervisor: watch::Sender<SupervisorStatus>,
         credentials: watch::Sender<CredentialStatus>,
-        health: Arc<watch::Sender<HealthStatus>>,
+        health: Withdraw,
         health_rx: watch::Receiver<HealthStatus>,
     }
 
@@ -327,16 +327,21 @@ mod tests {
             available: true,
             ..CredentialStatus::new(CredentialMode::LongTerm)
         });
-        let (health, health_rx) = watch::channel(HealthStatus {
-            reconfiguring: true,
-            ..HealthStatus::default()
-        });
+        let (writers, health_rx) = health_channel();
+        writers.reconfigure.set();
         Channels {
             supervisor,
             credentials,
-            health: Arc::new(health),
+            health: writers.reconfigure,
             health_rx,
         }
+    }
+
+    fn reconfiguring(health: &watch::Receiver<HealthStatus>) -> bool {
+        health
+            .borrow()
+            .withdrawal
+            .contains(WithdrawReason::Reconfiguring)
     }
 
     fn finish(c: &Channels, old_pid: Option<u32>, old_generation: Option<u64>) -> JoinHandle<()> {
@@ -359,18 +364,18 @@ mod tests {
         let c = channels();
         let task = finish(&c, Some(10), None);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(c.health_rx.borrow().reconfiguring, "old pid still ready");
+        assert!(reconfiguring(&c.health_rx), "old pid still ready");
 
         c.supervisor.send_modify(|s| {
             s.phase = Phase::Starting;
             s.pid = Some(11);
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(c.health_rx.borrow().reconfiguring, "new pid not ready yet");
+        assert!(reconfiguring(&c.health_rx), "new pid not ready yet");
 
         c.supervisor.send_modify(|s| s.phase = Phase::Ready);
         task.await.unwrap();
-        assert!(!c.health_rx.borrow().reconfiguring);
+        assert!(!reconfiguring(&c.health_rx));
     }
 
     #[tokio::test(start_paused = true)]
@@ -379,18 +384,18 @@ mod tests {
         c.supervisor.send_modify(|s| s.pid = Some(11));
         let task = finish(&c, Some(10), Some(0));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(c.health_rx.borrow().reconfiguring, "old credential state");
+        assert!(reconfiguring(&c.health_rx), "old credential state");
 
         c.credentials.send_modify(|s| {
             s.generation = 1;
             s.available = false;
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(c.health_rx.borrow().reconfiguring, "no credential yet");
+        assert!(reconfiguring(&c.health_rx), "no credential yet");
 
         c.credentials.send_modify(|s| s.available = true);
         task.await.unwrap();
-        assert!(!c.health_rx.borrow().reconfiguring);
+        assert!(!reconfiguring(&c.health_rx));
     }
 
     #[tokio::test(start_paused = true)]
@@ -398,9 +403,9 @@ mod tests {
         let c = channels();
         let task = finish(&c, Some(10), None);
         tokio::time::sleep(Duration::from_secs(19)).await;
-        assert!(c.health_rx.borrow().reconfiguring);
+        assert!(reconfiguring(&c.health_rx));
         tokio::time::sleep(Duration::from_secs(2)).await;
         task.await.unwrap();
-        assert!(!c.health_rx.borrow().reconfiguring);
+        assert!(!reconfiguring(&c.health_rx));
     }
 }

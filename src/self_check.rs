@@ -19,6 +19,8 @@ use crate::config::{self, ConfigWatch, HealthConfig};
 use crate::credentials::{
     unix_now, CredentialRequest, CredentialSource, CredentialStatus, RotateHandle,
 };
+use crate::readiness::SelfCheckReport;
+use crate::status::WithdrawReason;
 use crate::supervisor::SupervisorStatus;
 use crate::turn_check::{allocate_and_release, TurnCheckError};
 
@@ -84,26 +86,25 @@ pub struct SelfCheck {
     credentials: watch::Receiver<CredentialStatus>,
     rotate: RotateHandle,
     repairs: RepairSchedule,
-    status: Arc<watch::Sender<HealthStatus>>,
+    status: SelfCheckReport,
 }
 
 impl SelfCheck {
     /// With `health.self_check_interval` 0 the check is off: [`SelfCheck::run`]
-    /// only holds the status channel open until shutdown.
+    /// only follows the configuration until shutdown. It reports through
+    /// `status`, the self-check's part of the health channel.
     pub fn new(
         mut config_watch: ConfigWatch,
         source: CredentialSource,
         supervisor: watch::Receiver<SupervisorStatus>,
         credentials: watch::Receiver<CredentialStatus>,
         rotate: RotateHandle,
-    ) -> (SelfCheck, watch::Receiver<HealthStatus>) {
+        status: SelfCheckReport,
+    ) -> SelfCheck {
         let applied = config_watch.borrow_and_update().clone();
         let enabled = applied.health.self_check_interval.is_some();
-        let (status, receiver) = watch::channel(HealthStatus {
-            enabled,
-            ..HealthStatus::default()
-        });
-        let check = SelfCheck {
+        status.update(|s| s.enabled = enabled);
+        SelfCheck {
             applied,
             config_watch,
             source,
@@ -111,14 +112,8 @@ impl SelfCheck {
             credentials,
             rotate,
             repairs: RepairSchedule::default(),
-            status: Arc::new(status),
-        };
-        (check, receiver)
-    }
-
-    /// The sender, for marking the host as draining.
-    pub fn status_sender(&self) -> Arc<watch::Sender<HealthStatus>> {
-        self.status.clone()
+            status,
+        }
     }
 
     #[tracing::instrument(name = "self_check", skip_all)]
@@ -164,7 +159,7 @@ impl SelfCheck {
             // being replaced is not checked at all.
             if !self.supervisor.borrow().is_ready()
                 || !self.credentials.borrow().available
-                || self.status.borrow().reconfiguring
+                || self.status.withdrawn_for(WithdrawReason::Reconfiguring)
             {
                 continue;
             }
@@ -201,14 +196,12 @@ impl SelfCheck {
             latest.health.self_check_interval != self.config().self_check_interval;
         self.applied = latest;
         let enabled = self.config().self_check_interval.is_some();
-        self.status.send_if_modified(|s| {
-            let changed = s.enabled != enabled;
+        self.status.update(|s| {
             s.enabled = enabled;
             if !enabled {
                 s.failing = false;
                 s.consecutive_failures = 0;
             }
-            changed
         });
         interval_changed
     }
@@ -217,8 +210,8 @@ impl SelfCheck {
         match outcome {
             Ok(_) => {
                 self.repairs.passed();
-                let recovered = self.status.borrow().failing;
-                self.status.send_modify(|s| {
+                let recovered = self.status.current().failing;
+                self.status.update(|s| {
                     s.checks += 1;
                     s.consecutive_failures = 0;
                     s.failing = false;
@@ -232,13 +225,13 @@ impl SelfCheck {
             Err(error) => {
                 let reason = error.to_string();
                 let threshold = self.config().self_check_failures;
-                self.status.send_modify(|s| {
+                self.status.update(|s| {
                     s.checks += 1;
                     s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                     s.failing = s.consecutive_failures >= threshold;
                     s.last_error = Some(reason.clone());
                 });
-                let failures = self.status.borrow().consecutive_failures;
+                let failures = self.status.current().consecutive_failures;
                 tracing::error!(%reason, failures, "self-check allocation failed");
                 let may_repair = matches!(error, TurnCheckError::AuthRejected(_))
                     && self.repairs.try_repair(Instant::now());

@@ -144,9 +144,24 @@ impl CredentialStatus {
     }
 }
 
-/// What `/readyz`, metrics and the registry know about the self-check.
+/// What `/readyz`, metrics and the registry know about the self-check
+/// and about withdrawals on purpose: one channel, two parts with one
+/// writer each (see `readiness::health_channel`). Rendered flat, as
+/// `{enabled, checks, …, draining, reconfiguring}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HealthStatus {
+    /// Written by the self-check only.
+    #[serde(flatten)]
+    pub self_check: SelfCheckStatus,
+    /// One reason per party (drain, reconfiguration); each party sets and
+    /// clears only its own.
+    #[serde(flatten)]
+    pub withdrawal: Withdrawal,
+}
+
+/// The allocation self-check's results.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SelfCheckStatus {
     pub enabled: bool,
     pub checks: u64,
     pub consecutive_failures: u32,
@@ -154,11 +169,73 @@ pub struct HealthStatus {
     pub failing: bool,
     pub last_error: Option<String>,
     pub last_ok_unix: Option<u64>,
-    /// The host is draining: not ready, on purpose.
-    pub draining: bool,
-    /// turnserver is being replaced for a new configuration: not ready, on
-    /// purpose, and not checked.
-    pub reconfiguring: bool,
+}
+
+/// Why the host is withdrawn on purpose. Each reason belongs to one party.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawReason {
+    /// The host drains before the agent stops (SIGUSR1, `POST /drain`).
+    Draining,
+    /// turnserver is being replaced for a new configuration: not ready,
+    /// and not self-checked.
+    Reconfiguring,
+}
+
+impl WithdrawReason {
+    /// Every reason, in the order the reason text prefers them.
+    pub const ALL: [WithdrawReason; 2] = [WithdrawReason::Draining, WithdrawReason::Reconfiguring];
+
+    /// The reason `/readyz` and systemd show.
+    pub fn text(self) -> &'static str {
+        match self {
+            WithdrawReason::Draining => "draining",
+            WithdrawReason::Reconfiguring => "restarting turnserver for a new configuration",
+        }
+    }
+}
+
+/// The set of withdrawals on purpose in effect. Setting or clearing one
+/// reason leaves the others as they are, so a reconfiguration that ends
+/// cannot list a draining host again. Rendered as `draining` and
+/// `reconfiguring` flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Withdrawal {
+    draining: bool,
+    reconfiguring: bool,
+}
+
+impl Withdrawal {
+    fn slot(&mut self, reason: WithdrawReason) -> &mut bool {
+        match reason {
+            WithdrawReason::Draining => &mut self.draining,
+            WithdrawReason::Reconfiguring => &mut self.reconfiguring,
+        }
+    }
+
+    pub fn contains(&self, reason: WithdrawReason) -> bool {
+        match reason {
+            WithdrawReason::Draining => self.draining,
+            WithdrawReason::Reconfiguring => self.reconfiguring,
+        }
+    }
+
+    /// Adds `reason`; true when it was not set yet.
+    pub fn set(&mut self, reason: WithdrawReason) -> bool {
+        !std::mem::replace(self.slot(reason), true)
+    }
+
+    /// Removes `reason` (only that one); true when it was set.
+    pub fn clear(&mut self, reason: WithdrawReason) -> bool {
+        std::mem::replace(self.slot(reason), false)
+    }
+
+    /// The reason shown while several are set: draining before
+    /// reconfiguring.
+    pub fn first(&self) -> Option<WithdrawReason> {
+        WithdrawReason::ALL
+            .into_iter()
+            .find(|reason| self.contains(*reason))
+    }
 }
 
 /// What `/readyz` shows about the registry.
@@ -188,10 +265,9 @@ pub fn not_ready_reason(
     credentials: &CredentialStatus,
     health: &HealthStatus,
 ) -> Option<String> {
-    if health.draining {
-        Some("draining".to_string())
-    } else if health.reconfiguring {
-        Some("restarting turnserver for a new configuration".to_string())
+    let check = &health.self_check;
+    if let Some(reason) = health.withdrawal.first() {
+        Some(reason.text().to_string())
     } else if !turnserver.is_ready() {
         Some(turnserver.reason())
     } else if !credentials.available {
@@ -199,11 +275,11 @@ pub fn not_ready_reason(
             Some(error) => format!("no valid credential: {error}"),
             None => "no valid credential yet".to_string(),
         })
-    } else if health.failing {
+    } else if check.failing {
         Some(format!(
             "self-check failing {} time(s) in a row: {}",
-            health.consecutive_failures,
-            health.last_error.as_deref().unwrap_or("unknown")
+            check.consecutive_failures,
+            check.last_error.as_deref().unwrap_or("unknown")
         ))
     } else {
         None
@@ -232,12 +308,23 @@ mod tests {
 
     fn failing_check() -> HealthStatus {
         HealthStatus {
-            enabled: true,
-            consecutive_failures: 3,
-            failing: true,
-            last_error: Some("401 Unauthorized".into()),
+            self_check: SelfCheckStatus {
+                enabled: true,
+                consecutive_failures: 3,
+                failing: true,
+                last_error: Some("401 Unauthorized".into()),
+                ..SelfCheckStatus::default()
+            },
             ..HealthStatus::default()
         }
+    }
+
+    fn withdrawn(reasons: &[WithdrawReason]) -> HealthStatus {
+        let mut health = HealthStatus::default();
+        for reason in reasons {
+            health.withdrawal.set(*reason);
+        }
+        health
     }
 
     #[test]
@@ -260,19 +347,13 @@ mod tests {
             (
                 ready_turnserver(),
                 credential(true, None),
-                HealthStatus {
-                    draining: true,
-                    ..HealthStatus::default()
-                },
+                withdrawn(&[WithdrawReason::Draining]),
                 "draining",
             ),
             (
                 ready_turnserver(),
                 credential(true, None),
-                HealthStatus {
-                    reconfiguring: true,
-                    ..HealthStatus::default()
-                },
+                withdrawn(&[WithdrawReason::Reconfiguring]),
                 "restarting turnserver for a new configuration",
             ),
             (
@@ -316,21 +397,19 @@ mod tests {
     fn precedence_of_reasons() {
         let mut turnserver = SupervisorStatus::default();
         let mut credentials = credential(false, None);
-        let mut health = HealthStatus {
-            draining: true,
-            reconfiguring: true,
-            ..failing_check()
-        };
+        let mut health = failing_check();
+        health.withdrawal.set(WithdrawReason::Draining);
+        health.withdrawal.set(WithdrawReason::Reconfiguring);
         let reason = |t: &SupervisorStatus, c: &CredentialStatus, h: &HealthStatus| {
             not_ready_reason(t, c, h).unwrap_or_default()
         };
         assert_eq!(reason(&turnserver, &credentials, &health), "draining");
-        health.draining = false;
+        health.withdrawal.clear(WithdrawReason::Draining);
         assert_eq!(
             reason(&turnserver, &credentials, &health),
             "restarting turnserver for a new configuration"
         );
-        health.reconfiguring = false;
+        health.withdrawal.clear(WithdrawReason::Reconfiguring);
         assert_eq!(
             reason(&turnserver, &credentials, &health),
             "turnserver is starting"
@@ -342,7 +421,98 @@ mod tests {
         );
         credentials.available = true;
         assert!(reason(&turnserver, &credentials, &health).starts_with("self-check failing"));
-        health.failing = false;
+        health.self_check.failing = false;
         assert_eq!(not_ready_reason(&turnserver, &credentials, &health), None);
+    }
+
+    /// Several reasons at once; clearing one keeps the others; setting
+    /// twice is one reason; draining is shown before reconfiguring
+    /// whichever came first.
+    #[test]
+    fn withdrawal_is_a_set_of_reasons() {
+        use WithdrawReason::{Draining, Reconfiguring};
+        /// `(true, r)` sets `r`, `(false, r)` clears it.
+        type Steps = Vec<(bool, WithdrawReason)>;
+        // (steps, set afterwards, reason shown)
+        let cases: Vec<(Steps, Vec<WithdrawReason>, Option<WithdrawReason>)> = vec![
+            (vec![], vec![], None),
+            (vec![(true, Draining)], vec![Draining], Some(Draining)),
+            (
+                vec![(true, Reconfiguring), (true, Draining)],
+                vec![Draining, Reconfiguring],
+                Some(Draining),
+            ),
+            (
+                vec![(true, Draining), (true, Reconfiguring)],
+                vec![Draining, Reconfiguring],
+                Some(Draining),
+            ),
+            (
+                vec![
+                    (true, Draining),
+                    (true, Reconfiguring),
+                    (false, Reconfiguring),
+                ],
+                vec![Draining],
+                Some(Draining),
+            ),
+            (
+                vec![(true, Reconfiguring), (true, Draining), (false, Draining)],
+                vec![Reconfiguring],
+                Some(Reconfiguring),
+            ),
+            (
+                vec![(true, Draining), (true, Draining), (false, Draining)],
+                vec![],
+                None,
+            ),
+            (vec![(false, Reconfiguring)], vec![], None),
+        ];
+        for (steps, expected, shown) in cases {
+            let mut withdrawal = Withdrawal::default();
+            for (set, reason) in &steps {
+                if *set {
+                    withdrawal.set(*reason);
+                } else {
+                    withdrawal.clear(*reason);
+                }
+            }
+            let now: Vec<_> = WithdrawReason::ALL
+                .into_iter()
+                .filter(|reason| withdrawal.contains(*reason))
+                .collect();
+            assert_eq!(now, expected, "{steps:?}");
+            assert_eq!(withdrawal.first(), shown, "{steps:?}");
+        }
+    }
+
+    #[test]
+    fn set_and_clear_say_whether_they_changed_anything() {
+        let mut withdrawal = Withdrawal::default();
+        assert!(withdrawal.set(WithdrawReason::Draining));
+        assert!(!withdrawal.set(WithdrawReason::Draining));
+        assert!(!withdrawal.clear(WithdrawReason::Reconfiguring));
+        assert!(withdrawal.clear(WithdrawReason::Draining));
+    }
+
+    /// `/status` keeps its flat `health` object.
+    #[test]
+    fn health_renders_flat() {
+        let mut health = failing_check();
+        health.withdrawal.set(WithdrawReason::Reconfiguring);
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "enabled": true,
+                "checks": 0,
+                "consecutive_failures": 3,
+                "failing": true,
+                "last_error": "401 Unauthorized",
+                "last_ok_unix": null,
+                "draining": false,
+                "reconfiguring": true,
+            })
+        );
     }
 }

@@ -325,6 +325,7 @@ impl Collector for StatusCollector {
                 (registry.capacity_mbps - free).max(0.0),
             )?;
         }
+        let health = health.self_check;
         if health.enabled {
             counter(
                 e,
