@@ -55,7 +55,7 @@ pub mod app;
 pub mod backoff;
 #[cfg(feature = "agent")]
 pub mod cli;
-#[cfg(feature = "agent")]
+#[cfg(feature = "client-tokens")]
 pub mod client_token;
 #[cfg(feature = "agent")]
 pub mod config;

@@ -4,8 +4,10 @@
 //! host's `restAddr`, the default audience an agent checks).
 //!
 //! The signalling server holds the Ed25519 private key; TURN hosts hold the
-//! public key in `access.client_tokens.public_key_files`. Needs the default
-//! `agent` feature (the JWT signer).
+//! public key in `access.client_tokens.public_key_files`. Needs the
+//! `client-tokens` feature (the JWT signer), which the default `agent`
+//! feature includes; a signalling server takes it without the agent:
+//! `default-features = false, features = ["allocator", "client-tokens"]`.
 //!
 //! ```no_run
 //! # async fn example(browser_user: &str) -> Result<(), Box<dyn std::error::Error>> {

@@ -47,7 +47,7 @@
 //! # Ok(()) }
 //! ```
 
-#[cfg(feature = "agent")]
+#[cfg(feature = "client-tokens")]
 pub mod client_grant;
 #[cfg(feature = "agent")]
 pub mod fleet_page;
