@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use turn_agent::allocator::{Allocator, AllocatorSettings};
 use turn_agent::config::{self, CredentialMode};
 use turn_agent::credentials::CredentialStatus;
-use turn_agent::registry::{Registry, RegistryStatus, TrafficSource};
+use turn_agent::registry::{Registry, RegistryStatus};
 use turn_agent::supervisor::{Phase, SupervisorStatus};
 use turn_agent::traffic::CounterSample;
+use turn_agent::traffic_sampler::CounterSource;
 
 const PATH: &str = "/turn/servers";
 const SESSION_TIMEOUT_SECS: u64 = 4;
@@ -56,11 +57,11 @@ struct SimulatedAgent {
 
 /// Synthetic traffic: around `mean_mbps` with ±`wobble_percent` noise per
 /// sample, as byte counters.
-fn synthetic_traffic(mean_mbps: f64, wobble_percent: f64) -> TrafficSource {
+fn synthetic_traffic(mean_mbps: f64, wobble_percent: f64) -> CounterSource {
     let started = std::time::Instant::now();
     let mut bytes = 0u64;
     let mut last = started;
-    TrafficSource::Synthetic(Box::new(move || {
+    CounterSource::Synthetic(Box::new(move || {
         let now = std::time::Instant::now();
         let seconds = (now - last).as_secs_f64();
         last = now;
@@ -106,7 +107,7 @@ fn start_agent(index: usize, connect: &str, hysteresis_percent: f64) -> Simulate
     let (registry, status) = Registry::new(config, readiness);
     let registry = registry
         .expect("zookeeper.connect is set")
-        .with_traffic_source(synthetic_traffic(300.0, 20.0));
+        .with_counters(synthetic_traffic(300.0, 20.0));
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();

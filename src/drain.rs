@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{Config, DrainConfig, TrafficDirection};
+use crate::config::{Config, DrainConfig};
 use crate::control::ControlStatus;
-use crate::traffic::{self, Observation, TrafficMeter};
+use crate::traffic_sampler::{SourceInUse, TrafficSampler};
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -82,45 +82,40 @@ pub fn until_quiet(config: &Config) -> impl Future<Output = &'static str> + Send
 
 /// Like [`until_quiet`], but while the control channel is up the drain
 /// waits for coturn to report zero allocations instead of quiet traffic;
-/// the interface counters decide whenever it is down.
+/// traffic (from `traffic.source`) decides whenever it is down.
 pub fn until_drained(
     config: &Config,
     control: Option<watch::Receiver<ControlStatus>>,
 ) -> impl Future<Output = &'static str> + Send + 'static {
-    wait_for_quiet(
-        config.drain.clone(),
-        config.traffic.interface.clone(),
-        config.traffic.direction,
-        control,
-    )
+    // The drain measures without smoothing: a quiet period must see the
+    // traffic as it is, not an average that lags its end.
+    let traffic = crate::config::TrafficConfig {
+        smoothing: 0.0,
+        ..config.traffic.clone()
+    };
+    let mut sampler = TrafficSampler::new(&traffic);
+    if let Some(control) = &control {
+        sampler = sampler.with_control(control.clone());
+    }
+    wait_for_quiet(config.drain.clone(), sampler, control)
 }
 
-/// Waits until relayed traffic on `interface` is quiet (or the drain times
-/// out). Returns why it ended. Callers race it against SIGTERM.
+/// Waits until relayed traffic, as `sampler` measures it, is quiet (or the
+/// drain times out). Returns why it ended. Callers race it against SIGTERM.
 pub async fn wait_for_quiet(
     config: DrainConfig,
-    interface: Option<String>,
-    direction: TrafficDirection,
+    mut sampler: TrafficSampler,
     control: Option<watch::Receiver<ControlStatus>>,
 ) -> &'static str {
     let mut clock = DrainClock::new(config, Instant::now());
-    let mut meter = TrafficMeter::new(0.0);
-    let mut networks = sysinfo::Networks::new_with_refreshed_list().ok();
     let mut last_progress = Instant::now();
     loop {
         let now = Instant::now();
-        let used = match (interface.as_deref(), networks.as_mut()) {
-            (Some(interface), Some(networks)) => {
-                match traffic::read_counters(networks, interface) {
-                    Some(sample) => match meter.observe(sample, now) {
-                        Observation::Rate(rate) => Some(rate.used(direction)),
-                        Observation::Baseline | Observation::CounterReset => None,
-                    },
-                    None => None,
-                }
-            }
+        let sample = sampler.sample(now);
+        let used = match sample.source {
             // Nothing to measure: nothing to wait for.
-            _ => Some(0.0),
+            SourceInUse::Nothing => Some(0.0),
+            SourceInUse::Interface | SourceInUse::Turnserver => sample.used_mbps,
         };
         let allocations = control.as_ref().and_then(|control| {
             let status = control.borrow();
@@ -171,6 +166,7 @@ pub async fn wait_for_quiet(
         if now - last_progress >= PROGRESS_EVERY {
             tracing::info!(
                 used_mbps = used,
+                source = sample.source.as_str(),
                 time_left_s = clock.time_left(now).as_secs(),
                 "draining"
             );
@@ -212,10 +208,18 @@ mod tests {
             allocations: Some(2),
             ..ControlStatus::default()
         });
+        let traffic = crate::config::TrafficConfig {
+            interface: None,
+            capacity_mbps: 1000.0,
+            direction: crate::config::TrafficDirection::Max,
+            hysteresis_percent: 5.0,
+            smoothing: 0.0,
+            max_allocations: None,
+            source: crate::config::TrafficSource::Interface,
+        };
         let drain = tokio::spawn(wait_for_quiet(
             config(),
-            None,
-            TrafficDirection::Max,
+            TrafficSampler::new(&traffic),
             Some(receiver),
         ));
         // No interface means zero traffic, but allocations are still open.

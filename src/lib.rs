@@ -20,6 +20,7 @@
 //! - [`stun_client`]: one STUN request and its answer over UDP, shared by the probe and the self-check.
 //! - [`turn_check`]: a real TURN Allocate/release against our turnserver with a served credential.
 //! - [`traffic`]: interface counters -> free Mbps (pure meter + sysinfo shell).
+//! - [`traffic_sampler`]: used Mbps from `traffic.source` (interface, coturn or synthetic), for registry and drain.
 //! - [`secret`]: a string type that redacts itself.
 //! - [`log_safe`]: outside values (child output, headers, znodes) escaped and truncated for a log line.
 //! - [`cli`]: subcommands that talk to a running agent (`rotate`).
@@ -106,6 +107,8 @@ pub mod systemd;
 pub mod time;
 #[cfg(feature = "agent")]
 pub mod traffic;
+#[cfg(feature = "agent")]
+pub mod traffic_sampler;
 #[cfg(feature = "agent")]
 pub mod turn_check;
 pub mod turn_user;

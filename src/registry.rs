@@ -18,7 +18,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::config::{self, Config, ConfigWatch, TrafficConfig, ZookeeperConfig};
 use crate::publish_rules::{self, HostFacts, NodeAction, Ownership, PublishRule, Wanted, Written};
 use crate::readiness::Readiness;
-use crate::traffic::{self, CounterSample, Observation, TrafficMeter};
+use crate::traffic_sampler::{CounterSource, TrafficSampler};
 use crate::znode::HostPayload;
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -42,23 +42,14 @@ pub struct Registry {
     /// Listed only while this says the host can serve.
     readiness: Readiness,
     status: watch::Sender<RegistryStatus>,
-    meter: TrafficMeter,
-    traffic_source: TrafficSource,
+    /// The used traffic the latest publish tick measured.
+    used_mbps: f64,
+    sampler: TrafficSampler,
     digest: Option<String>,
     /// Sessions this process has held: a node owned by one of them is ours.
     own_sessions: Vec<i64>,
     /// Allocations from coturn's CLI, when the control channel runs.
     control: Option<watch::Receiver<crate::control::ControlStatus>>,
-}
-
-/// Where byte counters come from.
-pub enum TrafficSource {
-    /// `traffic.interface` through sysinfo; `None` when the platform offers
-    /// no interface counters.
-    Interface(Option<sysinfo::Networks>),
-    /// Counters from the caller: fleet simulations and benchmarks run the
-    /// real registry with synthetic traffic.
-    Synthetic(Box<dyn FnMut() -> Option<CounterSample> + Send>),
 }
 
 /// The node as we last wrote it.
@@ -95,14 +86,12 @@ impl Registry {
             node_path: config.zookeeper.node_path(),
             base_path: config.zookeeper.base_path(),
             hosts,
-            meter: TrafficMeter::new(config.traffic.smoothing),
+            used_mbps: 0.0,
+            sampler: TrafficSampler::new(&config.traffic).logging_changes(),
             applied: config,
             config_watch,
             readiness,
             status,
-            traffic_source: TrafficSource::Interface(
-                sysinfo::Networks::new_with_refreshed_list().ok(),
-            ),
             digest: None,
             own_sessions: Vec::new(),
             control: None,
@@ -110,18 +99,20 @@ impl Registry {
         (Some(registry), receiver)
     }
 
-    /// Publishes coturn's allocation count from the control channel.
+    /// Publishes coturn's allocation count from the control channel, and
+    /// measures with its relay rate under `traffic.source = "turnserver"`.
     pub fn with_control(
         mut self,
         control: watch::Receiver<crate::control::ControlStatus>,
     ) -> Registry {
+        self.sampler = self.sampler.with_control(control.clone());
         self.control = Some(control);
         self
     }
 
-    /// Replaces the interface counters with `source`.
-    pub fn with_traffic_source(mut self, source: TrafficSource) -> Registry {
-        self.traffic_source = source;
+    /// Replaces the interface counters with `counters`.
+    pub fn with_counters(mut self, counters: CounterSource) -> Registry {
+        self.sampler = self.sampler.with_counters(counters);
         self
     }
 
@@ -492,14 +483,10 @@ impl Registry {
     /// Takes a reloaded configuration; true when the publishing interval
     /// changed. The next pass writes the node if its content moved.
     fn apply(&mut self, latest: Arc<Config>) -> bool {
-        let new_meter = latest.traffic.interface != self.traffic().interface
-            || latest.traffic.smoothing != self.traffic().smoothing;
         let interval_changed =
             latest.zookeeper.publish_interval != self.zookeeper().publish_interval;
+        self.sampler.reconfigure(&latest.traffic);
         self.applied = latest;
-        if new_meter {
-            self.meter = TrafficMeter::new(self.traffic().smoothing);
-        }
         let capacity = self.traffic().capacity_mbps;
         self.status.send_modify(|s| s.capacity_mbps = capacity);
         interval_changed
@@ -513,40 +500,14 @@ impl Registry {
         &self.applied.traffic
     }
 
+    /// A missing measurement (baseline, missing interface, nothing to
+    /// measure) counts as no traffic: the host publishes full capacity.
     fn sample_traffic(&mut self) {
-        let interface = self.traffic().interface.clone().unwrap_or_default();
-        let counters = match &mut self.traffic_source {
-            TrafficSource::Interface(_) if interface.is_empty() => return,
-            TrafficSource::Interface(networks) => networks
-                .as_mut()
-                .and_then(|networks| traffic::read_counters(networks, &interface)),
-            TrafficSource::Synthetic(next) => next(),
-        };
-        match counters {
-            Some(sample) => match self.meter.observe(sample, Instant::now()) {
-                Observation::CounterReset => {
-                    tracing::warn!(
-                        interface,
-                        "interface counters went backwards; starting a new baseline"
-                    )
-                }
-                Observation::Baseline | Observation::Rate(_) => {}
-            },
-            None => {
-                tracing::warn!(
-                    interface,
-                    "interface is missing; publishing full capacity until it returns"
-                );
-                self.meter.interface_missing();
-            }
-        }
+        self.used_mbps = self.sampler.sample(Instant::now()).used_mbps.unwrap_or(0.0);
     }
 
     fn payload(&self) -> HostPayload {
-        let used = self
-            .meter
-            .rate()
-            .map_or(0.0, |rate| rate.used(self.traffic().direction));
+        let used = self.used_mbps;
         let config = &self.applied;
         let allocations = self
             .control

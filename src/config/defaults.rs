@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::{
     CredentialMode, LogFormat, RawAccess, RawAgent, RawAllowEntry, RawApi, RawCredentials,
     RawDrain, RawHealth, RawTraffic, RawTurnserver, RawZookeeper, ServerLimits, TrafficDirection,
+    TrafficSource,
 };
 
 impl Default for RawAgent {
@@ -106,6 +107,7 @@ impl Default for RawTraffic {
             hysteresis_percent: 5.0,
             smoothing: 0.0,
             max_allocations: None,
+            source: TrafficSource::Interface,
         }
     }
 }

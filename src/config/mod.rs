@@ -52,7 +52,7 @@ pub use drain::{DrainConfig, RawDrain};
 pub use env::ENV_PREFIX;
 pub use health::{HealthConfig, RawHealth};
 pub use raw::{changed_keys, flat_keys, from_flat_keys, load_raw, parse_raw, render_effective};
-pub use traffic::{RawTraffic, TrafficConfig, TrafficDirection};
+pub use traffic::{RawTraffic, TrafficConfig, TrafficDirection, TrafficSource};
 pub use turnserver::{check_realm, InvalidRealm, RawTurnserver, TurnserverConfig};
 pub use validate::{parse_duration, positive_duration, validate, InvalidDuration};
 pub use zookeeper::{RawZookeeper, ZookeeperConfig};

@@ -341,3 +341,24 @@ fn syntax_error_is_one_line() {
     assert_eq!(error.problems.len(), 1);
     assert!(!error.to_string().contains('\n'));
 }
+
+#[test]
+fn traffic_source_is_interface_or_turnserver() {
+    let raw = parse_raw(BASE, env(&[])).unwrap();
+    assert_eq!(
+        validate(&raw).unwrap().traffic.source,
+        super::TrafficSource::Interface
+    );
+    let text = format!("{BASE}[traffic]\nsource = \"turnserver\"\n");
+    let raw = parse_raw(&text, env(&[])).unwrap();
+    assert_eq!(
+        validate(&raw).unwrap().traffic.source,
+        super::TrafficSource::Turnserver
+    );
+    let problems = problems(&format!("{BASE}[traffic]\nsource = \"nic\"\n"), &[]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("traffic.source: unknown variant `nic`"),
+        "{problems:?}"
+    );
+}

@@ -14,6 +14,17 @@ pub enum TrafficDirection {
     Max,
 }
 
+/// `traffic.source`: where the used bandwidth comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficSource {
+    /// The byte counters of `traffic.interface`: every byte on the NIC.
+    Interface,
+    /// coturn's own per-session counters through the control channel; the
+    /// interface counters while the channel is off or down.
+    Turnserver,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrafficConfig {
     pub interface: Option<String>,
@@ -24,6 +35,7 @@ pub struct TrafficConfig {
     pub smoothing: f64,
     /// At or over this many allocations the host publishes no headroom.
     pub max_allocations: Option<u64>,
+    pub source: TrafficSource,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +49,7 @@ pub struct RawTraffic {
     pub smoothing: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_allocations: Option<i64>,
+    pub source: TrafficSource,
 }
 
 pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
@@ -75,5 +88,6 @@ pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficCo
                     None
                 }
             }),
+        source: raw.source,
     }
 }

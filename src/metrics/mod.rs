@@ -321,7 +321,7 @@ impl Collector for StatusCollector {
             gauge(
                 e,
                 "turn_agent_traffic_used_mbps",
-                "measured traffic on the configured interface",
+                "measured traffic from traffic.source",
                 (registry.capacity_mbps - free).max(0.0),
             )?;
         }
