@@ -52,6 +52,32 @@ pub struct Registry {
     control: Option<watch::Receiver<crate::control::ControlStatus>>,
 }
 
+/// Why one ZooKeeper operation of the registry failed; the pass is
+/// retried. Its text is what `/readyz` shows as `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the published node changed under us; re-creating it")]
+    NodeChanged,
+    #[error("cannot update the node: {0}")]
+    Update(zk::Error),
+    #[error("cannot create the node: {0}")]
+    Create(zk::Error),
+    #[error("the node exists but cannot be read: {0}")]
+    Unreadable(zk::Error),
+    #[error("cannot update our own node: {0}")]
+    UpdateOwn(zk::Error),
+    #[error("{path} is owned by another live session ({owner:#x})")]
+    OwnedByAnother { path: String, owner: i64 },
+    #[error("cannot prepare the node's replacement: {0}")]
+    PrepareReplace(zk::Error),
+    #[error("cannot replace the stale node: {0}")]
+    Replace(zk::MultiWriteError),
+    #[error("node version moved; retrying the withdrawal")]
+    VersionMoved,
+    #[error("cannot withdraw the node: {0}")]
+    Withdraw(zk::Error),
+}
+
 /// The node as we last wrote it.
 struct Published {
     version: i32,
@@ -225,7 +251,7 @@ impl Registry {
                     Ok(()) => retry_at = None,
                     Err(error) => {
                         tracing::warn!(%error, "ZooKeeper operation failed; will retry");
-                        self.set_error(error);
+                        self.set_error(error.to_string());
                         retry_at = Some(Instant::now() + Duration::from_millis(200));
                     }
                 }
@@ -294,7 +320,7 @@ impl Registry {
         client: &zk::Client,
         published: &mut Option<Published>,
         tick_at: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryError> {
         let payload = self.payload();
         let rule = PublishRule {
             capacity_mbps: self.traffic().capacity_mbps,
@@ -334,9 +360,9 @@ impl Registry {
                     Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {
                         // Someone removed or changed it: create it afresh.
                         *published = None;
-                        return Err("the published node changed under us; re-creating it".into());
+                        return Err(RegistryError::NodeChanged);
                     }
-                    Err(error) => return Err(format!("cannot update the node: {error}")),
+                    Err(error) => return Err(RegistryError::Update(error)),
                 }
             }
         }
@@ -352,19 +378,23 @@ impl Registry {
 
     /// Creates the EPHEMERAL node, replacing one left by our own earlier
     /// session. Returns its version.
-    async fn create(&mut self, client: &zk::Client, payload: &HostPayload) -> Result<i32, String> {
+    async fn create(
+        &mut self,
+        client: &zk::Client,
+        payload: &HostPayload,
+    ) -> Result<i32, RegistryError> {
         let acls = self.acls();
         let options = zk::CreateMode::Ephemeral.with_acls(acls.as_acls());
         let data = payload.to_json();
         match client.create(&self.node_path, &data, &options).await {
             Ok((stat, _)) => return Ok(stat.version),
             Err(zk::Error::NodeExists) => {}
-            Err(error) => return Err(format!("cannot create the node: {error}")),
+            Err(error) => return Err(RegistryError::Create(error)),
         }
         let (existing, stat) = match client.get_data(&self.node_path).await {
             Ok(found) => found,
             // Gone in between: the next attempt creates it.
-            Err(error) => return Err(format!("the node exists but cannot be read: {error}")),
+            Err(error) => return Err(RegistryError::Unreadable(error)),
         };
         let ownership = publish_rules::ownership(
             stat.ephemeral_owner,
@@ -378,7 +408,7 @@ impl Registry {
                 let stat = client
                     .set_data(&self.node_path, &data, Some(stat.version))
                     .await
-                    .map_err(|error| format!("cannot update our own node: {error}"))?;
+                    .map_err(RegistryError::UpdateOwn)?;
                 return Ok(stat.version);
             }
             Ownership::EarlierSessionOfThisHost => {
@@ -395,10 +425,10 @@ impl Registry {
             "znode is held by another live session with a different restAddr: \
              two hosts share zookeeper.node; not touching it"
         );
-        Err(format!(
-            "{} is owned by another live session ({:#x})",
-            self.node_path, stat.ephemeral_owner
-        ))
+        Err(RegistryError::OwnedByAnother {
+            path: self.node_path.clone(),
+            owner: stat.ephemeral_owner,
+        })
     }
 
     /// Replaces a stale node (at `version`) with ours in one multi
@@ -410,19 +440,19 @@ impl Registry {
         version: i32,
         data: &[u8],
         options: &zk::CreateOptions<'_>,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, RegistryError> {
         let mut writer = client.new_multi_writer();
         writer
             .add_delete(&self.node_path, Some(version))
             .and_then(|()| writer.add_create(&self.node_path, data, options))
-            .map_err(|error| format!("cannot prepare the node's replacement: {error}"))?;
+            .map_err(RegistryError::PrepareReplace)?;
         match writer.commit().await {
             // A new node's data version is 0 (the returned stat can be
             // invalid on some servers).
             Ok(_) => Ok(0),
             // The stale node changed or went in between: the next attempt
             // looks again.
-            Err(error) => Err(format!("cannot replace the stale node: {error}")),
+            Err(error) => Err(RegistryError::Replace(error)),
         }
     }
 
@@ -430,7 +460,7 @@ impl Registry {
         &mut self,
         client: &zk::Client,
         published: &mut Option<Published>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryError> {
         let Some(current) = published.as_ref() else {
             return Ok(());
         };
@@ -448,7 +478,7 @@ impl Registry {
                         if let Some(current) = published.as_mut() {
                             current.version = stat.version;
                         }
-                        Err("node version moved; retrying the withdrawal".into())
+                        Err(RegistryError::VersionMoved)
                     }
                     _ => {
                         *published = None;
@@ -456,7 +486,7 @@ impl Registry {
                     }
                 }
             }
-            Err(error) => Err(format!("cannot withdraw the node: {error}")),
+            Err(error) => Err(RegistryError::Withdraw(error)),
         }
     }
 
@@ -570,5 +600,29 @@ impl NodeAcls {
             NodeAcls::Open => zk::Acls::anyone_all(),
             NodeAcls::CreatorWritesAnyoneReads => zk::Acls::new(&CREATOR_ALL_ANYONE_READ[..]),
         }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::RegistryError;
+
+    #[test]
+    fn errors_read_as_last_error_did() {
+        let owned = RegistryError::OwnedByAnother {
+            path: "/turn/servers/host-a".into(),
+            owner: 0x1f,
+        };
+        assert_eq!(
+            owned.to_string(),
+            "/turn/servers/host-a is owned by another live session (0x1f)"
+        );
+        assert_eq!(
+            RegistryError::Withdraw(zookeeper_client::Error::NoAuth).to_string(),
+            format!(
+                "cannot withdraw the node: {}",
+                zookeeper_client::Error::NoAuth
+            )
+        );
     }
 }
