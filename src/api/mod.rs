@@ -5,6 +5,7 @@
 //! listener and a shutdown token.
 
 pub mod ice_filter;
+mod rotate;
 pub mod sessions;
 
 // The HTTP edge the API stands on lives in `crate::http` (shared with the
@@ -69,7 +70,7 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
         .route("/readyz", get(readyz))
         .route("/turncredential", get(turn_credential))
         .route("/ice", get(ice))
-        .route("/rotate", post(rotate))
+        .route("/rotate", post(rotate::rotate))
         .route("/drain", post(drain))
         .route("/metrics", get(metrics))
         .route("/status", get(status))

@@ -122,14 +122,76 @@ pub(super) async fn end_by_user(
 /// Ends every session of `user` and returns how many a fresh listing no
 /// longer shows.
 pub async fn end_sessions_of(state: &ApiState, user: &UserName) -> Result<usize, ApiError> {
-    let listing = state.control.sessions().await.map_err(unavailable)?;
-    let ids: Vec<SessionId> = matching(&listing, Some(user))
-        .map(|session| session.id)
-        .collect();
-    if ids.is_empty() {
-        return Ok(0);
+    let ended = end_matching(state, |session| session.user == user.as_str())
+        .await
+        .map_err(unavailable)?;
+    Ok(ended.terminated)
+}
+
+/// Ends every session of the agent users in `users` (a revoke), including
+/// any that appears while the first ones are ended.
+pub async fn end_sessions_of_users(
+    state: &ApiState,
+    users: &[String],
+) -> Result<Ended, ControlError> {
+    if users.is_empty() {
+        return Ok(Ended::default());
     }
-    end(state, ids).await
+    end_matching(state, |session| users.contains(&session.user)).await
+}
+
+/// How ending a set of sessions went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Asked to end and no longer listed.
+    pub terminated: usize,
+    /// Asked to end and still listed when the time to confirm ran out.
+    pub remaining: usize,
+}
+
+/// How long ending sessions may wait for a listing without them.
+const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One listing, `cs` for every matching session in one batch, then fresh
+/// listings until none of them is listed or [`CONFIRM_WITHIN`] has passed
+/// (coturn answers `cs` with nothing). A matching session that appears
+/// meanwhile is ended too.
+async fn end_matching(
+    state: &ApiState,
+    wanted: impl Fn(&Session) -> bool,
+) -> Result<Ended, ControlError> {
+    let mut asked: std::collections::HashSet<SessionId> = std::collections::HashSet::new();
+    let mut listing = state.control.sessions().await?;
+    let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
+    loop {
+        let new: Vec<SessionId> = listing
+            .sessions
+            .iter()
+            .filter(|session| wanted(session) && !asked.contains(&session.id))
+            .map(|session| session.id)
+            .collect();
+        let still = |listing: &SessionListing| {
+            listing
+                .sessions
+                .iter()
+                .filter(|session| asked.contains(&session.id))
+                .count()
+        };
+        if new.is_empty() {
+            let remaining = still(&listing);
+            if remaining == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(Ended {
+                    terminated: asked.len() - remaining,
+                    remaining,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            listing = state.control.sessions().await?;
+        } else {
+            asked.extend(new.iter().copied());
+            listing = state.control.cancel(new).await?;
+        }
+    }
 }
 
 /// `DELETE /sessions/{id}`: 404 when no such session is listed.
@@ -149,28 +211,8 @@ pub(super) async fn end_one(
             reason: format!("no session {id}"),
         });
     }
-    let terminated = end(&state, vec![id]).await?;
-    Ok(Json(json!({ "terminated": terminated })).into_response())
-}
-
-/// `cs` for each id, then counts the ids a fresh listing no longer shows
-/// (coturn answers `cs` with nothing). A session may take a moment to go:
-/// the listing is retried briefly.
-async fn end(state: &ApiState, ids: Vec<SessionId>) -> Result<usize, ApiError> {
-    let gone = |listing: &SessionListing| {
-        ids.iter()
-            .filter(|id| !listing.sessions.iter().any(|session| session.id == **id))
-            .count()
-    };
-    let mut listing = state
-        .control
-        .cancel(ids.clone())
+    let ended = end_matching(&state, |session| session.id == id)
         .await
         .map_err(unavailable)?;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while gone(&listing) < ids.len() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        listing = state.control.sessions().await.map_err(unavailable)?;
-    }
-    Ok(gone(&listing))
+    Ok(Json(json!({ "terminated": ended.terminated })).into_response())
 }

@@ -59,7 +59,7 @@ fn with_guard(source: CredentialSource, guard: guard::Guard) -> Fixture {
     let (rotate, mut requests) = RotateHandle::detached();
     tokio::spawn(async move {
         while let Some(reply) = requests.recv().await {
-            let _ = reply.send(Ok("ta1-9-new".to_string()));
+            let _ = reply.send(Ok(crate::credentials::Rotated::to("ta1-9-new")));
         }
     });
     let (_, registry) = watch::channel(crate::registry::RegistryStatus::default());
@@ -994,4 +994,45 @@ async fn ice_filters_by_transport_and_states_the_relay_policy() {
         );
         assert!(body.get("iceServers").is_none());
     }
+}
+
+#[tokio::test]
+async fn a_revoke_that_cannot_end_sessions_is_refused_before_rotating() {
+    let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
+    for uri in [
+        "/rotate?revoke=",
+        "/rotate?revoke=1",
+        "/rotate?revoke=yes",
+        "/rotate?revoke=true%0D%0Ahalt",
+    ] {
+        let (status, _, body) = call(&f.app, "POST", uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            body["reason"].as_str().unwrap().contains("revoke"),
+            "{body}"
+        );
+    }
+    // The control channel is off in this fixture.
+    let (status, _, body) = call(&f.app, "POST", "/rotate?revoke=true").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("turnserver.control"), "{reason}");
+    assert!(reason.contains("nothing was rotated"), "{reason}");
+    // A user of the API may not revoke.
+    let user = fixture(long_term(far_future()), [10, 0, 0, 1]);
+    let (status, _, _) = call(&user.app, "POST", "/rotate?revoke=true").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // REST API mode has no user to delete.
+    f.credential_status
+        .send_modify(|s| s.mode = CredentialMode::RestApi);
+    let (status, _, body) = call(&f.app, "POST", "/rotate?revoke=true").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("long-term"),
+        "{body}"
+    );
+    // A plain rotation is unchanged.
+    let (status, _, body) = call(&f.app, "POST", "/rotate?revoke=false").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["credential"], "ta1-9-new");
 }

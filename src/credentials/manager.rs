@@ -20,7 +20,7 @@ use super::turnadmin::{Launcher, Turnadmin};
 use super::userdb::{UserDb, UserDbError};
 use super::{
     long_term, naming, rest_api, unix_now, CredentialSource, CredentialStatus, Published,
-    RotateError, RotateHandle, RotateReply,
+    RotateError, RotateHandle, RotateReply, Rotated,
 };
 use crate::backoff::ExponentialBackoff;
 use crate::config::{self, Config, ConfigWatch, CredentialMode, CredentialsConfig};
@@ -172,7 +172,9 @@ impl CredentialManager {
                 _ = tokio::time::sleep_until(wake) => {}
                 latest = config::next_config(&mut self.config_watch) => self.apply(latest).await,
                 Some(request) = self.rotate_requests.recv() => {
-                    let result = self.rotate_on_demand(request.is_repair()).await;
+                    let result = self
+                        .rotate_on_demand(request.is_repair(), request.is_revoke())
+                        .await;
                     self.publish_status();
                     let _ = request.send(result);
                 }
@@ -426,7 +428,17 @@ impl CredentialManager {
 
     /// `POST /rotate` (throttled) or a self-check repair (not throttled:
     /// the self-check backs off). Both respect the bound on live secrets.
-    async fn rotate_on_demand(&mut self, repair: bool) -> Result<String, RotateError> {
+    ///
+    /// A revoke (long-term mode only) then deletes every earlier agent
+    /// user at once, without a grace period.
+    async fn rotate_on_demand(
+        &mut self,
+        repair: bool,
+        revoke: bool,
+    ) -> Result<Rotated, RotateError> {
+        if revoke && self.config().mode != CredentialMode::LongTerm {
+            return Err(RotateError::RevokeNeedsLongTerm);
+        }
         if !self.reconciled {
             return Err(RotateError::Failed(
                 "the credential database has not been reconciled yet".into(),
@@ -448,11 +460,43 @@ impl CredentialManager {
         }
         let now = unix_now().as_secs();
         self.live_secret_bound(now)?;
-        let rotated = self.rotate(now).await;
-        if rotated.is_ok() && !repair {
+        // Every agent user known before the rotation: the one served until
+        // now and those still in their grace period.
+        let earlier: Vec<String> = self
+            .state
+            .current
+            .iter()
+            .map(|current| current.username.clone())
+            .chain(self.state.served.iter().cloned())
+            .collect();
+        let credential = self.rotate(now).await?;
+        if !repair {
             self.last_on_demand = Some(Instant::now());
         }
-        rotated
+        let mut rotated = Rotated::to(credential);
+        if revoke {
+            for user in earlier {
+                match self.turnadmin.delete_user(&user).await {
+                    Ok(()) => {
+                        let mut next = self.state.clone();
+                        next.served.retain(|served| served != &user);
+                        if let Err(error) = self.persist(next) {
+                            // Deleted but still in the state file: the next
+                            // deletion round finds it gone.
+                            tracing::warn!(user, %error, "revoked a user but cannot persist that");
+                        }
+                        tracing::warn!(user, "revoked: deleted without a grace period");
+                        rotated.revoked.push(user);
+                    }
+                    Err(error) => {
+                        tracing::error!(user, %error, "cannot revoke a user; it is deleted when due");
+                        rotated.not_revoked.push((user, error.to_string()));
+                    }
+                }
+            }
+            self.publish_status();
+        }
+        Ok(rotated)
     }
 
     /// REST API mode: refuses a new secret while `max_live_secrets` are

@@ -172,6 +172,10 @@ pub enum RotateError {
     /// on every authentication.
     #[error("{live} shared secrets are live, the most allowed; retry in {retry_after_secs} s")]
     TooManyLive { live: usize, retry_after_secs: u64 },
+    /// `POST /rotate?revoke=true` in REST API mode: its credentials are
+    /// minted from a shared secret, there is no user to delete.
+    #[error("revoke needs credentials.mode = \"long-term\": REST API credentials are minted from a shared secret and cannot be revoked one by one")]
+    RevokeNeedsLongTerm,
     #[error("{0}")]
     Failed(String),
 }
@@ -186,30 +190,60 @@ impl RotateError {
             | RotateError::TooManyLive {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            RotateError::Failed(_) => None,
+            RotateError::RevokeNeedsLongTerm | RotateError::Failed(_) => None,
+        }
+    }
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new username (long-term) or a note (REST API).
+    pub credential: String,
+    /// A revoke: the agent users deleted at once (the one served until now
+    /// and any earlier one still in its grace period).
+    pub revoked: Vec<String>,
+    /// A revoke: users whose deletion failed (they stay in the state file
+    /// and are deleted when due), with the reason.
+    pub not_revoked: Vec<(String, String)>,
+}
+
+impl Rotated {
+    /// A plain rotation to `credential`.
+    pub fn to(credential: impl Into<String>) -> Rotated {
+        Rotated {
+            credential: credential.into(),
+            revoked: Vec::new(),
+            not_revoked: Vec::new(),
         }
     }
 }
 
 /// One rotation request and where its outcome goes.
 pub struct RotateReply {
-    reply: oneshot::Sender<Result<String, RotateError>>,
+    reply: oneshot::Sender<Result<Rotated, RotateError>>,
     /// A repair after coturn rejected the served credential: it has its own
     /// backoff (in the self-check) instead of the on-demand throttle.
     repair: bool,
+    /// Delete every earlier agent user at once, without a grace period.
+    revoke: bool,
 }
 
 impl RotateReply {
     /// Sends the outcome; `Err` gives it back when the asker is gone.
     pub fn send(
         self,
-        result: Result<String, RotateError>,
-    ) -> Result<(), Result<String, RotateError>> {
+        result: Result<Rotated, RotateError>,
+    ) -> Result<(), Result<Rotated, RotateError>> {
         self.reply.send(result)
     }
 
     pub fn is_repair(&self) -> bool {
         self.repair
+    }
+
+    pub fn is_revoke(&self) -> bool {
+        self.revoke
     }
 }
 
@@ -223,19 +257,31 @@ impl RotateHandle {
     /// Rotates on demand (throttled) and returns the new username
     /// (long-term) or a note (REST API).
     pub async fn rotate(&self) -> Result<String, RotateError> {
-        self.request(false).await
+        Ok(self.request(false, false).await?.credential)
+    }
+
+    /// Rotates on demand (throttled like [`RotateHandle::rotate`]) and
+    /// deletes every earlier agent user at once (long-term mode only). The
+    /// caller ends their sessions: coturn keeps relaying allocations made
+    /// before a user was deleted.
+    pub async fn revoke(&self) -> Result<Rotated, RotateError> {
+        self.request(false, true).await
     }
 
     /// Rotates to repair a credential coturn rejected; not throttled (the
     /// caller backs off).
     pub async fn repair(&self) -> Result<String, RotateError> {
-        self.request(true).await
+        Ok(self.request(true, false).await?.credential)
     }
 
-    async fn request(&self, repair: bool) -> Result<String, RotateError> {
+    async fn request(&self, repair: bool, revoke: bool) -> Result<Rotated, RotateError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(RotateReply { reply, repair })
+            .send(RotateReply {
+                reply,
+                repair,
+                revoke,
+            })
             .await
             .map_err(|_| RotateError::Failed("the credential manager is not running".into()))?;
         answer
