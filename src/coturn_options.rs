@@ -147,10 +147,10 @@ pub static OPTIONS: &[CoturnOption] = &[
     opt!(Some('r'), ["realm"], Required, false, Owned),
     opt!(None, ["server-name"], Required, false, Pass),
     opt!(None, ["oauth"], Optional, true, Pass),
-    opt!(Some('q'), ["user-quota"], Required, false, Pass),
-    opt!(Some('Q'), ["total-quota"], Required, false, Pass),
-    opt!(Some('s'), ["max-bps"], Required, false, Pass),
-    opt!(Some('B'), ["bps-capacity"], Required, false, Pass),
+    opt!(Some('q'), ["user-quota"], Required, false, Owned),
+    opt!(Some('Q'), ["total-quota"], Required, false, Owned),
+    opt!(Some('s'), ["max-bps"], Required, false, Owned),
+    opt!(Some('B'), ["bps-capacity"], Required, false, Owned),
     opt!(Some('v'), ["verbose"], Optional, false, Pass),
     opt!(Some('V'), ["Verbose"], Optional, false, Pass),
     opt!(Some('o'), ["daemon"], Optional, true, Owned),
@@ -570,14 +570,6 @@ fn last_bool<'a>(found: &'a [Occurrence], long: &str) -> Option<(&'a str, bool)>
         })
 }
 
-fn last_set<'a>(found: &'a [Occurrence], long: &str) -> Option<&'a Occurrence> {
-    found.iter().rev().find(|occurrence| {
-        occurrence
-            .option
-            .is_some_and(|option| option.long.contains(&long))
-    })
-}
-
 /// Combinations turnserver refuses at start (it exits, and the agent would
 /// restart it forever), and loopback peers reachable over TCP relays.
 /// (coturn's own refusal of loopback peers with a CLI without password does
@@ -605,21 +597,8 @@ pub fn check_combinations(found: &[Occurrence]) -> Vec<ExtraArgError> {
             message: "coturn refuses to start with both --no-udp-relay and --no-tcp-relay",
         });
     }
-    if let Some(capacity) = last_set(found, "bps-capacity") {
-        let max_bps = last_set(found, "max-bps")
-            .and_then(|occurrence| occurrence.value.as_deref())
-            .is_some_and(|value| value.trim().parse::<u64>().is_ok_and(|bps| bps > 0));
-        let capacity_set = capacity
-            .value
-            .as_deref()
-            .is_some_and(|value| value.trim().parse::<u64>().map_or(true, |bps| bps > 0));
-        if capacity_set && !max_bps {
-            errors.push(ExtraArgError::Combination {
-                argument: capacity.argument.clone(),
-                message: "coturn refuses to start with --bps-capacity but no --max-bps",
-            });
-        }
-    }
+    // --bps-capacity without --max-bps (refused by coturn at start) is
+    // checked on the agent's own keys: both flags are owned.
     errors
 }
 
@@ -861,8 +840,8 @@ mod tests {
         );
         assert!(check(&["--allow-loopback-peers=off"], false).is_empty());
         assert_eq!(check(&["--no-udp-relay", "--no-tcp-relay"], false).len(), 1);
-        assert_eq!(check(&["--bps-capacity=100"], false).len(), 1);
-        assert!(check(&["-B", "100", "-s", "10"], false).is_empty());
+        // The quotas are the agent's own keys now.
+        assert!(parse_extra_args(&args(&["-B", "100", "--max-bps=10"]), &[]).is_err());
     }
 
     /// What glibc getopt_long would make of `args` (a reference written

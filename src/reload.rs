@@ -38,7 +38,12 @@ pub fn effect(key: &str) -> Effect {
             | "probe_failures"
             | "startup_timeout"
             | "stop_timeout"
-            | "control_poll_interval",
+            | "control_poll_interval"
+            // Changed in the running turnserver through its CLI (`cc`).
+            | "total_quota"
+            | "user_quota"
+            | "max_bps"
+            | "bps_capacity",
         ) => Effect::Live,
         ("turnserver", "restart_delay_min" | "restart_delay_max" | "stable_after") => {
             Effect::AgentRestart
@@ -183,6 +188,9 @@ mod tests {
         assert_eq!(effect("api.cors_max_age"), Effect::Live);
         assert_eq!(effect("credentials.rotate_interval"), Effect::Live);
         assert_eq!(effect("agent.log_level"), Effect::Live);
+        for quota in ["total_quota", "user_quota", "max_bps", "bps_capacity"] {
+            assert_eq!(effect(&format!("turnserver.{quota}")), Effect::Live);
+        }
         assert_eq!(effect("turnserver.listening_port"), Effect::Turnserver);
         assert_eq!(effect("turnserver.realm"), Effect::Turnserver);
         assert_eq!(effect("turnserver.extra_args"), Effect::Turnserver);

@@ -238,6 +238,18 @@ async fn no_cli_in_extra_args_turns_the_control_channel_off_with_a_warning() {
     let (status, body) = agent.get("/sessions").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(!agent.files.path("turnserver-agent.conf").exists());
+    // A revoke could not end sessions: refused, nothing rotated.
+    let served = agent.wait_credential(Duration::from_secs(10)).await;
+    let (status, body) = post(&agent, "/rotate?revoke=true").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was rotated"),
+        "{body}"
+    );
+    assert_eq!(agent.credential("").await.unwrap().userid, served.userid);
 }
 
 #[tokio::test]
@@ -323,4 +335,173 @@ async fn a_frozen_cli_means_fallback_to_interface_counters_and_recovery() {
         "{log}"
     );
     assert_eq!(log.matches("answers again").count(), 1, "{log}");
+}
+
+async fn post(agent: &Agent, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(agent.url(path))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn sessions_of(agent: &Agent, user: &str) -> Option<u64> {
+    let (200, body) = agent.get(&format!("/sessions?user={user}")).await? else {
+        return None;
+    };
+    body["total"].as_u64()
+}
+
+#[tokio::test]
+async fn a_revoke_deletes_the_old_users_at_once_and_ends_their_sessions() {
+    let agent = Agent::start(AgentOptions {
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        env: vec![(
+            "TURN_AGENT_CREDENTIALS_ROTATE_MIN_INTERVAL".into(),
+            "0s".into(),
+        )],
+        ..AgentOptions::default()
+    });
+    let pid = agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+    let port = agent.files.turn_port;
+    // One credential served until a plain rotation (still in its grace
+    // period after it) and the one served now: both hold an allocation.
+    let older = agent.wait_credential(Duration::from_secs(10)).await;
+    let _older_client = hold_allocations(port, &older.userid, &older.password);
+    assert_eq!(post(&agent, "/rotate").await.0, 200);
+    let old = wait_for(
+        Duration::from_secs(10),
+        "the rotated credential",
+        || async {
+            agent
+                .credential("")
+                .await
+                .filter(|served| served.userid != older.userid)
+        },
+    )
+    .await;
+    let _old_client = hold_allocations(port, &old.userid, &old.password);
+    for user in [&older.userid, &old.userid] {
+        wait_for(Duration::from_secs(15), "a held allocation", || async {
+            (sessions_of(&agent, user).await? > 0).then_some(())
+        })
+        .await;
+    }
+
+    // Unknown values change nothing.
+    for query in [
+        "?revoke=1",
+        "?revoke=yes",
+        "?revoke=",
+        "?revoke=true%0D%0Ahalt",
+    ] {
+        let (status, body) = post(&agent, &format!("/rotate{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    assert_eq!(agent.credential("").await.unwrap().userid, old.userid);
+
+    let (status, body) = post(&agent, "/rotate?revoke=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rotated"], true);
+    let revoked: Vec<&str> = body["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| user.as_str().unwrap())
+        .collect();
+    assert!(revoked.contains(&old.userid.as_str()), "{body}");
+    assert!(revoked.contains(&older.userid.as_str()), "{body}");
+    assert!(body["terminated"].as_u64().unwrap() >= 2, "{body}");
+    // Confirmed by a fresh listing, no waiting.
+    for user in [&older.userid, &old.userid] {
+        assert_eq!(sessions_of(&agent, user).await, Some(0), "{user}");
+    }
+    let new = agent.credential("").await.unwrap();
+    assert_eq!(body["credential"], new.userid.as_str());
+    assert!(!uclient_allocates(port, &old.userid, &old.password).await);
+    assert!(!uclient_allocates(port, &older.userid, &older.password).await);
+    assert!(uclient_allocates(port, &new.userid, &new.password).await);
+    let users = agent_users(&agent.userdb(), &agent.files.realm);
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+}
+
+/// turnserver's own `pc` text, over its CLI with the password from the
+/// agent's 0600 file.
+async fn turnserver_pc(agent: &Agent) -> String {
+    let text = std::fs::read_to_string(agent.files.path("turnserver-agent.conf")).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .rev()
+            .find_map(|line| line.strip_prefix(key))
+            .unwrap()
+            .to_string()
+    };
+    let port: u16 = value("cli-port=").parse().unwrap();
+    let mut client = turn_agent::coturn_cli::client::CliClient::new(
+        ([127, 0, 0, 1], port).into(),
+        turn_agent::secret::Secret::new(value("cli-password=")),
+        Duration::from_secs(5),
+    );
+    client
+        .request(&turn_agent::coturn_cli::command::Command::Configuration)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sighup_changes_quotas_in_the_running_turnserver() {
+    let agent = Agent::start(AgentOptions {
+        turnserver_extra: "control_poll_interval = \"200ms\"\ntotal_quota = 100\nuser_quota = 10\n"
+            .into(),
+        ..AgentOptions::default()
+    });
+    let pid = agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+    let pc = turnserver_pc(&agent).await;
+    assert!(pc.contains("Default total-quota: 100 (**)"), "{pc}");
+    assert!(pc.contains("Default user-quota: 10 (**)"), "{pc}");
+    assert!(pc.contains("Default max-bps: 0 (**)"), "{pc}");
+
+    agent.reload_with(
+        "total_quota = 100\nuser_quota = 10\n",
+        "total_quota = 200\nuser_quota = 0\nmax_bps = 125000\nbps_capacity = 1250000\n",
+    );
+    agent
+        .wait_log("turnserver.bps_capacity", Duration::from_secs(10))
+        .await;
+    wait_for(Duration::from_secs(10), "the new quotas in pc", || async {
+        let pc = turnserver_pc(&agent).await;
+        [
+            "Default total-quota: 200 (**)",
+            "Default user-quota: 0 (**)",
+            "Default max-bps: 125000 (**)",
+            "Total server bps-capacity: 1250000 (**)",
+        ]
+        .iter()
+        .all(|line| pc.contains(line))
+        .then_some(())
+    })
+    .await;
+    // The same turnserver, never drained or restarted.
+    assert_eq!(agent.wait_ready(Duration::from_secs(1)).await, pid);
+    assert_eq!(agent.turnservers(), vec![pid]);
+    let log = agent.log();
+    assert!(
+        log.contains("changed in the running turnserver (cc), no restart"),
+        "{log}"
+    );
+
+    // A bad value is refused by the reload, naming the key; the running
+    // values stay.
+    agent.reload_with("total_quota = 200", "total_quota = -1");
+    agent
+        .wait_log("turnserver.total_quota: must be 0", Duration::from_secs(10))
+        .await;
+    let pc = turnserver_pc(&agent).await;
+    assert!(pc.contains("Default total-quota: 200 (**)"), "{pc}");
+    assert_eq!(agent.turnservers(), vec![pid]);
 }

@@ -19,6 +19,8 @@ pub struct ControlConfig {
     /// Off because `extra_args` holds `--no-cli` (warned about at start).
     pub off_by_no_cli: bool,
     pub poll_interval: Duration,
+    /// Passed at start and changed live through `cc` on SIGHUP.
+    pub quotas: Quotas,
 }
 
 impl Default for ControlConfig {
@@ -27,7 +29,39 @@ impl Default for ControlConfig {
             enabled: true,
             off_by_no_cli: false,
             poll_interval: Duration::from_secs(2),
+            quotas: Quotas::default(),
         }
+    }
+}
+
+/// coturn's live-changeable limits; 0 is coturn's own default (no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// `turnserver.total_quota`: allocations on the server at once.
+    pub total_quota: u64,
+    /// `turnserver.user_quota`: allocations of one user at once.
+    pub user_quota: u64,
+    /// `turnserver.max_bps`: bytes per second of one session.
+    pub max_bps: u64,
+    /// `turnserver.bps_capacity`: bytes per second of all sessions.
+    pub bps_capacity: u64,
+}
+
+/// coturn reads the quotas with `atoi` into an `int` (a larger value wraps)
+/// and the rates with `atol` into a `long`.
+pub const MAX_QUOTA: u64 = i32::MAX as u64;
+pub const MAX_BPS: u64 = i64::MAX as u64;
+
+impl Quotas {
+    /// `(key, flag, value)` for each setting, in the order coturn's `pc`
+    /// prints them.
+    pub fn settings(&self) -> [(&'static str, &'static str, u64); 4] {
+        [
+            ("turnserver.total_quota", "total-quota", self.total_quota),
+            ("turnserver.user_quota", "user-quota", self.user_quota),
+            ("turnserver.bps_capacity", "bps-capacity", self.bps_capacity),
+            ("turnserver.max_bps", "max-bps", self.max_bps),
+        ]
     }
 }
 
@@ -38,6 +72,10 @@ pub struct RawControl<'a> {
     pub poll_interval: &'a str,
     pub extra_args: &'a [String],
     pub pass_through_flags: &'a [String],
+    pub total_quota: i64,
+    pub user_quota: i64,
+    pub max_bps: i64,
+    pub bps_capacity: i64,
 }
 
 /// The control settings, or every problem with them.
@@ -74,12 +112,32 @@ pub fn validate(raw: &RawControl<'_>) -> Result<ControlConfig, Vec<ConfigProblem
             MIN_POLL_INTERVAL
         }
     };
+    let mut bounded = |key: &str, value: i64, max: u64| match u64::try_from(value) {
+        Ok(value) if value <= max => value,
+        _ => {
+            problem(key, format!("must be 0 (no limit) to {max}"));
+            0
+        }
+    };
+    let quotas = Quotas {
+        total_quota: bounded("turnserver.total_quota", raw.total_quota, MAX_QUOTA),
+        user_quota: bounded("turnserver.user_quota", raw.user_quota, MAX_QUOTA),
+        max_bps: bounded("turnserver.max_bps", raw.max_bps, MAX_BPS),
+        bps_capacity: bounded("turnserver.bps_capacity", raw.bps_capacity, MAX_BPS),
+    };
+    if quotas.bps_capacity != 0 && quotas.max_bps == 0 {
+        problem(
+            "turnserver.bps_capacity",
+            "needs turnserver.max_bps too: coturn refuses to start with a bps capacity but no max-bps".into(),
+        );
+    }
     let off_by_no_cli = no_cli(raw.extra_args, raw.pass_through_flags);
     if problems.is_empty() {
         Ok(ControlConfig {
             enabled: switched_on && !off_by_no_cli,
             off_by_no_cli: switched_on && off_by_no_cli,
             poll_interval,
+            quotas,
         })
     } else {
         Err(problems)
@@ -117,6 +175,10 @@ mod tests {
             poll_interval: poll,
             extra_args: &args(extra),
             pass_through_flags: &[],
+            total_quota: 0,
+            user_quota: 0,
+            max_bps: 0,
+            bps_capacity: 0,
         })
         .map_err(|problems| problems.iter().map(ToString::to_string).collect())
     }
@@ -157,5 +219,49 @@ mod tests {
             .starts_with("turnserver.control_poll_interval: must be at least"));
         assert!(check("on", "soon", &[]).unwrap_err()[0]
             .starts_with("turnserver.control_poll_interval: "));
+    }
+
+    fn quotas(values: [i64; 4]) -> Result<Quotas, Vec<String>> {
+        validate(&RawControl {
+            control: "on",
+            poll_interval: "2s",
+            extra_args: &[],
+            pass_through_flags: &[],
+            total_quota: values[0],
+            user_quota: values[1],
+            max_bps: values[2],
+            bps_capacity: values[3],
+        })
+        .map(|config| config.quotas)
+        .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn quotas_are_bounded_as_coturn_reads_them_and_name_their_key() {
+        let set = quotas([100, 10, 125_000, 12_500_000]).unwrap();
+        assert_eq!(
+            set.settings()
+                .map(|(_, flag, value)| format!("--{flag}={value}")),
+            [
+                "--total-quota=100",
+                "--user-quota=10",
+                "--bps-capacity=12500000",
+                "--max-bps=125000"
+            ]
+        );
+        assert_eq!(quotas([0; 4]).unwrap(), Quotas::default());
+        assert!(quotas([MAX_QUOTA as i64, MAX_QUOTA as i64, i64::MAX, i64::MAX]).is_ok());
+        for (values, key) in [
+            ([-1, 0, 0, 0], "turnserver.total_quota"),
+            ([MAX_QUOTA as i64 + 1, 0, 0, 0], "turnserver.total_quota"),
+            ([0, 99_999_999_999, 0, 0], "turnserver.user_quota"),
+            ([0, 0, -5, 0], "turnserver.max_bps"),
+            ([0, 0, 0, -1], "turnserver.bps_capacity"),
+            ([0, 0, 0, 1000], "turnserver.bps_capacity"),
+        ] {
+            let problems = quotas(values).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(&format!("{key}: ")), "{problems:?}");
+        }
     }
 }

@@ -61,6 +61,10 @@ impl Default for RawTurnserver {
             pass_through_flags: Vec::new(),
             control: "on".into(),
             control_poll_interval: "2s".into(),
+            total_quota: 0,
+            user_quota: 0,
+            max_bps: 0,
+            bps_capacity: 0,
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct RawTurnserver {
     pub pass_through_flags: Vec<String>,
     pub control: String,
     pub control_poll_interval: String,
+    pub total_quota: i64,
+    pub user_quota: i64,
+    pub max_bps: i64,
+    pub bps_capacity: i64,
 }
 
 /// The realm as coturn and the agent's turnadmin listing parser accept it:
@@ -158,6 +162,10 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
         poll_interval: &raw.control_poll_interval,
         extra_args: &raw.extra_args,
         pass_through_flags: &raw.pass_through_flags,
+        total_quota: raw.total_quota,
+        user_quota: raw.user_quota,
+        max_bps: raw.max_bps,
+        bps_capacity: raw.bps_capacity,
     })
     .unwrap_or_else(|problems| {
         v.problems.extend(problems);

@@ -14,7 +14,7 @@
 //! interface counters.
 
 pub mod channel;
-
+pub mod quotas;
 pub mod turnserver_file;
 
 use std::sync::Arc;
@@ -178,6 +178,9 @@ pub struct Control {
     health: ChannelHealth,
     backoff: ExponentialBackoff,
     previous: Option<(CounterSnapshot, Arc<SessionListing>)>,
+    /// The quotas the agent last set in the running turnserver; `None`
+    /// until a new turnserver was compared with the configuration.
+    applied_quotas: Option<crate::config::control::Quotas>,
 }
 
 impl Control {
@@ -202,6 +205,7 @@ impl Control {
             backoff: ExponentialBackoff::new(BACKOFF_MIN, BACKOFF_MAX)
                 .expect("constant bounds are ordered"),
             previous: None,
+            applied_quotas: None,
         };
         let handle = ControlHandle {
             status: status_receiver,
@@ -229,6 +233,10 @@ impl Control {
                     self.take_target();
                     next_poll = Instant::now();
                 }
+                // A SIGHUP may have changed the quotas: apply them now.
+                _ = crate::config::next_config(&mut self.config_watch) => {
+                    next_poll = Instant::now();
+                }
                 Some(request) = self.requests.recv() => self.serve(request).await,
                 _ = tokio::time::sleep_until(next_poll) => {
                     next_poll = match self.poll().await {
@@ -244,6 +252,7 @@ impl Control {
     fn take_target(&mut self) {
         let target = self.targets.borrow_and_update().clone();
         self.previous = None;
+        self.applied_quotas = None;
         self.backoff.reset();
         self.health.new_target(std::time::Instant::now());
         self.client = target.as_ref().map(|t| {
@@ -281,7 +290,7 @@ impl Control {
                     );
                 }
                 self.record(counters, Arc::new(listing));
-                true
+                self.apply_quotas(&counters).await
             }
             Err(error) => {
                 if self.health.failed(std::time::Instant::now()) == Transition::FellBack {
@@ -306,6 +315,44 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// Sends `cc` for each quota the configuration wants changed, and
+    /// logs each change; true when all were taken.
+    async fn apply_quotas(&mut self, counters: &ServerCounters) -> bool {
+        let desired = self.config_watch.borrow().turnserver.control.quotas;
+        let changes = quotas::changes(&desired, self.applied_quotas.as_ref(), counters);
+        let Some(client) = self.client.as_mut() else {
+            return false;
+        };
+        let mut all_taken = true;
+        for change in changes {
+            match client.change(change.setting, change.to).await {
+                Ok(now) if now == change.to => tracing::info!(
+                    key = change.key,
+                    from = change.from,
+                    to = change.to,
+                    "changed in the running turnserver (cc), no restart"
+                ),
+                Ok(now) => {
+                    all_taken = false;
+                    tracing::warn!(
+                        key = change.key,
+                        wanted = change.to,
+                        now,
+                        "turnserver did not take the new value"
+                    );
+                }
+                Err(error) => {
+                    all_taken = false;
+                    tracing::warn!(key = change.key, %error, "cannot change the setting in the running turnserver; retried at the next poll");
+                }
+            }
+        }
+        if all_taken {
+            self.applied_quotas = Some(desired);
+        }
+        true
     }
 
     fn record(&mut self, counters: ServerCounters, listing: Arc<SessionListing>) {

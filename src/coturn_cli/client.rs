@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::command::{Command, SessionId};
+use super::command::{Command, LiveSetting, SessionId};
 use super::conversation::{Conversation, ConversationError, Progress};
 use super::listing::{
-    parse_configuration, parse_sessions, ListingError, ServerCounters, SessionListing,
+    parse_change, parse_configuration, parse_sessions, ListingError, ServerCounters, SessionListing,
 };
 use crate::secret::Secret;
 
@@ -84,6 +84,15 @@ impl CliClient {
     /// confirm with a fresh listing.
     pub async fn cancel(&mut self, id: SessionId) -> Result<(), CliError> {
         self.request(&Command::Cancel(id)).await.map(drop)
+    }
+
+    /// `cc NAME VALUE`: changes a setting in the running turnserver and
+    /// returns the value coturn reports it now has.
+    pub async fn change(&mut self, setting: LiveSetting, value: u64) -> Result<u64, CliError> {
+        let answer = self.request(&Command::Change(setting, value)).await?;
+        parse_change(&answer, setting.cli_name()).ok_or(CliError::Unparsable(
+            ListingError::MissingSetting(setting.cli_name()),
+        ))
     }
 
     async fn request_unbounded(&mut self, command: &Command) -> Result<String, CliError> {

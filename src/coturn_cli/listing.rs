@@ -359,6 +359,14 @@ fn setting<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     )
 }
 
+/// The value a `cc NAME VALUE` answer reports (`  NAME: VALUE (**)`).
+pub fn parse_change(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| setting(line.strip_suffix('\r').unwrap_or(line), name))?
+        .parse()
+        .ok()
+}
+
 /// Parses the text of a `pc` answer.
 pub fn parse_configuration(text: &str) -> Result<ServerCounters, ListingError> {
     let find = |name: &'static str| -> Result<u64, ListingError> {

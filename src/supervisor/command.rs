@@ -50,6 +50,12 @@ pub fn turnserver_args(config: &TurnserverConfig, mode: CredentialMode) -> Vec<S
     // Logs on stdout, one plain line each, so the agent can route them.
     args.push(owned("log-file").with_value("stdout"));
     args.push(owned("simple-log").flag());
+    // Quotas (0 is coturn's own default); SIGHUP changes them live with `cc`.
+    for (_, flag, value) in config.control.quotas.settings() {
+        if value != 0 {
+            args.push(owned(flag).with_value(value));
+        }
+    }
     if !config.control.enabled {
         // Not owned: `--no-cli` in extra_args is how operators turned the
         // CLI off before the control channel existed, and still works.
@@ -146,6 +152,12 @@ mod tests {
         let mut config = turnserver_config("");
         config.relay_ip = Some("127.0.0.1".parse().unwrap());
         config.extra_args.clear();
+        config.control.quotas = crate::config::control::Quotas {
+            total_quota: 100,
+            user_quota: 10,
+            max_bps: 125_000,
+            bps_capacity: 1_250_000,
+        };
         for (config_file, mode, control) in [
             (None, CredentialMode::LongTerm, true),
             (None, CredentialMode::LongTerm, false),

@@ -48,14 +48,18 @@ pub struct Supervisor {
     control_target: watch::Sender<Option<crate::control::ControlTarget>>,
 }
 
-/// What the supervisor runs: a change here means a new turnserver.
+/// What the supervisor runs, less the quotas: a change here means a new
+/// turnserver. The quotas change in the running one through its CLI (`cc`,
+/// `control::quotas`); with the control channel off, at its next start.
 pub fn command_line(
     config: &TurnserverConfig,
     mode: CredentialMode,
 ) -> (std::path::PathBuf, Vec<String>) {
+    let mut without_quotas = config.clone();
+    without_quotas.control.quotas = Default::default();
     (
         config.binary.clone(),
-        command::turnserver_args(config, mode),
+        command::turnserver_args(&without_quotas, mode),
     )
 }
 
@@ -199,7 +203,8 @@ impl Supervisor {
             let latest = self.config_watch.borrow_and_update().clone();
             self.apply(latest);
         }
-        let (binary, args) = self.command_line();
+        let binary = self.config().binary.clone();
+        let args = command::turnserver_args(self.config(), self.applied.credentials.mode);
         // A new CLI port and password for every start, written where `-c`
         // points before the child reads it.
         let endpoint = if self.config().control.enabled {
