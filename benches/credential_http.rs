@@ -3,16 +3,30 @@
 //! The agent's router (access checks on, rate limit off, metrics on) runs in
 //! this process on the default runtime; nginx (one worker) answers the same
 //! JSON from its configuration (`return 200`, its fastest path). wrk loads
-//! both in turn with keep-alive at 64 and 1,024 connections, with
-//! `Connection: close`, and over TLS 1.3 (keep-alive and full handshakes),
-//! and the bench prints requests per second, p99 and their ratios, and the
-//! agent's RSS after the load. Then it holds `BENCH_IDLE` idle sockets
-//! (default 10,000; 0 skips) open to the agent and to nginx and prints what
-//! they cost and what is left after they close.
+//! both with keep-alive at 64 and 1,024 connections, with
+//! `Connection: close`, and over TLS 1.3 (keep-alive and full handshakes).
+//! The machine is shared, so the two are measured alternately (agent,
+//! nginx, agent, nginx, ... `BENCH_ROUNDS` rounds of `BENCH_SECONDS` each)
+//! and the bench prints the medians of requests per second and p99, the
+//! median of the per-round ratios (agent / nginx, from the two runs of one
+//! round, which saw the same neighbours), the load average before and
+//! after, and the agent's RSS after the load. Then it holds `BENCH_IDLE`
+//! idle sockets (default 10,000; 0 skips) open to the agent and to nginx
+//! and prints what they cost and what is left after they close.
 //!
-//! Run: `cargo bench --bench credential_http` (`BENCH_SECONDS=10` for longer
-//! runs). Without wrk it prints a note and measures nothing; without nginx
-//! it prints the agent's figures alone. Asserts nothing.
+//! Run: `cargo bench --bench credential_http`. Knobs (environment):
+//! - `BENCH_ROUNDS` (default 5) and `BENCH_SECONDS` (default 3);
+//! - `BENCH_SCENARIOS`: a comma list of `ka64`, `ka1024`, `close64`,
+//!   `tls-ka64`, `tls-hs64` (default all);
+//! - `BENCH_PIN=1`: the servers (this process's threads, nginx) on CPU 0
+//!   and wrk on CPU 1 (`taskset`), so that the load generator does not
+//!   take the server's core; both servers then have one core each;
+//! - `BENCH_IDLE` (default 10,000).
+//!
+//! For example `BENCH_SCENARIOS=ka64 BENCH_ROUNDS=7 BENCH_IDLE=0 cargo
+//! bench --bench credential_http`. Without wrk it prints a note and
+//! measures nothing; without nginx it prints the agent's figures alone.
+//! Asserts nothing.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -42,9 +56,37 @@ struct Figures {
     errors: u64,
 }
 
+/// Medians over rounds; errors summed.
+struct Medians {
+    requests_per_second: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+impl Medians {
+    fn of(runs: &[Figures]) -> Medians {
+        let mut rates: Vec<f64> = runs.iter().map(|run| run.requests_per_second).collect();
+        let mut p99s: Vec<f64> = runs.iter().map(|run| run.p99_ms).collect();
+        Medians {
+            requests_per_second: median(&mut rates),
+            p99_ms: median(&mut p99s),
+            errors: runs.iter().map(|run| run.errors).sum(),
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// One load shape.
 struct Scenario {
     name: &'static str,
+    /// Its name in `BENCH_SCENARIOS`.
+    key: &'static str,
     connections: usize,
     close: bool,
     tls: bool,
@@ -53,30 +95,35 @@ struct Scenario {
 static SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "keep-alive -c64",
+        key: "ka64",
         connections: 64,
         close: false,
         tls: false,
     },
     Scenario {
         name: "keep-alive -c1024",
+        key: "ka1024",
         connections: 1024,
         close: false,
         tls: false,
     },
     Scenario {
         name: "Connection: close -c64",
+        key: "close64",
         connections: 64,
         close: true,
         tls: false,
     },
     Scenario {
         name: "TLS keep-alive -c64",
+        key: "tls-ka64",
         connections: 64,
         close: false,
         tls: true,
     },
     Scenario {
         name: "TLS handshakes -c64",
+        key: "tls-hs64",
         connections: 64,
         close: true,
         tls: true,
@@ -137,8 +184,14 @@ fn parse_wrk(output: &str) -> Figures {
     figures
 }
 
-fn wrk(url: &str, scenario: &Scenario, seconds: u64) -> Figures {
-    let mut command = Command::new("wrk");
+fn wrk(url: &str, scenario: &Scenario, seconds: u64, pin: bool) -> Figures {
+    let mut command = if pin {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", WRK_CPU, "wrk"]);
+        taskset
+    } else {
+        Command::new("wrk")
+    };
     command.args([
         "-t2",
         &format!("-c{}", scenario.connections),
@@ -150,6 +203,47 @@ fn wrk(url: &str, scenario: &Scenario, seconds: u64) -> Figures {
     }
     let output = command.arg(url).output().expect("wrk runs");
     parse_wrk(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// With `BENCH_PIN`: the servers' CPU and wrk's.
+const SERVER_CPU: &str = "0";
+const WRK_CPU: &str = "1";
+
+/// Moves every thread of `pid` to [`SERVER_CPU`].
+fn pin_to_server_cpu(pid: u32) {
+    let status = Command::new("taskset")
+        .args(["-a", "-c", "-p", SERVER_CPU, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset runs");
+    assert!(status.success(), "taskset failed");
+}
+
+/// The median of `values` (NaN when empty).
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+/// `/proc/loadavg`'s first three fields.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
@@ -189,7 +283,7 @@ fn wait_listening(port: u16) {
 
 /// nginx with one worker, `return 200` with the agent's JSON, on `port`
 /// and over TLS 1.3 on `tls_port`.
-fn start_nginx(dir: &Path, port: u16, tls_port: u16) -> Child {
+fn start_nginx(dir: &Path, port: u16, tls_port: u16, pin: bool) -> Child {
     let config = format!(
         r#"worker_processes 1;
 daemon off;
@@ -222,7 +316,14 @@ http {{
         dir = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), config).unwrap();
-    let child = Command::new("nginx")
+    let mut command = if pin {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", SERVER_CPU, "nginx"]);
+        taskset
+    } else {
+        Command::new("nginx")
+    };
+    let child = command
         .args(["-p", &dir.display().to_string(), "-e"])
         .arg(dir.join("error.log"))
         .arg("-c")
@@ -391,17 +492,25 @@ fn main() {
 }
 
 async fn run() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let idle: usize = std::env::var("BENCH_IDLE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+    let seconds: u64 = env_or("BENCH_SECONDS", 3);
+    let rounds: usize = env_or("BENCH_ROUNDS", 5).max(1);
+    let idle: usize = env_or("BENCH_IDLE", 10_000);
+    let pin = std::env::var("BENCH_PIN").is_ok_and(|value| value == "1");
+    let selected = std::env::var("BENCH_SCENARIOS").ok();
+    let scenarios: Vec<&'static Scenario> = SCENARIOS
+        .iter()
+        .filter(|scenario| {
+            selected
+                .as_deref()
+                .is_none_or(|keys| keys.split(',').any(|key| key.trim() == scenario.key))
+        })
+        .collect();
     if !in_path("wrk") {
         println!("wrk is not installed (apt-get install wrk): nothing measured");
         return;
+    }
+    if pin {
+        pin_to_server_cpu(std::process::id());
     }
     let dir = tempfile::tempdir().unwrap();
     write_certificate(dir.path());
@@ -420,7 +529,7 @@ async fn run() {
     let agent_tls = serve(router, limits, Some(tls)).await;
     let nginx_ports = (free_port(), free_port());
     let nginx = in_path("nginx")
-        .then(|| Nginx(start_nginx(dir.path(), nginx_ports.0, nginx_ports.1)))
+        .then(|| Nginx(start_nginx(dir.path(), nginx_ports.0, nginx_ports.1, pin)))
         .or_else(|| {
             println!("nginx is not installed: the agent's figures alone");
             None
@@ -428,10 +537,14 @@ async fn run() {
     let own_pid = std::process::id();
     let rss_before = vm_rss_kib(own_pid);
 
-    println!("wrk -t2, {seconds} s per run; agent: access checks and metrics on, no rate limit; nginx: one worker, return 200");
+    println!(
+        "wrk -t2, {rounds} rounds of agent then nginx, {seconds} s each{}; agent: access checks and metrics on, no rate limit; nginx: one worker, return 200",
+        if pin { ", servers on CPU 0 and wrk on CPU 1" } else { "" }
+    );
+    println!("load average before: {}", load_average());
     println!(
         "{:<24} {:>12} {:>9} {:>7} {:>12} {:>9} {:>7} {:>8} {:>8}",
-        "scenario",
+        "scenario (medians)",
         "agent req/s",
         "p99 ms",
         "errors",
@@ -441,7 +554,7 @@ async fn run() {
         "ratio",
         "p99 x"
     );
-    for scenario in &SCENARIOS {
+    for scenario in scenarios {
         let (scheme, agent_addr, nginx_port) = if scenario.tls {
             ("https", agent_tls, nginx_ports.1)
         } else {
@@ -451,28 +564,51 @@ async fn run() {
         let nginx_url = format!("{scheme}://127.0.0.1:{nginx_port}/turncredential");
         // wrk blocks; the server runs on the runtime's worker threads.
         // One second of warm-up each.
-        blocking_wrk(agent_url.clone(), scenario, 1).await;
-        let agent_figures = blocking_wrk(agent_url, scenario, seconds).await;
-        let nginx_figures = match nginx {
-            Some(_) => {
-                blocking_wrk(nginx_url.clone(), scenario, 1).await;
-                Some(blocking_wrk(nginx_url, scenario, seconds).await)
+        blocking_wrk(agent_url.clone(), scenario, 1, pin).await;
+        if nginx.is_some() {
+            blocking_wrk(nginx_url.clone(), scenario, 1, pin).await;
+        }
+        let mut agent_runs = Vec::new();
+        let mut nginx_runs = Vec::new();
+        for _ in 0..rounds {
+            agent_runs.push(blocking_wrk(agent_url.clone(), scenario, seconds, pin).await);
+            if nginx.is_some() {
+                nginx_runs.push(blocking_wrk(nginx_url.clone(), scenario, seconds, pin).await);
             }
-            None => None,
+        }
+        let agent_figures = Medians::of(&agent_runs);
+        let nginx_text = if nginx_runs.is_empty() {
+            format!("{:>12} {:>9} {:>7} {:>8} {:>8}", "-", "-", "-", "-", "-")
+        } else {
+            let nginx_figures = Medians::of(&nginx_runs);
+            let mut ratios: Vec<f64> = agent_runs
+                .iter()
+                .zip(&nginx_runs)
+                .map(|(a, n)| a.requests_per_second / n.requests_per_second)
+                .collect();
+            let mut p99_ratios: Vec<f64> = agent_runs
+                .iter()
+                .zip(&nginx_runs)
+                .map(|(a, n)| a.p99_ms / n.p99_ms)
+                .collect();
+            let text = format!(
+                "{:>12.0} {:>9.2} {:>7} {:>7.2}x {:>7.2}x",
+                nginx_figures.requests_per_second,
+                nginx_figures.p99_ms,
+                nginx_figures.errors,
+                median(&mut ratios),
+                median(&mut p99_ratios)
+            );
+            println!(
+                "  per round: ratio {}",
+                ratios
+                    .iter()
+                    .map(|ratio| format!("{ratio:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            text
         };
-        let nginx_text = nginx_figures.map_or_else(
-            || format!("{:>12} {:>9} {:>7} {:>8} {:>8}", "-", "-", "-", "-", "-"),
-            |n| {
-                format!(
-                    "{:>12.0} {:>9.2} {:>7} {:>7.2}x {:>7.2}x",
-                    n.requests_per_second,
-                    n.p99_ms,
-                    n.errors,
-                    agent_figures.requests_per_second / n.requests_per_second,
-                    agent_figures.p99_ms / n.p99_ms
-                )
-            },
-        );
         println!(
             "{:<24} {:>12.0} {:>9.2} {:>7} {nginx_text}",
             scenario.name,
@@ -481,6 +617,7 @@ async fn run() {
             agent_figures.errors,
         );
     }
+    println!("load average after: {}", load_average());
     // Let closing connections finish, and the server give freed memory
     // back (it looks every TRIM_CHECK_INTERVAL), before reading memory.
     tokio::time::sleep(api::trim::TRIM_CHECK_INTERVAL + Duration::from_secs(1)).await;
@@ -560,8 +697,13 @@ impl Drop for Nginx {
     }
 }
 
-async fn blocking_wrk(url: String, scenario: &'static Scenario, seconds: u64) -> Figures {
-    tokio::task::spawn_blocking(move || wrk(&url, scenario, seconds))
+async fn blocking_wrk(
+    url: String,
+    scenario: &'static Scenario,
+    seconds: u64,
+    pin: bool,
+) -> Figures {
+    tokio::task::spawn_blocking(move || wrk(&url, scenario, seconds, pin))
         .await
         .unwrap()
 }
