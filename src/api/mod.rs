@@ -320,10 +320,12 @@ async fn count_requests(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let route = route_label(
+        request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(axum::extract::MatchedPath::as_str),
+    );
     let response = next.run(request).await;
     metrics
         .http_requests
@@ -333,6 +335,29 @@ async fn count_requests(
         })
         .inc();
     response
+}
+
+/// The route as a metrics label: the router's own routes (and
+/// `unmatched`) without an allocation, any other path copied.
+fn route_label(matched: Option<&str>) -> std::borrow::Cow<'static, str> {
+    const ROUTES: [&str; 11] = [
+        "/healthz",
+        "/readyz",
+        "/turncredential",
+        "/ice",
+        "/rotate",
+        "/drain",
+        "/metrics",
+        "/status",
+        "/sessions",
+        "/sessions/{id}",
+        "unmatched",
+    ];
+    let matched = matched.unwrap_or("unmatched");
+    match ROUTES.iter().find(|route| **route == matched) {
+        Some(route) => std::borrow::Cow::Borrowed(route),
+        None => std::borrow::Cow::Owned(matched.to_owned()),
+    }
 }
 
 /// Credentials must not sit in any cache.

@@ -1036,3 +1036,13 @@ async fn a_revoke_that_cannot_end_sessions_is_refused_before_rotating() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["credential"], "ta1-9-new");
 }
+
+#[test]
+fn route_labels_of_own_routes_are_borrowed_and_others_copied() {
+    use std::borrow::Cow;
+    for route in ["/turncredential", "/ice", "/sessions/{id}", "/healthz"] {
+        assert!(matches!(route_label(Some(route)), Cow::Borrowed(r) if r == route));
+    }
+    assert!(matches!(route_label(None), Cow::Borrowed("unmatched")));
+    assert!(matches!(route_label(Some("/allocate")), Cow::Owned(r) if r == "/allocate"));
+}
