@@ -355,8 +355,11 @@ async fn a_thousand_idle_sockets_cost_little_and_do_not_slow_others() {
         after_kib.saturating_sub(before_kib) as f64 / 1000.0
     );
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // A silent socket holds no hyper state (its 8 KiB read buffer and
+    // 3.5 KiB connection future): about 1-2 kB each; 13 kB each when every
+    // accepted socket went on to hyper.
     assert!(
-        after_kib.saturating_sub(before_kib) < 30 * 1024,
+        after_kib.saturating_sub(before_kib) < 6 * 1024,
         "1,000 idle sockets cost {} kB",
         after_kib - before_kib
     );
