@@ -5,7 +5,11 @@
 //! The types live here, in the core, so readiness, metrics and the API read
 //! them without importing the tasks that write them.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,7 +43,8 @@ pub struct SupervisorStatus {
     pub pid: Option<u32>,
     /// Spawns after the first one.
     pub restarts: u64,
-    pub last_exit: Option<String>,
+    /// How the last turnserver ended; rendered as text (`exit status: 1`).
+    pub last_exit: Option<ChildExit>,
     pub crash_loop: bool,
     pub consecutive_probe_failures: u32,
     /// Set while backing off.
@@ -62,11 +67,11 @@ impl SupervisorStatus {
             ),
             Phase::BackingOff if self.crash_loop => format!(
                 "turnserver is in a crash loop (last exit: {})",
-                self.last_exit.as_deref().unwrap_or("unknown")
+                LastExit(self.last_exit.as_ref())
             ),
             Phase::BackingOff => format!(
                 "turnserver exited ({}), restarting",
-                self.last_exit.as_deref().unwrap_or("unknown")
+                LastExit(self.last_exit.as_ref())
             ),
             Phase::Stopped => "turnserver is stopped".into(),
         }
@@ -83,6 +88,106 @@ impl Default for SupervisorStatus {
             crash_loop: false,
             consecutive_probe_failures: 0,
             next_restart_in_ms: None,
+        }
+    }
+}
+
+/// How a turnserver's run ended, as a value: the text `/status` shows and
+/// the number metrics export both come from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChildExit {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it.
+    Signalled { signal: i32, core_dumped: bool },
+    /// It stopped answering and was killed; `then` is how that ended it.
+    Hung {
+        reason: String,
+        then: Box<ChildExit>,
+    },
+    /// It could not be started.
+    SpawnFailed(String),
+    /// Waiting for it failed.
+    WaitFailed(String),
+    /// A wait status that is neither an exit nor a signal (std's text).
+    Other(String),
+}
+
+impl ChildExit {
+    /// What a wait for the child returned.
+    pub fn from_wait(status: std::io::Result<ExitStatus>) -> ChildExit {
+        match status {
+            Ok(status) => ChildExit::from_status(status),
+            Err(error) => ChildExit::WaitFailed(error.to_string()),
+        }
+    }
+
+    pub fn from_status(status: ExitStatus) -> ChildExit {
+        if let Some(code) = status.code() {
+            ChildExit::Exited(code)
+        } else if let Some(signal) = status.signal() {
+            ChildExit::Signalled {
+                signal,
+                core_dumped: status.core_dumped(),
+            }
+        } else {
+            ChildExit::Other(status.to_string())
+        }
+    }
+
+    /// The exit code or signal number (of the kill, for a hung child);
+    /// `None` when the child never ran or its end is unknown.
+    pub fn number(&self) -> Option<i32> {
+        match self {
+            ChildExit::Exited(code) => Some(*code),
+            ChildExit::Signalled { signal, .. } => Some(*signal),
+            ChildExit::Hung { then, .. } => then.number(),
+            ChildExit::SpawnFailed(_) | ChildExit::WaitFailed(_) | ChildExit::Other(_) => None,
+        }
+    }
+}
+
+/// The text std gives an exit status (`exit status: 1`, `signal: 9
+/// (SIGKILL)`), so logs and `/status` read as they always did.
+impl fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChildExit::Exited(code) => write!(f, "exit status: {code}"),
+            ChildExit::Signalled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "signal: {signal}")?;
+                if let Ok(name) = nix::sys::signal::Signal::try_from(*signal) {
+                    write!(f, " ({})", name.as_str())?;
+                }
+                if *core_dumped {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
+            ChildExit::Hung { reason, then } => write!(f, "hung: {reason}; {then}"),
+            ChildExit::SpawnFailed(error) => write!(f, "spawn failed: {error}"),
+            ChildExit::WaitFailed(error) => write!(f, "wait failed: {error}"),
+            ChildExit::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for ChildExit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `unknown` for a child that has not ended yet.
+struct LastExit<'a>(Option<&'a ChildExit>);
+
+impl fmt::Display for LastExit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(exit) => exit.fmt(f),
+            None => f.write_str("unknown"),
         }
     }
 }
@@ -514,5 +619,96 @@ mod tests {
                 "reconfiguring": true,
             })
         );
+    }
+
+    /// The text is std's for every exit code and signal, so nothing a
+    /// reader of logs or `/status` sees changed.
+    #[test]
+    fn exit_text_is_std_text() {
+        let mut raws: Vec<i32> = (0..=255).map(|code| code << 8).collect();
+        raws.extend(1..=64);
+        raws.extend((1..=31).map(|signal| signal | 0x80));
+        for raw in raws {
+            let status = ExitStatus::from_raw(raw);
+            assert_eq!(
+                ChildExit::from_status(status).to_string(),
+                status.to_string(),
+                "wait status {raw:#x}"
+            );
+        }
+    }
+
+    /// The number metrics export, from the value (it used to be parsed
+    /// back out of the text).
+    #[test]
+    fn exit_numbers() {
+        let killed = ChildExit::Signalled {
+            signal: 9,
+            core_dumped: false,
+        };
+        let cases = [
+            (ChildExit::Exited(255), Some(255)),
+            (ChildExit::Exited(0), Some(0)),
+            (killed.clone(), Some(9)),
+            (
+                ChildExit::Signalled {
+                    signal: 11,
+                    core_dumped: true,
+                },
+                Some(11),
+            ),
+            (
+                ChildExit::Hung {
+                    reason: "3 STUN probes failed in a row (timeout)".into(),
+                    then: Box::new(killed.clone()),
+                },
+                Some(9),
+            ),
+            (
+                ChildExit::SpawnFailed("No such file or directory".into()),
+                None,
+            ),
+            (ChildExit::WaitFailed("interrupted".into()), None),
+        ];
+        for (exit, number) in cases {
+            assert_eq!(exit.number(), number, "{exit}");
+        }
+    }
+
+    #[test]
+    fn exit_renders_as_text_in_status() {
+        let hung = ChildExit::Hung {
+            reason: "3 STUN probes failed in a row (timeout)".into(),
+            then: Box::new(ChildExit::Signalled {
+                signal: 9,
+                core_dumped: false,
+            }),
+        };
+        assert_eq!(
+            hung.to_string(),
+            "hung: 3 STUN probes failed in a row (timeout); signal: 9 (SIGKILL)"
+        );
+        assert_eq!(
+            ChildExit::SpawnFailed("No such file or directory (os error 2)".into()).to_string(),
+            "spawn failed: No such file or directory (os error 2)"
+        );
+        let status = SupervisorStatus {
+            phase: Phase::BackingOff,
+            last_exit: Some(ChildExit::Exited(1)),
+            ..SupervisorStatus::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&status).unwrap()["last_exit"],
+            "exit status: 1"
+        );
+        assert_eq!(
+            status.reason(),
+            "turnserver exited (exit status: 1), restarting"
+        );
+        let never = SupervisorStatus {
+            phase: Phase::BackingOff,
+            ..SupervisorStatus::default()
+        };
+        assert_eq!(never.reason(), "turnserver exited (unknown), restarting");
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::readiness::{Readiness, Snapshot};
-use crate::status::RegistryStatus;
+use crate::status::{ChildExit, RegistryStatus};
 use crate::time::unix_now;
 
 /// HTTP requests by route and status code. The route is borrowed for the
@@ -162,17 +162,6 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-/// The number in `exit status: 255` or `signal: 9 (SIGKILL)`, also at the
-/// end of a longer description (`hung: …; signal: 9 (SIGKILL)`).
-fn exit_number(how: &str) -> Option<f64> {
-    how.rsplit(": ")
-        .next()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn flag(value: bool) -> f64 {
     if value {
         1.0
@@ -212,9 +201,9 @@ impl Collector for StatusCollector {
         )?;
         let exit_code = turnserver
             .last_exit
-            .as_deref()
-            .and_then(exit_number)
-            .unwrap_or(0.0);
+            .as_ref()
+            .and_then(ChildExit::number)
+            .map_or(0.0, f64::from);
         gauge(
             e,
             "turn_agent_turnserver_last_exit_code",
@@ -348,21 +337,5 @@ impl Collector for StatusCollector {
             )?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_numbers() {
-        assert_eq!(exit_number("exit status: 255"), Some(255.0));
-        assert_eq!(exit_number("signal: 9 (SIGKILL)"), Some(9.0));
-        assert_eq!(
-            exit_number("hung: 3 STUN probes failed; signal: 9 (SIGKILL)"),
-            Some(9.0)
-        );
-        assert_eq!(exit_number("spawn failed: No such file"), None);
     }
 }

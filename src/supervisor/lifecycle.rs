@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::backoff::RestartBackoff;
 
-pub use crate::status::{Phase, SupervisorStatus};
+pub use crate::status::{ChildExit, Phase, SupervisorStatus};
 
 /// What the shell should do after a failed probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Lifecycle {
 
     /// Records the end of the current child and returns the delay before the
     /// next spawn.
-    pub fn exited(&mut self, how: String, now: Instant) -> Duration {
+    pub fn exited(&mut self, how: ChildExit, now: Instant) -> Duration {
         let healthy_for = self.ready_since.map(|since| now - since);
         let delay = self.backoff.on_exit(healthy_for);
         self.spawned_at = None;
@@ -116,7 +116,7 @@ impl Lifecycle {
         delay
     }
 
-    pub fn stopped(&mut self, how: Option<String>) {
+    pub fn stopped(&mut self, how: Option<ChildExit>) {
         self.status.phase = Phase::Stopped;
         self.status.pid = None;
         self.status.next_restart_in_ms = None;
@@ -129,6 +129,20 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn killed() -> ChildExit {
+        ChildExit::Signalled {
+            signal: 9,
+            core_dumped: false,
+        }
+    }
+
+    fn hung() -> ChildExit {
+        ChildExit::Hung {
+            reason: "no STUN answer".into(),
+            then: Box::new(killed()),
+        }
+    }
 
     fn lifecycle() -> Lifecycle {
         let backoff = RestartBackoff::new(
@@ -201,7 +215,7 @@ mod tests {
         for pid in 0..6 {
             life.spawned(pid, Instant::now());
             tokio::time::advance(Duration::from_millis(5)).await;
-            let delay = life.exited("exit status: 255".into(), Instant::now());
+            let delay = life.exited(ChildExit::Exited(255), Instant::now());
             assert_eq!(life.status().phase, Phase::BackingOff);
             delays.push(delay.as_millis());
             tokio::time::advance(delay).await;
@@ -214,7 +228,7 @@ mod tests {
         life.spawned(7, Instant::now());
         life.probe_succeeded(Instant::now());
         tokio::time::advance(Duration::from_secs(61)).await;
-        let delay = life.exited("signal: 9 (SIGKILL)".into(), Instant::now());
+        let delay = life.exited(killed(), Instant::now());
         assert_eq!(delay, Duration::from_millis(100));
         assert!(!life.status().crash_loop);
         assert_eq!(life.status().restarts, 6);
@@ -228,7 +242,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(70)).await;
             life.probe_succeeded(Instant::now());
             tokio::time::advance(Duration::from_millis(10)).await;
-            let delay = life.exited("signal: 9 (SIGKILL)".into(), Instant::now());
+            let delay = life.exited(killed(), Instant::now());
             assert_eq!(delay, Duration::from_millis(100));
         }
         assert!(!life.status().crash_loop);
@@ -240,13 +254,13 @@ mod tests {
         life.spawned(1, Instant::now());
         tokio::time::advance(Duration::from_secs(120)).await;
         assert_eq!(
-            life.exited("hung".into(), Instant::now()),
+            life.exited(hung(), Instant::now()),
             Duration::from_millis(100)
         );
         life.spawned(2, Instant::now());
         tokio::time::advance(Duration::from_secs(120)).await;
         assert_eq!(
-            life.exited("hung".into(), Instant::now()),
+            life.exited(hung(), Instant::now()),
             Duration::from_millis(200)
         );
     }
@@ -256,7 +270,7 @@ mod tests {
         let mut life = lifecycle();
         life.spawned(1, Instant::now());
         life.probe_succeeded(Instant::now());
-        life.stopped(Some("exit status: 0".into()));
+        life.stopped(Some(ChildExit::Exited(0)));
         assert_eq!(life.status().phase, Phase::Stopped);
         assert!(!life.status().is_ready());
         assert_eq!(life.status().pid, None);

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ConfigWatch, CredentialMode, TurnserverConfig};
 use crate::systemd::Watchdog;
 use backoff::RestartBackoff;
+pub use lifecycle::{ChildExit, Phase, SupervisorStatus};
 use lifecycle::{Lifecycle, ProbeVerdict};
-pub use lifecycle::{Phase, SupervisorStatus};
 use process::Spawner;
 
 /// How often to probe a child that has not answered yet: turnserver answers
@@ -65,7 +65,7 @@ pub fn command_line(
 
 /// Why a child's run ended.
 enum ChildEnd {
-    Exited(String),
+    Exited(ChildExit),
     Hung(String),
     /// Its command line changed: replace it.
     Reconfigured,
@@ -150,12 +150,15 @@ impl Supervisor {
                         ChildEnd::Hung(reason) => {
                             tracing::error!(%reason, pid = child.id(), "turnserver is hung, killing it");
                             let how = process::kill_child(&mut child).await;
-                            format!("hung: {reason}; {how}")
+                            ChildExit::Hung {
+                                reason,
+                                then: Box::new(how),
+                            }
                         }
                         ChildEnd::Exited(how) => how,
                     }
                 }
-                Err(error) => format!("spawn failed: {error}"),
+                Err(error) => ChildExit::SpawnFailed(error.to_string()),
             };
 
             let delay = self.lifecycle.exited(end.clone(), Instant::now());

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::log_safe::LogSafe;
+use crate::status::ChildExit;
 
 type SpawnRequest = (Command, oneshot::Sender<io::Result<Child>>);
 
@@ -201,17 +202,14 @@ fn strip_uptime_prefix(line: &str) -> &str {
     }
 }
 
-/// Describes how a child ended, for logs and `/readyz`.
-pub fn describe_exit(status: io::Result<ExitStatus>) -> String {
-    match status {
-        Ok(status) => status.to_string(),
-        Err(error) => format!("wait failed: {error}"),
-    }
+/// How a child ended, for logs, `/readyz` and metrics.
+pub fn describe_exit(status: io::Result<ExitStatus>) -> ChildExit {
+    ChildExit::from_wait(status)
 }
 
 /// Stops a child: SIGTERM, up to `timeout` for it to exit, then SIGKILL.
 /// Always reaps it, so its port is free when this returns.
-pub async fn stop_child(child: &mut Child, timeout: Duration) -> String {
+pub async fn stop_child(child: &mut Child, timeout: Duration) -> ChildExit {
     if let Some(pid) = child.id() {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
@@ -238,7 +236,7 @@ pub fn remove_pidfile(pidfile: &Path, pid: u32) {
 }
 
 /// SIGKILL and reap.
-pub async fn kill_child(child: &mut Child) -> String {
+pub async fn kill_child(child: &mut Child) -> ChildExit {
     let _ = child.start_kill();
     describe_exit(child.wait().await)
 }
@@ -387,7 +385,9 @@ mod tests {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).await.unwrap();
-        let how = stop_child(&mut child, Duration::from_millis(200)).await;
+        let how = stop_child(&mut child, Duration::from_millis(200))
+            .await
+            .to_string();
         assert!(how.contains("SIGKILL") || how.contains("9"), "{how}");
     }
 }
