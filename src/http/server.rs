@@ -248,7 +248,11 @@ pub async fn serve(
         ))
         .service(router);
     let slots = ConnectionSlots::new(limits);
-    let trimmer = tokio::spawn(super::trim::run(slots.clone(), shutdown.clone()));
+    // The trimmer and every connection task: closed and waited for before
+    // serve returns, so none outlives the server (the caller bounds the
+    // wait with its drain deadline).
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(super::trim::run(slots.clone(), shutdown.clone()));
     let mut refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let mut full_log = RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let graceful = GracefulShutdown::new();
@@ -328,7 +332,7 @@ pub async fn serve(
         };
         let first_byte_timeout = limits.header_read_timeout;
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             // Until its first byte a socket costs only this small future:
             // hyper's buffers and TLS state are made once there is
             // something to read, in their own allocation.
@@ -345,7 +349,8 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-    let _ = trimmer.await;
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
