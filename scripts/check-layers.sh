@@ -6,7 +6,8 @@
 # The layer table is the `layers` block in ARCHITECTURE.md (one place): each
 # line is `<rank> <name>: <module> <module> ...`; a module may use modules of
 # its own rank or lower ranks. A module is a top-level file or folder of
-# src/; its imports are the `crate::<module>` paths outside comment lines.
+# src/; its imports are the `crate::<module>` paths and groups outside
+# comments and strings (see used_modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,35 @@ while read -r number name modules; do
   done
 done <<<"$(sed 's/:/ /' <<<"$table")"
 
+# The top-level modules a file names through `crate::`: plain paths
+# (`crate::a::B`, in a `use` or inline in a type or call) and groups
+# (`use crate::{a, b::{c, d}}`, over several lines too). Comments and
+# string literals are skipped. perl is part of every Debian base system.
+used_modules() {
+  perl -0777 -ne '
+    # Comments, raw strings, strings and char literals, left to right,
+    # so a quote in a comment or a // in a string hides nothing.
+    s{(/\*.*?\*/|//[^\n]*|\bb?r(\#*)".*?"\2|b?"(?:[^"\\]|\\.)*"|b?\x27(?:[^\x27\\]|\\.)\x27)}{ }gs;
+    my %seen;
+    while (/\bcrate::(\{|[a-z_][a-z0-9_]*)/g) {
+      if ($1 ne "{") { $seen{$1} = 1; next }
+      # A group: take the first path segment of each top-level item.
+      my ($depth, $item, $start) = (1, "", pos());
+      my $rest = substr($_, $start);
+      for my $char (split //, $rest) {
+        if ($char eq "{") { $depth++ }
+        elsif ($char eq "}") { $depth--; last if $depth == 0 }
+        elsif ($char eq "," && $depth == 1) {
+          $seen{$1} = 1 if $item =~ /^\s*([a-z_][a-z0-9_]*)/; $item = ""; next
+        }
+        $item .= $char if $depth == 1;
+      }
+      $seen{$1} = 1 if $item =~ /^\s*([a-z_][a-z0-9_]*)/;
+    }
+    print "$_\n" for sort keys %seen;
+  ' "$1"
+}
+
 failed=0
 edges=$(mktemp)
 trap 'rm -f "$edges"' EXIT
@@ -42,7 +72,7 @@ for file in $(find src -name '*.rs' | sort); do
     failed=1
     continue
   fi
-  for used in $(grep -v '^[[:space:]]*//' "$file" | grep -o 'crate::[a-z_][a-z0-9_]*' | sed 's/^crate:://' | sort -u); do
+  for used in $(used_modules "$file"); do
     [ "$used" = "$module" ] && continue
     if [ -z "${rank[$used]:-}" ]; then
       echo "check-layers: $file uses \`$used\`, which is in no layer" >&2
