@@ -65,6 +65,30 @@ impl Quotas {
     }
 }
 
+/// The file the agent writes for turnserver's `-c` while the channel is
+/// on: `<pidfile stem>-agent.conf` beside the pidfile (pure).
+pub fn agent_file_path(pidfile: &std::path::Path) -> std::path::PathBuf {
+    let stem = pidfile
+        .file_stem()
+        .map_or_else(|| "turnserver".into(), |stem| stem.to_string_lossy());
+    pidfile.with_file_name(format!("{stem}-agent.conf"))
+}
+
+/// Whether `config_file` names the agent's own file (lexically, or the
+/// same file once both resolve): the agent would copy its own output into
+/// itself at every start.
+pub fn is_agent_file(config_file: &std::path::Path, pidfile: &std::path::Path) -> bool {
+    let agent_file = agent_file_path(pidfile);
+    if config_file == agent_file {
+        return true;
+    }
+    let resolved = |path: &std::path::Path| {
+        let parent = path.parent()?.canonicalize().ok()?;
+        Some(parent.join(path.file_name()?))
+    };
+    resolved(config_file).is_some_and(|config_file| Some(config_file) == resolved(&agent_file))
+}
+
 /// The raw keys [`validate`] reads.
 pub struct RawControl<'a> {
     /// `turnserver.control`: `"on"` or `"off"`.
@@ -263,5 +287,26 @@ mod tests {
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert!(problems[0].starts_with(&format!("{key}: ")), "{problems:?}");
         }
+    }
+
+    #[test]
+    fn the_agents_own_file_is_found_however_it_is_spelled() {
+        let pidfile = std::path::Path::new("/run/turn-agent/turnserver.pid");
+        assert_eq!(
+            agent_file_path(pidfile),
+            std::path::Path::new("/run/turn-agent/turnserver-agent.conf")
+        );
+        assert!(is_agent_file(
+            std::path::Path::new("/run/turn-agent/turnserver-agent.conf"),
+            pidfile
+        ));
+        assert!(!is_agent_file(
+            std::path::Path::new("/etc/turnserver.conf"),
+            pidfile
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("ts.pid");
+        let dotted = dir.path().join(".").join("ts-agent.conf");
+        assert!(is_agent_file(&dotted, &pidfile));
     }
 }

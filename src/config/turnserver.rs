@@ -171,6 +171,14 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
         v.problems.extend(problems);
         Default::default()
     });
+    if let Some(file) = &config_file {
+        if control.enabled && super::control::is_agent_file(file, &pidfile) {
+            v.problem(
+                "turnserver.config_file",
+                "names the file the agent writes for turnserver beside the pidfile; name the operator's own turnserver configuration",
+            );
+        }
+    }
 
     TurnserverConfig {
         binary,

@@ -40,10 +40,7 @@ pub enum TurnserverFileError {
 /// The agent's file for the turnserver whose pidfile is `pidfile`: next to
 /// it (`/run/turn-agent/` by default, a tmpfs), named after it.
 pub fn path_for(pidfile: &Path) -> PathBuf {
-    let stem = pidfile
-        .file_stem()
-        .map_or_else(|| "turnserver".into(), |stem| stem.to_string_lossy());
-    pidfile.with_file_name(format!("{stem}-agent.conf"))
+    crate::config::control::agent_file_path(pidfile)
 }
 
 /// The file's text (pure): the operator's file, then the agent's lines.
