@@ -83,6 +83,13 @@ async fn the_cli_password_is_only_in_a_0600_file_and_never_logged() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(!text.contains(&format!("cli-password={password}\n")));
     assert!(!agent.log().contains(password));
+
+    // A clean stop leaves no password on disk.
+    let mut agent = agent;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let exit = agent.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(0), "{}", agent.log());
+    assert!(!file.exists(), "{}", file.display());
 }
 
 #[tokio::test]

@@ -134,6 +134,17 @@ impl Supervisor {
                             if let Some(pid) = pid {
                                 process::remove_pidfile(&self.config().pidfile, pid);
                             }
+                            // The CLI password of a turnserver that is gone
+                            // has no reader left: do not leave it on disk.
+                            let agent_file =
+                                crate::control::turnserver_file::path_for(&self.config().pidfile);
+                            match std::fs::remove_file(&agent_file) {
+                                Ok(()) => {}
+                                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(error) => {
+                                    tracing::warn!(%error, "cannot remove the agent's turnserver file with the CLI password")
+                                }
+                            }
                             tracing::info!(exit = %how, "turnserver stopped");
                             self.lifecycle.stopped(Some(how));
                             self.publish();
