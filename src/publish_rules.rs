@@ -29,14 +29,24 @@ pub fn changed_enough(
 }
 
 /// When the agent writes its node again: at a publish tick, when free
-/// traffic moved past the hysteresis since the last write, or when
+/// traffic moved past the hysteresis band since the last write, or when
 /// `max_silence` passed since the tick of the last write. Silence counts
 /// from ticks, not from when a write returned, so a round trip per write
 /// cannot stretch it by a whole interval.
+///
+/// The band is `hysteresis_percent` of capacity, narrowed to
+/// `headroom_hysteresis_percent` of the free traffic (published or
+/// current, the larger) when that is smaller: a nearly full host writes
+/// sooner. With a band of 5 % of capacity alone, a 10 Gbps host at 95 %
+/// could fill to the brim without a write until `max_silence`, while every
+/// allocator kept sending it sessions (docs/allocator-scale.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PublishRule {
     pub capacity_mbps: f64,
     pub hysteresis_percent: f64,
+    /// 100 or more turns the narrowing off (a change never exceeds the
+    /// larger of two non-negative values).
+    pub headroom_hysteresis_percent: f64,
     pub max_silence: Duration,
 }
 
@@ -50,12 +60,14 @@ impl PublishRule {
         since_written: Duration,
     ) -> bool {
         since_written >= self.max_silence
-            || changed_enough(
-                published_free,
-                current_free,
-                self.capacity_mbps,
-                self.hysteresis_percent,
-            )
+            || (published_free - current_free).abs() > self.band(published_free, current_free)
+    }
+
+    /// The change in free traffic (Mbps) that a write must exceed.
+    pub fn band(&self, published_free: f64, current_free: f64) -> f64 {
+        let of_capacity = self.capacity_mbps * self.hysteresis_percent / 100.0;
+        let headroom = published_free.max(current_free).max(0.0);
+        of_capacity.min(headroom * self.headroom_hysteresis_percent / 100.0)
     }
 }
 
@@ -233,6 +245,7 @@ mod tests {
         PublishRule {
             capacity_mbps: 1000.0,
             hysteresis_percent: 5.0,
+            headroom_hysteresis_percent: 100.0,
             max_silence: Duration::from_secs(60),
         }
     }
@@ -377,5 +390,67 @@ mod tests {
                 .rest_addr,
             "0.0.0.0:8080"
         );
+    }
+
+    #[test]
+    fn the_band_narrows_with_the_headroom() {
+        let rule = |capacity_mbps: f64, headroom_hysteresis_percent: f64| PublishRule {
+            capacity_mbps,
+            hysteresis_percent: 5.0,
+            headroom_hysteresis_percent,
+            max_silence: Duration::from_secs(60),
+        };
+        let ten_seconds = Duration::from_secs(10);
+        // (capacity, headroom %, published, current, writes)
+        let table: &[(f64, f64, f64, f64, bool)] = &[
+            // Plenty of room: 5 % of capacity decides.
+            (1000.0, 50.0, 500.0, 540.0, false),
+            (1000.0, 50.0, 500.0, 551.0, true),
+            // A 10 Gbps host at 95 %: 500 Mbps free. The capacity band
+            // alone (500 Mbps) would let it fill to the brim unseen.
+            (10_000.0, 100.0, 500.0, 0.0, false),
+            (10_000.0, 50.0, 500.0, 0.0, true),
+            (10_000.0, 50.0, 500.0, 260.0, false),
+            (10_000.0, 50.0, 500.0, 240.0, true),
+            // Room coming back to a full host counts the same way.
+            (1000.0, 50.0, 0.0, 10.0, true),
+            (1000.0, 50.0, 0.0, 0.0, false),
+            // 100 % is the capacity band alone.
+            (1000.0, 100.0, 40.0, 0.0, false),
+            (1000.0, 100.0, 60.0, 0.0, true),
+        ];
+        for &(capacity, headroom, published, current, writes) in table {
+            assert_eq!(
+                rule(capacity, headroom).should_write(published, current, ten_seconds),
+                writes,
+                "capacity {capacity}, headroom {headroom} %, {published} -> {current}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_band_is_never_wider_than_the_capacity_band(
+            capacity in 1.0f64..100_000.0,
+            hysteresis in 0.0f64..=100.0,
+            headroom in 0.0f64..=100.0,
+            published in 0.0f64..100_000.0,
+            current in 0.0f64..100_000.0,
+        ) {
+            let rule = PublishRule {
+                capacity_mbps: capacity,
+                hysteresis_percent: hysteresis,
+                headroom_hysteresis_percent: headroom,
+                max_silence: Duration::from_secs(60),
+            };
+            let band = rule.band(published, current);
+            proptest::prop_assert!(band >= 0.0);
+            proptest::prop_assert!(band <= capacity * hysteresis / 100.0);
+            // Whatever the headroom share, what passes the capacity band
+            // is written.
+            if changed_enough(published, current, capacity, hysteresis) {
+                proptest::prop_assert!(rule.should_write(published, current, Duration::ZERO));
+            }
+        }
     }
 }

@@ -325,6 +325,7 @@ impl Registry {
         let rule = PublishRule {
             capacity_mbps: self.traffic().capacity_mbps,
             hysteresis_percent: self.traffic().hysteresis_percent,
+            headroom_hysteresis_percent: self.traffic().headroom_hysteresis_percent,
             max_silence: self.zookeeper().max_silence,
         };
         let written = published.as_ref().map(|current| Written {

@@ -112,6 +112,7 @@ impl Default for RawTraffic {
             smoothing: 0.0,
             max_allocations: None,
             source: TrafficSource::Interface,
+            headroom_hysteresis_percent: 100.0,
         }
     }
 }

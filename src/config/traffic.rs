@@ -36,6 +36,8 @@ pub struct TrafficConfig {
     /// At or over this many allocations the host publishes no headroom.
     pub max_allocations: Option<u64>,
     pub source: TrafficSource,
+    /// The hysteresis band narrowed to this share of free traffic.
+    pub headroom_hysteresis_percent: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +52,7 @@ pub struct RawTraffic {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_allocations: Option<i64>,
     pub source: TrafficSource,
+    pub headroom_hysteresis_percent: f64,
 }
 
 pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficConfig {
@@ -61,6 +64,14 @@ pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficCo
     }
     if !(raw.smoothing.is_finite() && (0.0..1.0).contains(&raw.smoothing)) {
         v.problem("traffic.smoothing", "must be at least 0 and less than 1");
+    }
+    if !(raw.headroom_hysteresis_percent.is_finite()
+        && (0.0..=100.0).contains(&raw.headroom_hysteresis_percent))
+    {
+        v.problem(
+            "traffic.headroom_hysteresis_percent",
+            "must be between 0 and 100",
+        );
     }
     if let Some(interface) = &raw.interface {
         let exists = !interface.is_empty()
@@ -89,5 +100,6 @@ pub(super) fn validate_traffic(v: &mut Validator, raw: &RawTraffic) -> TrafficCo
                 }
             }),
         source: raw.source,
+        headroom_hysteresis_percent: raw.headroom_hysteresis_percent,
     }
 }
