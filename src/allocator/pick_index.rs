@@ -73,6 +73,9 @@ struct Group {
     members: Box<[u32]>,
     /// Inclusive prefix sums of free traffic over `members`.
     cumulative_free: Box<[f64]>,
+    /// Inclusive prefix sums of what weighted draws by: free traffic above
+    /// the reserve.
+    cumulative_weight: Box<[f64]>,
     /// Inclusive prefix sums of capacity (free traffic when a host does
     /// not publish a larger capacity) over `members`.
     cumulative_capacity: Box<[f64]>,
@@ -90,6 +93,10 @@ impl Group {
 
     fn total_free(&self) -> f64 {
         self.cumulative_free.last().copied().unwrap_or(0.0)
+    }
+
+    fn total_weight(&self) -> f64 {
+        self.cumulative_weight.last().copied().unwrap_or(0.0)
     }
 
     fn total_capacity(&self) -> f64 {
@@ -167,6 +174,17 @@ impl PickIndex {
     /// Indexes `hosts` (a view's list, in its order) for picks that skip
     /// hosts with less than `min_free_mbps` free. O(hosts × ISPs per host).
     pub fn build<H: Borrow<Host>>(hosts: &[H], min_free_mbps: f64) -> PickIndex {
+        PickIndex::build_reserving(hosts, min_free_mbps, 0.0)
+    }
+
+    /// Like [`PickIndex::build`], with weighted drawing in proportion to
+    /// free traffic above `reserve_percent` of each host's capacity (in
+    /// proportion to free traffic when no candidate has any above it).
+    pub fn build_reserving<H: Borrow<Host>>(
+        hosts: &[H],
+        min_free_mbps: f64,
+        reserve_percent: f64,
+    ) -> PickIndex {
         /// Members naming one ISP: all of them, and per region.
         type IspLists = (Vec<u32>, HashMap<Box<str>, Vec<u32>>);
         #[derive(Default)]
@@ -238,12 +256,16 @@ impl PickIndex {
             .collect();
         let group = |members: Vec<u32>, key: GroupKey<'_>| -> Group {
             let mut cumulative_free = Vec::with_capacity(members.len());
+            let mut cumulative_weight = Vec::with_capacity(members.len());
             let mut cumulative_capacity = Vec::with_capacity(members.len());
-            let (mut sum_free, mut sum_capacity) = (0.0, 0.0);
+            let (mut sum_free, mut sum_weight, mut sum_capacity) = (0.0, 0.0, 0.0);
             for &member in &members {
-                sum_free += free[member as usize].max(0.0);
-                sum_capacity += capacity[member as usize];
+                let (free, capacity) = (free[member as usize].max(0.0), capacity[member as usize]);
+                sum_free += free;
+                sum_weight += (free - capacity * reserve_percent / 100.0).max(0.0);
+                sum_capacity += capacity;
                 cumulative_free.push(sum_free);
+                cumulative_weight.push(sum_weight);
                 cumulative_capacity.push(sum_capacity);
             }
             let mut most_free = members.clone();
@@ -253,6 +275,7 @@ impl PickIndex {
             Group {
                 members: members.into(),
                 cumulative_free: cumulative_free.into(),
+                cumulative_weight: cumulative_weight.into(),
                 cumulative_capacity: cumulative_capacity.into(),
                 most_free: most_free.into(),
                 turn_slot: key.slot(0),
@@ -322,12 +345,17 @@ impl PickIndex {
             Strategy::Random => candidates.nth(rng.random_range(0..count)),
             Strategy::MostFree => self.most_free(&candidates),
             Strategy::Weighted => {
-                let total = candidates.total(Group::total_free);
-                if total > 0.0 {
+                let above_reserve = candidates.total(Group::total_weight);
+                let free = candidates.total(Group::total_free);
+                let fraction = || {
                     let step = selector.next(candidates.first.weyl_slot);
-                    let fraction =
-                        (step.wrapping_mul(GOLDEN_STEP) >> 11) as f64 / (1u64 << 53) as f64;
-                    candidates.by_weight(fraction * total, |group| &group.cumulative_free)
+                    (step.wrapping_mul(GOLDEN_STEP) >> 11) as f64 / (1u64 << 53) as f64
+                };
+                if above_reserve > 0.0 {
+                    candidates
+                        .by_weight(fraction() * above_reserve, |group| &group.cumulative_weight)
+                } else if free > 0.0 {
+                    candidates.by_weight(fraction() * free, |group| &group.cumulative_free)
                 } else {
                     round_robin(&candidates)
                 }
@@ -527,9 +555,10 @@ mod tests {
             hosts in fleet(),
             preference in any_preference(),
             min_free in prop_oneof![Just(0.0), Just(10.0), Just(150.0)],
+            reserve in prop_oneof![Just(0.0), Just(2.0), Just(50.0)],
             seed in any::<u64>(),
         ) {
-            let index = PickIndex::build(&hosts, min_free);
+            let index = PickIndex::build_reserving(&hosts, min_free, reserve);
             let expected: Vec<usize> = candidates(&hosts, &preference, min_free).collect();
             prop_assert_eq!(index.candidate_count(&preference), expected.len());
             let selector = Selector::seeded(seed);
@@ -623,6 +652,46 @@ mod tests {
         // Smooth: the heaviest host never gets more than 2 in a row.
         let longest_run = picks.chunk_by(|a, b| a == b).map(<[usize]>::len).max();
         assert!(longest_run <= Some(2), "{longest_run:?}");
+    }
+
+    #[test]
+    fn weighted_draws_by_free_traffic_above_the_reserve() {
+        let weighted_counts = |hosts: &[Host], reserve_percent: f64| {
+            let index = PickIndex::build_reserving(hosts, 0.0, reserve_percent);
+            let selector = Selector::seeded(11);
+            let mut rng = SmallRng::seed_from_u64(11);
+            let mut counts = vec![0usize; hosts.len()];
+            for _ in 0..10_000 {
+                let pick = index.pick(
+                    Strategy::Weighted,
+                    &Preference::default(),
+                    &selector,
+                    &mut rng,
+                );
+                counts[pick.unwrap()] += 1;
+            }
+            counts
+        };
+        // A 10 Gbps host with 300 Mbps free, a 1 Gbps host with 300, one
+        // with 10: at a 2 % reserve the weights are 100, 280 and 0.
+        let hosts = vec![
+            host("big", 300.0, 10_000.0, "", &[]),
+            host("small", 300.0, 1000.0, "", &[]),
+            host("full", 10.0, 1000.0, "", &[]),
+        ];
+        let counts = weighted_counts(&hosts, 2.0);
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!(counts[0].abs_diff(10_000 * 100 / 380) <= 3, "{counts:?}");
+        // No reserve: by free traffic.
+        let counts = weighted_counts(&hosts, 0.0);
+        assert!(counts[2].abs_diff(10_000 * 10 / 610) <= 3, "{counts:?}");
+        // Nobody above the reserve: by free traffic, not by turns.
+        let hosts = vec![
+            host("a", 30.0, 10_000.0, "", &[]),
+            host("b", 10.0, 1000.0, "", &[]),
+        ];
+        let counts = weighted_counts(&hosts, 5.0);
+        assert!(counts[0].abs_diff(7500) <= 3, "{counts:?}");
     }
 
     #[test]
