@@ -52,6 +52,8 @@ const SESSION_TIMEOUT_SECS: u64 = 10;
 const REJOIN_AFTER_SECS: u64 = 5;
 const PICK_ATTEMPTS: usize = 3;
 const MIN_FREE_MBPS: f64 = 1.0;
+/// Local accounting: draws after the first before taking the last one.
+const LOCAL_REDRAWS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fleet {
@@ -87,8 +89,20 @@ struct Publishing {
     interval_secs: u64,
     hysteresis_percent: f64,
     max_silence_secs: u64,
+    /// The band narrowed to this share of free traffic ([`PublishRule`]).
+    headroom_percent: f64,
     /// Agents publish `allocations` beside `freeTraffic`.
     allocations: bool,
+}
+
+/// What the allocators do beside the strategy.
+#[derive(Debug, Clone, Copy)]
+struct Picking {
+    /// Weighted draws by free traffic above this share of capacity.
+    reserve_percent: f64,
+    /// Each allocator lowers a host's free traffic by the sessions it sent
+    /// there since the host's last write, at the mean bitrate.
+    local_accounting: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +111,7 @@ struct Scenario {
     load: f64,
     policy: Policy,
     publishing: Publishing,
+    picking: Picking,
     hosts: usize,
     allocators: usize,
     seconds: u64,
@@ -241,6 +256,10 @@ fn run(scenario: Scenario) -> Outcome {
         Policy::SeedRoundRobin => (Strategy::RoundRobin, 0.1),
     };
     let preference = Preference::default();
+    // Per allocator, per slot: Mbps it sent there since the host's last
+    // write (local accounting).
+    let mut handed: Vec<Vec<f64>> = vec![vec![0.0; hosts.len()]; scenario.allocators];
+    let expected_session_mbps = mean_bitrate_kbps() / 1000.0;
 
     // (end second, slot, generation, kbps)
     let mut ends: BinaryHeap<Reverse<(u64, u32, u32, u64)>> = BinaryHeap::new();
@@ -309,7 +328,7 @@ fn run(scenario: Scenario) -> Outcome {
                     slots.push(slot);
                 }
             }
-            index = PickIndex::build(&listed, min_free);
+            index = PickIndex::build_reserving(&listed, min_free, scenario.picking.reserve_percent);
             view_changed = false;
         }
         // Arrivals, each to a random allocator.
@@ -320,14 +339,30 @@ fn run(scenario: Scenario) -> Outcome {
             let duration = -MEAN_DURATION_SECS * rng.random::<f64>().max(1e-12).ln();
             let mut placed = None;
             for _ in 0..PICK_ATTEMPTS {
-                let Some(position) = index.pick(
-                    strategy,
-                    &preference,
-                    &selectors[allocator],
-                    &mut pick_rngs[allocator],
-                ) else {
+                let pick = |rng: &mut SmallRng| {
+                    index.pick(strategy, &preference, &selectors[allocator], rng)
+                };
+                let Some(mut position) = pick(&mut pick_rngs[allocator]) else {
                     break;
                 };
+                if scenario.picking.local_accounting {
+                    // Draw again while what this allocator sent since the
+                    // host's write leaves it less than the view says: the
+                    // picks then follow free traffic minus the local share.
+                    for _ in 0..LOCAL_REDRAWS {
+                        let free = listed[position].payload.free_traffic;
+                        let left = free - handed[allocator][slots[position]];
+                        let rng = &mut pick_rngs[allocator];
+                        if free > 0.0 && rng.random::<f64>() * free < left {
+                            break;
+                        }
+                        match pick(rng) {
+                            Some(next) => position = next,
+                            None => break,
+                        }
+                    }
+                    handed[allocator][slots[position]] += expected_session_mbps;
+                }
                 let slot = slots[position];
                 if hosts[slot].alive {
                     placed = Some(slot);
@@ -382,6 +417,7 @@ fn run(scenario: Scenario) -> Outcome {
             let rule = PublishRule {
                 capacity_mbps,
                 hysteresis_percent: publishing.hysteresis_percent,
+                headroom_hysteresis_percent: publishing.headroom_percent,
                 max_silence: Duration::from_secs(publishing.max_silence_secs),
             };
             let write = match host.written {
@@ -392,6 +428,9 @@ fn run(scenario: Scenario) -> Outcome {
             };
             if write {
                 host.written = Some((free, second));
+                for handed in handed.iter_mut() {
+                    handed[slot] = 0.0;
+                }
                 let allocations = publishing.allocations.then_some(host.sessions);
                 view[slot] = Some(Arc::new(Host {
                     node: format!("h{slot:05}"),
@@ -477,7 +516,12 @@ fn main() {
             interval_secs: 10,
             hysteresis_percent: 5.0,
             max_silence_secs: 60,
+            headroom_percent: 100.0,
             allocations: false,
+        },
+        picking: Picking {
+            reserve_percent: 0.0,
+            local_accounting: false,
         },
         hosts: env_number("SIM_HOSTS", 1000) as usize,
         allocators: env_number("SIM_ALLOCATORS", 50) as usize,
@@ -486,6 +530,12 @@ fn main() {
         seed: env_number("SIM_SEED", 1),
     };
     let part = std::env::var("SIM_PART").unwrap_or_else(|_| "all".into());
+    // Fleet loads for the goal part, e.g. `SIM_LOADS=0.8,0.95`.
+    let loads: Vec<f64> = std::env::var("SIM_LOADS")
+        .unwrap_or_else(|_| "0.8,0.95".into())
+        .split(',')
+        .filter_map(|load| load.trim().parse().ok())
+        .collect();
     println!(
         "{} hosts, {} allocators, {} s measured after {} s warm-up, seed {}",
         base.hosts, base.allocators, base.seconds, base.warmup, base.seed
@@ -524,6 +574,58 @@ fn main() {
             }
         }
     }
+    if part == "all" || part == "goal" {
+        // (headroom band %, reserve %, local accounting)
+        let variants: [(f64, f64, bool); 6] = [
+            (100.0, 0.0, false),
+            (100.0, 0.0, true),
+            (50.0, 0.0, false),
+            (25.0, 0.0, false),
+            (100.0, 2.0, false),
+            (50.0, 2.0, false),
+        ];
+        let scenarios: Vec<Scenario> = loads
+            .iter()
+            .flat_map(|&load| {
+                variants.iter().map(
+                    move |&(headroom_percent, reserve_percent, local_accounting)| Scenario {
+                        load,
+                        policy: Policy::Pick(Strategy::Weighted),
+                        publishing: Publishing {
+                            headroom_percent,
+                            ..base.publishing
+                        },
+                        picking: Picking {
+                            reserve_percent,
+                            local_accounting,
+                        },
+                        ..base
+                    },
+                )
+            })
+            .collect();
+        let outcomes = run_all(&scenarios);
+        println!();
+        println!("Mixed fleet, weighted, publish every 10 s, hysteresis 5 %, max silence 60 s");
+        println!();
+        println!(
+            "{}",
+            HEADER.replacen("| |", "| headroom band, reserve, local accounting |", 1)
+        );
+        for (scenario, outcome) in scenarios.iter().zip(&outcomes) {
+            let label = format!(
+                "{} % of free, {} % of capacity, {}",
+                scenario.publishing.headroom_percent,
+                scenario.picking.reserve_percent,
+                if scenario.picking.local_accounting {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+            println!("{}", row(scenario, outcome, &label));
+        }
+    }
     if part == "all" || part == "policies" {
         let publishing = [
             (10, 5.0, 60, false),
@@ -546,6 +648,7 @@ fn main() {
                                 hysteresis_percent,
                                 max_silence_secs,
                                 allocations,
+                                ..base.publishing
                             },
                             ..base
                         }
