@@ -236,6 +236,7 @@ mod tests {
             hysteresis_percent: 5.0,
             smoothing: 0.0,
             max_allocations: None,
+            headroom_hysteresis_percent: 100.0,
             source,
         }
     }
