@@ -512,3 +512,264 @@ async fn a_sighup_changes_quotas_in_the_running_turnserver() {
     assert!(pc.contains("Default total-quota: 200 (**)"), "{pc}");
     assert_eq!(agent.turnservers(), vec![pid]);
 }
+
+/// A TURN client's Allocate (or Refresh) carrying an ORIGIN attribute, the
+/// text coturn's `ps` prints as it came, signed with a long-term
+/// credential. Built by hand: the crate's own TURN client has no ORIGIN.
+mod origin_client {
+    use hmac::{Hmac, Mac};
+    use tokio::net::UdpSocket;
+
+    const MAGIC_COOKIE: u32 = 0x2112_A442;
+
+    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len() + (4 - value.len() % 4) % 4, 0);
+        out
+    }
+
+    fn message(method: u16, attributes: &[Vec<u8>], key: Option<&[u8]>) -> Vec<u8> {
+        let transaction: [u8; 12] = rand::random();
+        let mut body = attributes.concat();
+        let header = |length: usize| {
+            let mut header = Vec::new();
+            header.extend_from_slice(&method.to_be_bytes());
+            header.extend_from_slice(&(length as u16).to_be_bytes());
+            header.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+            header.extend_from_slice(&transaction);
+            header
+        };
+        if let Some(key) = key {
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).unwrap();
+            mac.update(&header(body.len() + 24));
+            mac.update(&body);
+            body.extend(attribute(0x0008, &mac.finalize().into_bytes()));
+        }
+        let mut out = header(body.len());
+        out.extend(body);
+        out
+    }
+
+    /// (class and method, attributes) of an answer.
+    fn parse(answer: &[u8]) -> (u16, Vec<(u16, Vec<u8>)>) {
+        let mut attributes = Vec::new();
+        let mut at = 20;
+        while at + 4 <= answer.len() {
+            let kind = u16::from_be_bytes([answer[at], answer[at + 1]]);
+            let length = usize::from(u16::from_be_bytes([answer[at + 2], answer[at + 3]]));
+            let value = answer[at + 4..(at + 4 + length).min(answer.len())].to_vec();
+            attributes.push((kind, value));
+            at += 4 + length + (4 - length % 4) % 4;
+        }
+        (u16::from_be_bytes([answer[0], answer[1]]), attributes)
+    }
+
+    /// MD5(user:realm:password), coturn's long-term key, from coreutils.
+    fn long_term_key(user: &str, realm: &[u8], password: &str) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(user.as_bytes()).unwrap();
+        input.write_all(b":").unwrap();
+        input.write_all(realm).unwrap();
+        input.write_all(b":").unwrap();
+        input.write_all(password.as_bytes()).unwrap();
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        let hex = String::from_utf8(output.stdout).unwrap();
+        (0..32)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    pub struct Allocation {
+        socket: UdpSocket,
+        user: String,
+        realm: Vec<u8>,
+        nonce: Vec<u8>,
+        key: Vec<u8>,
+    }
+
+    async fn exchange(socket: &UdpSocket, request: &[u8]) -> (u16, Vec<(u16, Vec<u8>)>) {
+        socket.send(request).await.unwrap();
+        let mut buffer = vec![0; 2048];
+        let length =
+            tokio::time::timeout(std::time::Duration::from_secs(2), socket.recv(&mut buffer))
+                .await
+                .expect("a TURN answer")
+                .unwrap();
+        parse(&buffer[..length])
+    }
+
+    fn value(attributes: &[(u16, Vec<u8>)], kind: u16) -> Vec<u8> {
+        attributes
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Allocates a UDP relay with `origin` as its ORIGIN.
+    pub async fn allocate(
+        server: std::net::SocketAddr,
+        user: &str,
+        password: &str,
+        origin: &str,
+    ) -> Allocation {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(server).await.unwrap();
+        let transport = attribute(0x0019, &[17, 0, 0, 0]);
+        let origin = attribute(0x802F, origin.as_bytes());
+        let (_, challenge) = exchange(
+            &socket,
+            &message(0x0003, &[transport.clone(), origin.clone()], None),
+        )
+        .await;
+        let realm = value(&challenge, 0x0014);
+        let nonce = value(&challenge, 0x0015);
+        let key = long_term_key(user, &realm, password);
+        let (class, answer) = exchange(
+            &socket,
+            &message(
+                0x0003,
+                &[
+                    transport,
+                    origin,
+                    attribute(0x0006, user.as_bytes()),
+                    attribute(0x0014, &realm),
+                    attribute(0x0015, &nonce),
+                ],
+                Some(&key),
+            ),
+        )
+        .await;
+        assert_eq!(class, 0x0103, "allocate refused: {answer:?}");
+        Allocation {
+            socket,
+            user: user.to_owned(),
+            realm,
+            nonce,
+            key,
+        }
+    }
+
+    impl Allocation {
+        /// Refresh with lifetime 0.
+        pub async fn release(self) {
+            let (class, answer) = exchange(
+                &self.socket,
+                &message(
+                    0x0004,
+                    &[
+                        attribute(0x000D, &0u32.to_be_bytes()),
+                        attribute(0x0006, self.user.as_bytes()),
+                        attribute(0x0014, &self.realm),
+                        attribute(0x0015, &self.nonce),
+                    ],
+                    Some(&self.key),
+                ),
+            )
+            .await;
+            assert_eq!(class, 0x0104, "release refused: {answer:?}");
+        }
+    }
+}
+
+/// Listed sessions as (id, user), or `None` while `/sessions` is refused.
+async fn listed_sessions(agent: &Agent, query: &str) -> Option<Vec<(String, String)>> {
+    let (200, body) = agent.get(&format!("/sessions{query}")).await? else {
+        return None;
+    };
+    Some(
+        body["sessions"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap_or_default().to_owned(),
+                    s["user"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_session_record_forged_through_a_clients_origin_is_never_trusted() {
+    let agent = Agent::start(AgentOptions {
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        ..AgentOptions::default()
+    });
+    agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+    let served = agent.wait_credential(Duration::from_secs(10)).await;
+
+    // Someone else's sessions.
+    let _uclient = hold_allocations(agent.files.turn_port, &served.userid, &served.password);
+    let victims = wait_for(Duration::from_secs(15), "the sessions listed", || async {
+        let sessions = listed_sessions(&agent, "").await?;
+        (!sessions.is_empty()).then_some(sessions)
+    })
+    .await;
+    let victim_id = victims[0].0.clone();
+
+    // A client with a valid credential writes a whole record into its
+    // ORIGIN (114 bytes): "mallory" holding the victim's session id. Its
+    // own record stays complete and the forged one takes the real lines
+    // after it (measured on 4.6.1: src/coturn_cli/testdata).
+    let origin = format!(
+        "x\nclient protocol UDP, relay protocol UDP\nusage: rp=0, rb=0, sp=0, sb=0\n\n1) id={victim_id:0>18}, user <mallory>:"
+    );
+    let forger =
+        origin_client::allocate(agent.turn_addr(), &served.userid, &served.password, &origin).await;
+    // The listing is refused as a whole once the forged record is in it.
+    wait_for(Duration::from_secs(15), "the listing refused", || async {
+        let mallory = listed_sessions(&agent, "?user=mallory").await;
+        assert!(
+            mallory.as_ref().is_none_or(|sessions| sessions.is_empty()),
+            "a forged session was listed: {mallory:?}"
+        );
+        mallory.is_none().then_some(())
+    })
+    .await;
+    let (status, body) = delete(&agent, "/sessions?user=mallory").await;
+    assert_ne!(status, 200, "{body}");
+    // The poller falls back too.
+    wait_for(
+        Duration::from_secs(10),
+        "the control channel down",
+        || async {
+            let control = control_status(&agent).await?;
+            (control["up"] == false).then_some(())
+        },
+    )
+    .await;
+    // The log names the refusal without the client's line breaks.
+    assert!(
+        !agent.log().contains("user <mallory>:\n"),
+        "{}",
+        agent.log()
+    );
+
+    // Released, the listing is read again: the victim's sessions all there.
+    forger.release().await;
+    let after = wait_for(Duration::from_secs(15), "the listing back", || async {
+        listed_sessions(&agent, "").await
+    })
+    .await;
+    for (id, user) in &victims {
+        assert!(
+            after.contains(&(id.clone(), user.clone())),
+            "{id} {user} ended: {after:?}"
+        );
+    }
+    assert!(after.iter().all(|(_, user)| user != "mallory"), "{after:?}");
+}

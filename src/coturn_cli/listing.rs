@@ -1,10 +1,22 @@
 //! Parsers for what coturn 4.6.1's CLI prints: `ps`/`psd` session listings
 //! and `pc` configuration (pure; unit-tested on captured real output).
 //!
-//! Both are lenient about lines they do not know (a later coturn may add
-//! some) and strict about the ones the agent relies on: a record without its
+//! Both are strict about the ones the agent relies on: a record without its
 //! id, transports or usage, or a listing without its `Total sessions` line,
 //! is an error, never a silently smaller number.
+//!
+//! A session record holds text a client chose: coturn prints a client's
+//! STUN ORIGIN as it came, and a line break in it starts a new line of the
+//! listing (measured on 4.6.1, `testdata/ps_forged_origin.out`). So a
+//! client can write lines that look like coturn's own, a whole record
+//! included, and make another session's id look like one of its user's. A
+//! listing is therefore only trusted when it is exactly what coturn prints:
+//! inside a record only the lines 4.6.1 prints, each once (`relay addr`
+//! once per address family) and in coturn's order; records numbered 1, 2,
+//! 3, ... without a gap; no session id twice; no more records than the
+//! total. Anything else is an error for the whole listing (the agent falls
+//! back and ends no session from it), since a forged line cannot be told
+//! from a real one and a forged record moves every line after it.
 
 use std::net::SocketAddr;
 
@@ -142,9 +154,77 @@ struct Draft {
     lifetime_rate: LifetimeRate,
     peers: Vec<SocketAddr>,
     in_peers: bool,
+    /// The [`LineKind`] rank of the last line, to refuse a repeated or
+    /// out-of-order line.
+    last_rank: Option<u8>,
+}
+
+/// The lines coturn 4.6.1 prints inside a session record, in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    Realm,
+    Origin,
+    Started,
+    Expiry,
+    Protocols,
+    Addresses,
+    /// One per address family: the only line that may come twice in a row.
+    RelayAddress,
+    Fingerprints,
+    Mobile,
+    TlsMethod,
+    TlsCipher,
+    MaxThroughput,
+    Usage,
+    Rate,
+    Peers,
+}
+
+impl LineKind {
+    fn of(line: &str) -> Option<LineKind> {
+        const PREFIXES: [(&str, LineKind); 15] = [
+            ("realm: ", LineKind::Realm),
+            ("origin: ", LineKind::Origin),
+            ("started", LineKind::Started),
+            ("expir", LineKind::Expiry),
+            ("client protocol ", LineKind::Protocols),
+            ("client addr ", LineKind::Addresses),
+            ("relay addr ", LineKind::RelayAddress),
+            ("fingerprints enforced: ", LineKind::Fingerprints),
+            ("mobile: ", LineKind::Mobile),
+            ("TLS method: ", LineKind::TlsMethod),
+            ("TLS cipher: ", LineKind::TlsCipher),
+            ("Max throughput: ", LineKind::MaxThroughput),
+            ("usage: ", LineKind::Usage),
+            ("rate: ", LineKind::Rate),
+            ("peers:", LineKind::Peers),
+        ];
+        PREFIXES
+            .iter()
+            .find(|(prefix, _)| line.starts_with(prefix))
+            .map(|(_, kind)| *kind)
+    }
 }
 
 impl Draft {
+    /// Accepts a line of `kind` only after the lines coturn prints before
+    /// it, and only once (two `relay addr` lines at most).
+    fn accept(&mut self, kind: LineKind) -> Result<(), &'static str> {
+        let rank = kind as u8;
+        match self.last_rank {
+            Some(last) if last > rank => return Err("a session line out of coturn's order"),
+            Some(last)
+                if last == rank
+                    && (kind != LineKind::RelayAddress || self.relay_addrs.len() >= 2) =>
+            {
+                return Err("a session line repeated")
+            }
+            _ => {}
+        }
+        self.last_rank = Some(rank);
+        Ok(())
+    }
+
     fn finish(self) -> Result<Session, ListingError> {
         let id = self.id.expect("a draft starts with its header");
         let (client_transport, relay_transport) =
@@ -176,15 +256,16 @@ impl Draft {
     }
 }
 
-/// `    12) id=001000000000000421, user <alice>:`
-fn parse_header(line: &str) -> Option<(SessionId, String)> {
+/// `    12) id=001000000000000421, user <alice>:`: the record's number, id
+/// and user.
+fn parse_header(line: &str) -> Option<(u64, SessionId, String)> {
     let (number, rest) = line.trim_start().split_once(") id=")?;
     if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let (id, rest) = rest.split_once(", user <")?;
     let user = rest.strip_suffix(">:")?;
-    Some((id.parse().ok()?, user.to_owned()))
+    Some((number.parse().ok()?, id.parse().ok()?, user.to_owned()))
 }
 
 /// `key=NUMBER` pairs separated by `, ` (`rp=3, rb=300, sp=2, sb=228`).
@@ -214,6 +295,7 @@ pub fn parse_sessions(text: &str) -> Result<SessionListing, ListingError> {
     let mut draft: Option<Draft> = None;
     let mut total = None;
     let mut truncated = false;
+    let mut ids = std::collections::HashSet::new();
     for (index, raw) in text.lines().enumerate() {
         let line_number = index + 1;
         let bad = |reason| ListingError::BadLine {
@@ -225,7 +307,19 @@ pub fn parse_sessions(text: &str) -> Result<SessionListing, ListingError> {
         if trimmed.is_empty() {
             continue;
         }
-        if let Some((id, user)) = parse_header(line) {
+        if let Some((number, id, user)) = parse_header(line) {
+            if total.is_some() {
+                return Err(bad("a session record after the total"));
+            }
+            // Checked before the record in progress is finished: a forged
+            // header usually leaves that one incomplete too, and the header
+            // is the clearer reason.
+            if number != (sessions.len() + usize::from(draft.is_some())) as u64 + 1 {
+                return Err(bad("a session record out of sequence"));
+            }
+            if !ids.insert(id) {
+                return Err(bad("a session id listed twice"));
+            }
             if let Some(done) = draft.take() {
                 sessions.push(done.finish()?);
             }
@@ -236,6 +330,11 @@ pub fn parse_sessions(text: &str) -> Result<SessionListing, ListingError> {
             });
             continue;
         }
+        if truncated && total.is_none() && !trimmed.starts_with("Total sessions") {
+            // coturn prints `...` right before the total: a `...` followed
+            // by more lines came from a client's text.
+            return Err(bad("a line after `...`"));
+        }
         if trimmed == "..." {
             truncated = true;
             continue;
@@ -243,10 +342,14 @@ pub fn parse_sessions(text: &str) -> Result<SessionListing, ListingError> {
         if let Some(rest) = trimmed.strip_prefix("Total sessions") {
             // "Total sessions: 8", or "... for realm R: 8" in a realm view.
             let count = rest.rsplit(": ").next().unwrap_or_default();
-            total = Some(count.parse().map_err(|_| bad("bad session count"))?);
+            let count = count.parse().map_err(|_| bad("bad session count"))?;
             if let Some(done) = draft.take() {
                 sessions.push(done.finish()?);
             }
+            if total.is_some() || sessions.len() as u64 > count {
+                return Err(bad("more session records than the total"));
+            }
+            total = Some(count);
             continue;
         }
         let Some(current) = draft.as_mut() else {
@@ -261,6 +364,8 @@ pub fn parse_sessions(text: &str) -> Result<SessionListing, ListingError> {
             }
             current.in_peers = false;
         }
+        let kind = LineKind::of(trimmed).ok_or(bad("an unknown line in a session record"))?;
+        current.accept(kind).map_err(bad)?;
         if let Some(realm) = trimmed.strip_prefix("realm: ") {
             current.realm = Some(realm.to_owned());
         } else if let Some(origin) = trimmed.strip_prefix("origin: ") {
@@ -319,9 +424,14 @@ pub fn parse_sessions(text: &str) -> Result<SessionListing, ListingError> {
             };
         } else if trimmed == "peers:" {
             current.in_peers = true;
+        } else if !matches!(
+            kind,
+            LineKind::Fingerprints | LineKind::Mobile | LineKind::TlsCipher
+        ) {
+            return Err(bad("a garbled session line"));
         }
-        // Other lines (fingerprints, mobile, TLS cipher, lines a later
-        // coturn adds) carry nothing the agent uses.
+        // Fingerprints, mobile and the TLS cipher carry nothing the agent
+        // uses.
     }
     if let Some(done) = draft.take() {
         // A record after the last total line: the listing was cut off.
@@ -473,7 +583,7 @@ mod tests {
               Max throughput: 125000 bytes per second\r\n\
               usage: rp=100000, rb=123456789012, sp=99999, sb=98765432109\r\n\
                rate: r=1000, s=2000, total=3000 (bytes per sec)\r\n\
-              some future line: 1\r\n\r\n  Total sessions: 1\r\n\r\n";
+              \r\n  Total sessions: 1\r\n\r\n";
         let listing = parse_sessions(text).unwrap();
         let tls = &listing.sessions[0];
         assert_eq!(tls.user, "1767225600:carol");
@@ -550,7 +660,211 @@ mod tests {
         );
     }
 
+    const FORGED_ORIGIN: &str = include_str!("testdata/ps_forged_origin.out");
+
+    /// A record forged through a client's ORIGIN, as a real turnserver
+    /// printed it: refused as a whole, not read as a session of "mallory".
+    #[test]
+    fn a_record_forged_through_an_origin_is_refused() {
+        assert!(FORGED_ORIGIN.contains("user <mallory>"));
+        // The capture holds two forgeries: one sent with `\r\n` (a NUL
+        // after each `\r`, an unknown line) and one with `\n` (a clean
+        // record header, numbered 3 after 5).
+        assert_eq!(
+            reason(FORGED_ORIGIN),
+            Some("an unknown line in a session record")
+        );
+        let start = FORGED_ORIGIN.find("    2) id=").unwrap();
+        let end = FORGED_ORIGIN.find("    3) id=000000000000000001").unwrap();
+        let renumbered = (4..=7).fold(
+            format!("{}{}", &FORGED_ORIGIN[..start], &FORGED_ORIGIN[end..]),
+            |text, n| text.replacen(&format!("    {n}) id="), &format!("    {}) id=", n - 1), 1),
+        );
+        let renumbered = renumbered
+            .replacen(
+                "    3) id=000000000000000001",
+                "    2) id=000000000000000001",
+                1,
+            )
+            .replacen("Total sessions: 7", "Total sessions: 6", 1);
+        assert!(renumbered.contains("user <mallory>"));
+        assert_eq!(
+            reason(&renumbered),
+            Some("a session record out of sequence")
+        );
+    }
+
+    /// A whole record forged in 114 bytes of ORIGIN, as a real turnserver
+    /// printed it: without the numbering it would read as two sessions, one
+    /// of them "mallory"'s with an id coturn gave to someone else.
+    #[test]
+    fn a_whole_record_forged_through_an_origin_is_refused() {
+        let text = include_str!("testdata/ps_forged_record.out");
+        assert!(text.contains("1) id=000000000000000001, user <mallory>:"));
+        assert_eq!(
+            reason(text),
+            Some("a session record out of sequence"),
+            "{:?}",
+            parse_sessions(text)
+        );
+    }
+
+    /// The forged text written inside the listing (ORIGIN's line breaks
+    /// become line breaks of `ps`).
+    fn forge(origin: &str) -> String {
+        PS_SMALL.replacen(
+            "      realm: example.org\r\n",
+            &format!("      realm: example.org\r\n      origin: {origin}\r\n"),
+            1,
+        )
+    }
+
+    fn reason(text: &str) -> Option<&'static str> {
+        match parse_sessions(text) {
+            Err(ListingError::BadLine { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// A complete record forged in the first session's origin: its own
+    /// record stays complete and the forged one takes the real lines after
+    /// it. Only the numbering (and the repeated id) give it away.
+    #[test]
+    fn a_complete_forged_record_with_another_sessions_id_is_refused() {
+        let origin = "x\r\nclient protocol UDP, relay protocol UDP\r\n\
+                      usage: rp=0, rb=0, sp=0, sb=0\r\n\r\n\
+                      2) id=000000000000000006, user <mallory>:";
+        assert_eq!(
+            reason(&forge(origin)),
+            Some("a session record out of sequence")
+        );
+        // Numbered to fit: then the id is listed twice.
+        let text = forge(origin)
+            .replacen(
+                "    2) id=000000000000000006",
+                "    3) id=000000000000000006",
+                1,
+            )
+            .replacen(
+                "    3) id=001000000000000001",
+                "    4) id=001000000000000001",
+                1,
+            );
+        let renumbered = (4..=8).rev().fold(text, |text, n| {
+            text.replacen(&format!("    {n}) id="), &format!("    {}) id=", n + 1), 1)
+        });
+        assert_eq!(reason(&renumbered), Some("a session id listed twice"));
+    }
+
+    #[test]
+    fn a_forged_record_after_the_last_one_is_more_than_the_total() {
+        let last = PS_SMALL.rfind("rate: r=").unwrap();
+        let mut text = PS_SMALL.to_owned();
+        text.insert_str(
+            last,
+            "usage: rp=0, rb=0, sp=0, sb=0\r\n\r\n    9) id=000000000000000777, user <m>:\r\n\
+             client protocol UDP, relay protocol UDP\r\n      ",
+        );
+        // The last record now has two usage lines.
+        assert_eq!(reason(&text), Some("a session line repeated"));
+        let text = PS_SMALL.replacen(
+            "\r\n  Total sessions: 8",
+            "    9) id=000000000000000777, user <m>:\r\n\
+             client protocol UDP, relay protocol UDP\r\n\
+             usage: rp=0, rb=0, sp=0, sb=0\r\n\r\n  Total sessions: 8",
+            1,
+        );
+        assert_eq!(reason(&text), Some("more session records than the total"));
+    }
+
+    #[test]
+    fn unknown_repeated_and_reordered_lines_are_refused() {
+        assert_eq!(reason(&forge("x\r\n...")), Some("a line after `...`"));
+        assert_eq!(
+            reason(&forge("x\r\nsome future line: 1")),
+            Some("an unknown line in a session record")
+        );
+        // What a `\r` in an origin becomes.
+        assert_eq!(
+            reason(&forge(
+                "x\r\u{0}\r\n    2) id=000000000000000777, user <m>:\r\u{0}"
+            )),
+            Some("an unknown line in a session record")
+        );
+        assert_eq!(
+            reason(&forge("x\r\nrealm: other.org")),
+            Some("a session line out of coturn's order")
+        );
+        assert_eq!(
+            reason(&forge("x\r\norigin: y")),
+            Some("a session line repeated")
+        );
+        assert_eq!(
+            reason(&PS_SMALL.replacen(
+                "relay addr 127.0.0.1:40078\r\n",
+                "relay addr 127.0.0.1:40078\r\n      relay addr [::1]:1\r\n      relay addr [::1]:2\r\n",
+                1
+            )),
+            Some("a session line repeated")
+        );
+        assert_eq!(
+            reason(&forge("x\r\nstarted: whenever")),
+            Some("a garbled session line")
+        );
+        assert_eq!(
+            reason(&PS_SMALL.replacen(
+                "      mobile: OFF\r\n",
+                "      mobile: OFF\r\n      started 1 secs ago\r\n",
+                1
+            )),
+            Some("a session line out of coturn's order")
+        );
+        // An origin without a line break is just an origin.
+        let listing = parse_sessions(&forge("https://app.example:8443")).unwrap();
+        assert_eq!(
+            listing.sessions[0].origin.as_deref(),
+            Some("https://app.example:8443")
+        );
+    }
+
     proptest! {
+        /// Whatever a client puts in its ORIGIN, the listing is either
+        /// refused or read with the same sessions (ids and users) coturn
+        /// has: a client's text never adds, removes or relabels a session.
+        #[test]
+        fn an_origin_never_changes_the_sessions_read(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    "[a-z:/. ]{0,12}",
+                    Just("client protocol UDP, relay protocol UDP".to_owned()),
+                    Just("usage: rp=0, rb=0, sp=0, sb=0".to_owned()),
+                    Just("rate: r=0, s=0, total=0 (bytes per sec)".to_owned()),
+                    Just(String::new()),
+                    (1u64..10, 0usize..3, "[a-z]{1,6}").prop_map(|(n, pick, user)| {
+                        let id = ["000000000000000001", "000000000000000006", "000000000000000777"][pick];
+                        format!("    {n}) id={id}, user <{user}>:")
+                    }),
+                ],
+                1..8,
+            ),
+            session in 0usize..8,
+        ) {
+            let original = parse_sessions(PS_SMALL).unwrap();
+            let who = |listing: &SessionListing| -> Vec<(SessionId, String)> {
+                listing.sessions.iter().map(|s| (s.id, s.user.clone())).collect()
+            };
+            let origin = lines.join("\r\n");
+            let header = PS_SMALL.match_indices(") id=").nth(session).unwrap().0;
+            let realm = header + PS_SMALL[header..].find("realm: example.org\r\n").unwrap()
+                + "realm: example.org\r\n".len();
+            let mut text = PS_SMALL.to_owned();
+            text.insert_str(realm, &format!("      origin: {origin}\r\n"));
+            if let Ok(listing) = parse_sessions(&text) {
+                prop_assert_eq!(who(&listing), who(&original));
+                prop_assert_eq!(listing.total, original.total);
+            }
+        }
+
         #[test]
         fn arbitrary_text_never_panics(text in "(?s).{0,2000}") {
             let _ = parse_sessions(&text);
