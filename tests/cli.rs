@@ -439,3 +439,47 @@ fn an_environment_override_with_a_line_break_exits_2_naming_the_variable() {
         "TURN_AGENT_AGENT_LOG_LEVEL: value holds a control character",
     );
 }
+
+#[test]
+fn a_pidfile_directory_others_can_write_exits_2_naming_the_pidfile() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let body = format!("[turnserver]\npidfile = \"{}/ts.pid\"\n", shared.display());
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{body}realm = \"example.org\"\nuserdb = \"{d}/turndb\"\n\
+             [credentials]\nstate_file = \"{d}/credential.json\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = path.display().to_string();
+    for command in ["check-config", "run"] {
+        let (code, _, stderr) = run_agent_cli(&[command, "--config", &config], &[]);
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.starts_with("turnserver.pidfile: ")
+                    && line.contains("writable by others without the sticky bit")),
+            "{command}: {stderr}"
+        );
+    }
+    assert!(turnservers_in(dir.path()).is_empty());
+    // With the sticky bit (as /tmp), or with the control channel off (no
+    // password file), it is accepted.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, _, stderr) = run_agent_cli(&["check-config", "--config", &config], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, stderr) = run_agent_cli(
+        &["check-config", "--config", &config],
+        &[("TURN_AGENT_TURNSERVER_CONTROL", "off")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -773,3 +773,33 @@ async fn a_session_record_forged_through_a_clients_origin_is_never_trusted() {
     }
     assert!(after.iter().all(|(_, user)| user != "mallory"), "{after:?}");
 }
+
+#[tokio::test]
+async fn no_cli_in_the_operators_config_file_turns_the_control_channel_off_with_a_warning() {
+    let files = AgentFiles::new(&AgentOptions::default());
+    let operator_file = files.path("operator-turnserver.conf");
+    std::fs::write(&operator_file, "# the operator's own file\nno-cli\n").unwrap();
+    let text = std::fs::read_to_string(&files.config_path)
+        .unwrap()
+        .replace(
+            "[turnserver]\n",
+            &format!(
+                "[turnserver]\nconfig_file = \"{}\"\n",
+                operator_file.display()
+            ),
+        );
+    std::fs::write(&files.config_path, text).unwrap();
+    let agent = Agent::start_with(files, &AgentOptions::default());
+    agent.wait_ready(Duration::from_secs(10)).await;
+    agent
+        .wait_log(
+            "\"no-cli\" in turnserver.config_file turns the control channel off; set turnserver.control = \"off\" instead",
+            Duration::from_secs(5),
+        )
+        .await;
+    let control = control_status(&agent).await.unwrap();
+    assert_eq!(control["enabled"], false, "{control}");
+    let (status, body) = agent.get("/sessions").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(!agent.files.path("turnserver-agent.conf").exists());
+}

@@ -16,8 +16,9 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub struct ControlConfig {
     /// The agent sets up coturn's CLI and polls it.
     pub enabled: bool,
-    /// Off because `extra_args` holds `--no-cli` (warned about at start).
-    pub off_by_no_cli: bool,
+    /// Off because `extra_args` or `config_file` holds `no-cli`, though
+    /// `turnserver.control` is "on" (warned about at start).
+    pub off_by_no_cli: Option<NoCliSource>,
     pub poll_interval: Duration,
     /// Passed at start and changed live through `cc` on SIGHUP.
     pub quotas: Quotas,
@@ -27,10 +28,38 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             enabled: true,
-            off_by_no_cli: false,
+            off_by_no_cli: None,
             poll_interval: Duration::from_secs(2),
             quotas: Quotas::default(),
         }
+    }
+}
+
+/// Where the `no-cli` that turns the control channel off was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoCliSource {
+    /// `--no-cli` in `turnserver.extra_args`.
+    ExtraArgs,
+    /// A `no-cli` line in the operator's `turnserver.config_file`.
+    ConfigFile,
+}
+
+impl NoCliSource {
+    /// The key that holds it.
+    pub fn key(self) -> &'static str {
+        match self {
+            NoCliSource::ExtraArgs => "turnserver.extra_args",
+            NoCliSource::ConfigFile => "turnserver.config_file",
+        }
+    }
+
+    /// The warning logged at start: where `no-cli` is and what to set
+    /// instead.
+    pub fn warning(self) -> String {
+        format!(
+            "\"no-cli\" in {} turns the control channel off; set turnserver.control = \"off\" instead",
+            self.key()
+        )
     }
 }
 
@@ -89,6 +118,45 @@ pub fn is_agent_file(config_file: &std::path::Path, pidfile: &std::path::Path) -
     resolved(config_file).is_some_and(|config_file| Some(config_file) == resolved(&agent_file))
 }
 
+/// What the agent found about the directory of `turnserver.pidfile`, where
+/// its 0600 file with the CLI password goes (gathered by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidfileDirectory {
+    /// The owner of the path itself, when the path is a symlink.
+    pub symlink_owner: Option<u32>,
+    /// Owner and mode of the directory (the symlink followed).
+    pub owner: u32,
+    pub mode: u32,
+}
+
+/// Why the pidfile's directory cannot hold the agent's file with the CLI
+/// password, or `None` (pure). Whoever can rename files in it, change it or
+/// point it elsewhere can swap the file turnserver reads for their own or
+/// take the agent's away: a directory writable by group or others without
+/// the sticky bit, one owned by a user other than root and the agent's, or
+/// a symlink owned by such a user.
+pub fn pidfile_directory_problem(directory: &PidfileDirectory, agent_uid: u32) -> Option<String> {
+    let foreign = |uid: u32| uid != 0 && uid != agent_uid;
+    if let Some(owner) = directory.symlink_owner.filter(|owner| foreign(*owner)) {
+        return Some(format!(
+            "its directory is a symlink owned by uid {owner}, who can point it elsewhere; the agent's 0600 file with turnserver's CLI password goes there"
+        ));
+    }
+    if foreign(directory.owner) {
+        return Some(format!(
+            "its directory is owned by uid {}, neither root nor the agent's user; the agent's 0600 file with turnserver's CLI password goes there",
+            directory.owner
+        ));
+    }
+    if directory.mode & 0o022 != 0 && directory.mode & 0o1000 == 0 {
+        return Some(format!(
+            "its directory (mode {:o}) is writable by others without the sticky bit, so they could swap the agent's 0600 file with turnserver's CLI password; use a directory only the agent can write, such as /run/turn-agent",
+            directory.mode & 0o7777
+        ));
+    }
+    None
+}
+
 /// The raw keys [`validate`] reads.
 pub struct RawControl<'a> {
     /// `turnserver.control`: `"on"` or `"off"`.
@@ -96,6 +164,9 @@ pub struct RawControl<'a> {
     pub poll_interval: &'a str,
     pub extra_args: &'a [String],
     pub pass_through_flags: &'a [String],
+    /// The text of the operator's `turnserver.config_file`, when it has
+    /// one that could be read.
+    pub config_file_text: Option<&'a str>,
     pub total_quota: i64,
     pub user_quota: i64,
     pub max_bps: i64,
@@ -155,11 +226,19 @@ pub fn validate(raw: &RawControl<'_>) -> Result<ControlConfig, Vec<ConfigProblem
             "needs turnserver.max_bps too: coturn refuses to start with a bps capacity but no max-bps".into(),
         );
     }
-    let off_by_no_cli = no_cli(raw.extra_args, raw.pass_through_flags);
+    // A command-line flag overrides the file's line, as in turnserver.
+    let no_cli_source = match no_cli(raw.extra_args, raw.pass_through_flags) {
+        Some(true) => Some(NoCliSource::ExtraArgs),
+        Some(false) => None,
+        None => raw
+            .config_file_text
+            .is_some_and(config_file_has_no_cli)
+            .then_some(NoCliSource::ConfigFile),
+    };
     if problems.is_empty() {
         Ok(ControlConfig {
-            enabled: switched_on && !off_by_no_cli,
-            off_by_no_cli: switched_on && off_by_no_cli,
+            enabled: switched_on && no_cli_source.is_none(),
+            off_by_no_cli: no_cli_source.filter(|_| switched_on),
             poll_interval,
             quotas,
         })
@@ -168,12 +247,11 @@ pub fn validate(raw: &RawControl<'_>) -> Result<ControlConfig, Vec<ConfigProblem
     }
 }
 
-/// `--no-cli` (in any spelling getopt reads) is the last word on the CLI
-/// in `extra_args`. Unparsable `extra_args` are config's to report.
-fn no_cli(extra_args: &[String], pass_through_flags: &[String]) -> bool {
-    let Ok(found) = parse_extra_args(extra_args, pass_through_flags) else {
-        return false;
-    };
+/// What the last `--no-cli` (in any spelling getopt reads) in
+/// `extra_args` says, if there is one. Unparsable `extra_args` are
+/// config's to report.
+fn no_cli(extra_args: &[String], pass_through_flags: &[String]) -> Option<bool> {
+    let found = parse_extra_args(extra_args, pass_through_flags).ok()?;
     found
         .iter()
         .rev()
@@ -182,7 +260,25 @@ fn no_cli(extra_args: &[String], pass_through_flags: &[String]) -> bool {
                 .option
                 .is_some_and(|option| option.long.contains(&"no-cli"))
         })
-        .is_some_and(|occurrence| coturn_bool(occurrence.value.as_deref()).unwrap_or(false))
+        .map(|occurrence| coturn_bool(occurrence.value.as_deref()).unwrap_or(false))
+}
+
+/// Whether a turnserver config file turns the CLI off: its last `no-cli`
+/// line (`no-cli`, `no-cli=VALUE` or `no-cli VALUE`; a `#` starts a
+/// comment; coturn matches the whole name, no abbreviation) with a value
+/// coturn reads as true (pure).
+pub fn config_file_has_no_cli(text: &str) -> bool {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let (name, value) = match line.find(|c: char| c == '=' || c.is_whitespace()) {
+                Some(at) => (&line[..at], Some(line[at + 1..].trim())),
+                None => (line, None),
+            };
+            (name.trim_start_matches('-') == "no-cli").then_some(value)
+        })
+        .next_back()
+        .is_some_and(|value| coturn_bool(value).unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -199,6 +295,7 @@ mod tests {
             poll_interval: poll,
             extra_args: &args(extra),
             pass_through_flags: &[],
+            config_file_text: None,
             total_quota: 0,
             user_quota: 0,
             max_bps: 0,
@@ -210,26 +307,136 @@ mod tests {
     #[test]
     fn on_by_default_and_off_by_the_setting() {
         let on = check("on", "2s", &[]).unwrap();
-        assert!(on.enabled && !on.off_by_no_cli);
+        assert!(on.enabled && on.off_by_no_cli.is_none());
         assert_eq!(on.poll_interval, Duration::from_secs(2));
         let off = check("off", "2s", &[]).unwrap();
-        assert!(!off.enabled && !off.off_by_no_cli);
+        assert!(!off.enabled && off.off_by_no_cli.is_none());
     }
 
     #[test]
     fn no_cli_in_extra_args_turns_it_off_and_is_reported() {
         for spelling in [&["--no-cli"][..], &["--no-c"], &["--no-cli=yes"]] {
             let config = check("on", "2s", spelling).unwrap();
-            assert!(!config.enabled && config.off_by_no_cli, "{spelling:?}");
+            assert!(!config.enabled, "{spelling:?}");
+            assert_eq!(config.off_by_no_cli, Some(NoCliSource::ExtraArgs));
         }
         // Off both ways: nothing to warn about.
         let config = check("off", "2s", &["--no-cli"]).unwrap();
-        assert!(!config.enabled && !config.off_by_no_cli);
+        assert!(!config.enabled && config.off_by_no_cli.is_none());
         // The last occurrence wins, as in turnserver.
         assert!(
             check("on", "2s", &["--no-cli", "--no-cli=0"])
                 .unwrap()
                 .enabled
+        );
+    }
+
+    fn with_file(control: &str, extra: &[&str], file: &str) -> ControlConfig {
+        validate(&RawControl {
+            control,
+            poll_interval: "2s",
+            extra_args: &args(extra),
+            pass_through_flags: &[],
+            config_file_text: Some(file),
+            total_quota: 0,
+            user_quota: 0,
+            max_bps: 0,
+            bps_capacity: 0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn no_cli_in_the_config_file_turns_it_off_and_is_reported() {
+        for file in [
+            "no-cli\n",
+            "realm=example.org\n  no-cli  \n",
+            "no-cli=1\n",
+            "no-cli=true # the CLI is off\n",
+            "no-cli yes\n",
+            "--no-cli\n",
+            "no-cli=0\nno-cli\n",
+        ] {
+            let config = with_file("on", &[], file);
+            assert!(!config.enabled, "{file:?}");
+            assert_eq!(
+                config.off_by_no_cli,
+                Some(NoCliSource::ConfigFile),
+                "{file:?}"
+            );
+        }
+        for file in [
+            "",
+            "# no-cli\n",
+            "no-cli=0\n",
+            "no-cli=off\n",
+            "no-cli\nno-cli=false\n",
+            "no-climb\n",
+            "no-c\n",
+            "cli-password=no-cli\n",
+        ] {
+            let config = with_file("on", &[], file);
+            assert!(config.enabled, "{file:?}");
+            assert_eq!(config.off_by_no_cli, None, "{file:?}");
+        }
+        // Off both ways: nothing to warn about.
+        assert_eq!(with_file("off", &[], "no-cli\n").off_by_no_cli, None);
+        // The command line overrides the file, as in turnserver.
+        assert!(with_file("on", &["--no-cli=0"], "no-cli\n").enabled);
+        assert_eq!(
+            with_file("on", &["--no-cli"], "no-cli\n").off_by_no_cli,
+            Some(NoCliSource::ExtraArgs)
+        );
+        let warning = NoCliSource::ConfigFile.warning();
+        assert!(warning.contains("turnserver.config_file"), "{warning}");
+        assert!(
+            warning.contains("turnserver.control = \"off\""),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn a_pidfile_directory_others_can_change_is_refused() {
+        let directory = |symlink_owner, owner, mode| PidfileDirectory {
+            symlink_owner,
+            owner,
+            mode,
+        };
+        const AGENT: u32 = 998;
+        for fine in [
+            directory(None, AGENT, 0o700),
+            directory(None, 0, 0o755),
+            directory(None, 0, 0o1777),
+            directory(None, AGENT, 0o1770),
+            directory(Some(0), AGENT, 0o700),
+            directory(Some(AGENT), 0, 0o755),
+        ] {
+            assert_eq!(pidfile_directory_problem(&fine, AGENT), None, "{fine:?}");
+        }
+        for (bad, expected) in [
+            (
+                directory(None, AGENT, 0o777),
+                "mode 777) is writable by others",
+            ),
+            (directory(None, 0, 0o775), "mode 775) is writable by others"),
+            (
+                directory(None, 0, 0o2757),
+                "mode 2757) is writable by others",
+            ),
+            (directory(None, 1000, 0o700), "owned by uid 1000"),
+            (
+                directory(Some(1000), 0, 0o755),
+                "a symlink owned by uid 1000",
+            ),
+        ] {
+            let problem = pidfile_directory_problem(&bad, AGENT).unwrap();
+            assert!(problem.contains(expected), "{bad:?}: {problem}");
+            assert!(problem.contains("CLI password"), "{problem}");
+        }
+        // Run as root, root's directories are the agent's own.
+        assert_eq!(
+            pidfile_directory_problem(&directory(None, 0, 0o700), 0),
+            None
         );
     }
 
@@ -251,6 +458,7 @@ mod tests {
             poll_interval: "2s",
             extra_args: &[],
             pass_through_flags: &[],
+            config_file_text: None,
             total_quota: values[0],
             user_quota: values[1],
             max_bps: values[2],

@@ -107,6 +107,22 @@ pub enum InvalidRealm {
     Character(char),
 }
 
+/// The pidfile's directory as it is now; `None` when it does not exist
+/// yet (whoever creates it decides) or cannot be read.
+fn pidfile_directory(pidfile: &std::path::Path) -> Option<super::control::PidfileDirectory> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = pidfile
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())?;
+    let link = std::fs::symlink_metadata(parent).ok()?;
+    let directory = std::fs::metadata(parent).ok()?;
+    Some(super::control::PidfileDirectory {
+        symlink_owner: link.file_type().is_symlink().then_some(link.uid()),
+        owner: directory.uid(),
+        mode: directory.mode(),
+    })
+}
+
 pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> TurnserverConfig {
     let binary = v.binary("turnserver.binary", &raw.binary);
     let config_file = raw.config_file.as_deref().map(|text| {
@@ -157,11 +173,20 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
     }
     let probe_failures: u32 = v.at_least_one("turnserver.probe_failures", raw.probe_failures);
     let startup_timeout = v.positive_duration("turnserver.startup_timeout", &raw.startup_timeout);
+    // Read for its `no-cli` line only; the agent's file writer reads it
+    // again at every start and reports what it cannot read.
+    let config_file_text = config_file
+        .as_deref()
+        .filter(|file| file.is_file())
+        .and_then(|file| {
+            crate::file_checks::read_limited_text(file, crate::file_checks::MAX_CONFIG_BYTES).ok()
+        });
     let control = super::control::validate(&super::control::RawControl {
         control: &raw.control,
         poll_interval: &raw.control_poll_interval,
         extra_args: &raw.extra_args,
         pass_through_flags: &raw.pass_through_flags,
+        config_file_text: config_file_text.as_deref(),
         total_quota: raw.total_quota,
         user_quota: raw.user_quota,
         max_bps: raw.max_bps,
@@ -171,6 +196,13 @@ pub(super) fn validate_turnserver(v: &mut Validator, raw: &RawTurnserver) -> Tur
         v.problems.extend(problems);
         Default::default()
     });
+    if control.enabled {
+        if let Some(problem) = pidfile_directory(&pidfile).and_then(|directory| {
+            super::control::pidfile_directory_problem(&directory, nix::unistd::geteuid().as_raw())
+        }) {
+            v.problem("turnserver.pidfile", problem);
+        }
+    }
     if let Some(file) = &config_file {
         if control.enabled && super::control::is_agent_file(file, &pidfile) {
             v.problem(

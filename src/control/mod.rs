@@ -217,10 +217,8 @@ impl Control {
     #[tracing::instrument(name = "control", skip_all)]
     pub async fn run(mut self, shutdown: CancellationToken) {
         let config = self.config_watch.borrow().turnserver.control.clone();
-        if config.off_by_no_cli {
-            tracing::warn!(
-                "\"--no-cli\" in turnserver.extra_args turns the control channel off; set turnserver.control = \"off\" instead"
-            );
+        if let Some(source) = config.off_by_no_cli {
+            tracing::warn!("{}", source.warning());
         }
         let mut next_poll = Instant::now();
         self.take_target();
