@@ -46,6 +46,9 @@ pub struct Supervisor {
     probe_latency_micros: Arc<AtomicU64>,
     /// The CLI endpoint of the running turnserver, for the control task.
     control_target: watch::Sender<Option<crate::control::ControlTarget>>,
+    /// The running (or just reaped) child's output routing, joined by
+    /// `finish_output` once the child is gone.
+    output: Option<process::OutputRouting>,
 }
 
 /// What the supervisor runs, less the quotas: a change here means a new
@@ -100,6 +103,7 @@ impl Supervisor {
             watchdog,
             probe_latency_micros: Arc::new(AtomicU64::new(0)),
             control_target: watch::channel(None).0,
+            output: None,
         };
         Ok((supervisor, receiver))
     }
@@ -131,6 +135,7 @@ impl Supervisor {
                             let pid = child.id();
                             let how =
                                 process::stop_child(&mut child, self.config().stop_timeout).await;
+                            self.finish_output().await;
                             if let Some(pid) = pid {
                                 process::remove_pidfile(&self.config().pidfile, pid);
                             }
@@ -153,6 +158,7 @@ impl Supervisor {
                         ChildEnd::Reconfigured => {
                             let how =
                                 process::stop_child(&mut child, self.config().stop_timeout).await;
+                            self.finish_output().await;
                             tracing::info!(exit = %how, "turnserver stopped for a new configuration");
                             self.lifecycle.stopped(Some(how));
                             self.publish();
@@ -171,6 +177,9 @@ impl Supervisor {
                 }
                 Err(error) => ChildExit::SpawnFailed(error.to_string()),
             };
+            // Reaped (or never started): its last lines are logged before
+            // the exit is reported.
+            self.finish_output().await;
 
             let delay = self.lifecycle.exited(end.clone(), Instant::now());
             let status = self.lifecycle.status();
@@ -249,12 +258,14 @@ impl Supervisor {
         }
         let mut child = self.spawner.spawn(command).await?;
         let pid = child.id().unwrap_or_default();
+        let output = process::OutputRouting::new();
         if let Some(stdout) = child.stdout.take() {
-            process::route_output(stdout, pid, "stdout");
+            output.route(stdout, pid, "stdout");
         }
         if let Some(stderr) = child.stderr.take() {
-            process::route_output(stderr, pid, "stderr");
+            output.route(stderr, pid, "stderr");
         }
+        self.output = Some(output);
         self.control_target
             .send_replace(endpoint.map(|endpoint| crate::control::ControlTarget { endpoint, pid }));
         self.lifecycle.spawned(pid, Instant::now());
@@ -265,6 +276,19 @@ impl Supervisor {
         );
         self.publish();
         Ok(child)
+    }
+
+    /// Joins the reaped child's output routing, bounded by
+    /// [`process::OUTPUT_GRACE`] when something else still holds its pipes.
+    async fn finish_output(&mut self) {
+        if let Some(output) = self.output.take() {
+            if !output.finish(process::OUTPUT_GRACE).await {
+                tracing::warn!(
+                    grace_ms = process::OUTPUT_GRACE.as_millis() as u64,
+                    "turnserver's output pipes stayed open after it was reaped (a process it started holds them); stopped reading them"
+                );
+            }
+        }
     }
 
     /// Probes the running child until it exits, hangs, or shutdown comes.

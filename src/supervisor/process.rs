@@ -13,6 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::log_safe::LogSafe;
 use crate::status::ChildExit;
@@ -99,34 +101,87 @@ const MAX_LINE_CHARS: usize = 1000;
 /// logged as sent), so every line is escaped with [`LogSafe`]: a CR/LF in it
 /// cannot start a forged record, an ANSI escape cannot repaint a terminal,
 /// and a line is read and shown only up to a bound.
-pub fn route_output<R>(stream: R, pid: u32, stream_name: &'static str)
+async fn route_output<R>(stream: R, pid: u32, stream_name: &'static str)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: AsyncRead + Unpin,
 {
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stream);
-        let mut record = Vec::with_capacity(256);
-        loop {
-            record.clear();
+    let mut reader = BufReader::new(stream);
+    let mut record = Vec::with_capacity(256);
+    loop {
+        record.clear();
+        if !read_bounded_line(&mut reader, &mut record).await {
+            break;
+        }
+        // turnserver writes each message in one write, with the
+        // client's text inside it as sent: a line that is already
+        // buffered behind this one and does not open with turnserver's
+        // `<uptime>: ` prefix is the rest of the same message (a CR/LF
+        // in a USERNAME), so it stays in this record.
+        while record.len() < MAX_LINE_BYTES as usize
+            && !reader.buffer().is_empty()
+            && !starts_with_uptime(reader.buffer())
+        {
             if !read_bounded_line(&mut reader, &mut record).await {
                 break;
             }
-            // turnserver writes each message in one write, with the
-            // client's text inside it as sent: a line that is already
-            // buffered behind this one and does not open with turnserver's
-            // `<uptime>: ` prefix is the rest of the same message (a CR/LF
-            // in a USERNAME), so it stays in this record.
-            while record.len() < MAX_LINE_BYTES as usize
-                && !reader.buffer().is_empty()
-                && !starts_with_uptime(reader.buffer())
-            {
-                if !read_bounded_line(&mut reader, &mut record).await {
-                    break;
-                }
-            }
-            log_child_line(&record, pid, stream_name);
         }
-    });
+        log_child_line(&record, pid, stream_name);
+    }
+}
+
+/// How long a reaped child's output may keep flowing before its routing is
+/// stopped: a grandchild that inherited the pipe (a `sh -c` wrapper's
+/// background job) would otherwise hold it open for ever.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// The tasks forwarding one child's stdout and stderr, owned by the
+/// supervisor and joined after the child is reaped.
+pub struct OutputRouting {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl OutputRouting {
+    pub fn new() -> OutputRouting {
+        OutputRouting {
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Forwards `stream` (see [`route_output`]) on a tracked task.
+    pub fn route<R>(&self, stream: R, pid: u32, stream_name: &'static str)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                () = route_output(stream, pid, stream_name) => {}
+            }
+        });
+    }
+
+    /// Waits for the streams to end (they do once the child is reaped and
+    /// nothing else holds its pipes), at most `grace`; then tells the
+    /// tasks to stop and waits for them. True when the streams ended by
+    /// themselves. Either way no routing task remains when it returns.
+    pub async fn finish(self, grace: Duration) -> bool {
+        self.tasks.close();
+        let ended = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !ended {
+            self.stop.cancel();
+            self.tasks.wait().await;
+        }
+        ended
+    }
+}
+
+impl Default for OutputRouting {
+    fn default() -> Self {
+        OutputRouting::new()
+    }
 }
 
 /// Appends the next line (newline included) to `record`, reading at most
@@ -370,6 +425,49 @@ mod tests {
             None
         );
         sleeper.kill().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn output_routing_is_joined_when_the_streams_end() {
+        let routing = OutputRouting::new();
+        let (mut writer, reader) = tokio::io::duplex(64);
+        routing.route(reader, 1, "stdout");
+        tokio::io::AsyncWriteExt::write_all(&mut writer, b"1: last words\n")
+            .await
+            .unwrap();
+        drop(writer);
+        let tasks = routing.tasks.clone();
+        assert!(routing.finish(Duration::from_secs(30)).await);
+        assert!(tasks.is_empty(), "a routing task outlived finish");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipe_held_open_does_not_hang_the_join() {
+        let routing = OutputRouting::new();
+        // The write side stays open, as when a grandchild inherited it.
+        let (_held, reader) = tokio::io::duplex(64);
+        routing.route(reader, 1, "stderr");
+        let tasks = routing.tasks.clone();
+        let started = Instant::now();
+        assert!(!routing.finish(OUTPUT_GRACE).await);
+        assert_eq!(started.elapsed(), OUTPUT_GRACE);
+        assert!(tasks.is_empty(), "a routing task outlived finish");
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_holding_the_pipe_does_not_hang_the_join() {
+        let spawner = Spawner::start().unwrap();
+        let mut command = Command::new("sh");
+        // The shell exits at once; its background sleep keeps stdout open.
+        command.args(["-c", "sleep 5 & echo started"]);
+        let mut child = spawner.spawn(command).await.unwrap();
+        let routing = OutputRouting::new();
+        routing.route(child.stdout.take().unwrap(), child.id().unwrap(), "stdout");
+        routing.route(child.stderr.take().unwrap(), child.id().unwrap(), "stderr");
+        child.wait().await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(!routing.finish(Duration::from_millis(200)).await);
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]
