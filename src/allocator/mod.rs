@@ -288,7 +288,12 @@ pub struct Allocator {
     /// One caller builds a new index; the others meanwhile pick from the
     /// previous one (its hosts are at most one update older).
     indexing: AtomicBool,
-    _stop: tokio_util::sync::DropGuard,
+    /// The background watcher; [`Allocator::close`] stops and joins it.
+    watcher: tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+    /// Dropping the allocator without `close` still stops the watcher (it
+    /// ends at its next await, unjoined).
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Allocator {
@@ -334,7 +339,8 @@ impl Allocator {
             }
         }
         let stop = CancellationToken::new();
-        tokio::spawn(watcher::run(
+        let tracker = tokio_util::task::TaskTracker::new();
+        tracker.spawn(watcher::run(
             settings.clone(),
             watcher::Target { hosts, base },
             client,
@@ -348,7 +354,9 @@ impl Allocator {
             settings,
             indexed: ArcSwapOption::empty(),
             indexing: AtomicBool::new(false),
-            _stop: stop.drop_guard(),
+            watcher: tracker,
+            stop: stop.clone(),
+            _stop_on_drop: stop.drop_guard(),
         })
     }
 
@@ -441,6 +449,16 @@ impl Allocator {
         let _ = changes.wait_for(|view| view.synced_at.is_some()).await;
     }
 
+    /// Stops the background watcher and waits for it: when this returns the
+    /// watcher task has ended and dropped its ZooKeeper client; no task of
+    /// this allocator runs any more. Picks keep answering from the last
+    /// view, which no longer changes. Calling it again returns at once.
+    pub async fn close(&self) {
+        self.watcher.close();
+        self.stop.cancel();
+        self.watcher.wait().await;
+    }
+
     /// Waits until the first full listing (or `timeout`); whether it came.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.synced()).await.is_ok()
@@ -480,5 +498,27 @@ impl Allocator {
     /// The settings it was started with.
     pub fn settings(&self) -> &AllocatorSettings {
         &self.settings
+    }
+}
+
+#[cfg(test)]
+mod close_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_stops_and_joins_the_watcher() {
+        // Nothing listens there: the watcher keeps retrying with backoff.
+        let mut settings = AllocatorSettings::new("127.0.0.1:1", "/turn/servers");
+        settings.session_timeout = Duration::from_millis(200);
+        let allocator = Allocator::start(settings).await.unwrap();
+        assert!(!allocator.watcher.is_empty(), "the watcher is not running");
+        tokio::time::timeout(Duration::from_secs(10), allocator.close())
+            .await
+            .expect("close did not return");
+        assert!(allocator.watcher.is_empty(), "the watcher outlived close");
+        // A second close returns at once.
+        tokio::time::timeout(Duration::from_secs(1), allocator.close())
+            .await
+            .unwrap();
     }
 }

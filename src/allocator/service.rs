@@ -754,7 +754,7 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     };
     let server = tokio::spawn(crate::http::serve(
         listener,
-        router(allocator, ice, {
+        router(allocator.clone(), ice, {
             let guard = Guard::new(&config.access);
             guard.set_cors(&config.cors);
             guard
@@ -770,6 +770,8 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
     }
     stop.cancel();
     let _ = tokio::time::timeout(config.drain_timeout, server).await;
+    // The watcher ends and drops its ZooKeeper session before we exit.
+    allocator.close().await;
     Ok(())
 }
 
