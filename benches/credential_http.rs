@@ -375,6 +375,7 @@ async fn serve(
         limits,
         tls,
         CancellationToken::new(),
+        Duration::from_secs(5),
     ));
     addr
 }

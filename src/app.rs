@@ -124,6 +124,8 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         config.api.limits,
         tls.clone(),
         api_stop.clone(),
+        // An upper bound: the wait below ends at the shutdown deadline.
+        config.agent.shutdown_timeout,
     ));
 
     let mut reconfiguration = Reconfiguration::new(
@@ -174,12 +176,13 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         }
     }
     api_stop.cancel();
-    if tokio::time::timeout_at(deadline, &mut api_task)
+    let api_ended = tokio::time::timeout_at(deadline, &mut api_task)
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !api_ended {
+        // It closes what is still open once its own drain is over; it is
+        // joined at the end, not aborted.
         tracing::warn!("HTTP server did not drain in time");
-        api_task.abort();
     }
     // A rotation in flight finishes (turnadmin calls are short, and a
     // half-done one is repaired at the next start anyway).
@@ -221,6 +224,13 @@ pub async fn run(config_path: PathBuf, raw: RawConfig, config: Config) -> anyhow
         // Dropping out of main ends the spawner thread, and the parent-death
         // signal takes turnserver with us.
         anyhow::bail!("turnserver did not stop within agent.shutdown_timeout");
+    }
+    // Done already unless it overran the deadline above; serve bounds its
+    // own drain, so this ends.
+    if !api_ended {
+        if let Ok(Err(error)) = api_task.await {
+            tracing::warn!(%error, "HTTP server ended with an error");
+        }
     }
     tracing::info!("shutdown complete");
     Ok(())

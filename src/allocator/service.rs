@@ -762,6 +762,7 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
         config.limits,
         None,
         stop.clone(),
+        config.drain_timeout,
     ));
     loop {
         if let crate::shutdown::AgentSignal::Terminate(_) = signals.next().await {
@@ -769,7 +770,10 @@ pub async fn run(config: ServiceConfig) -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    let _ = tokio::time::timeout(config.drain_timeout, server).await;
+    // serve itself ends within the drain (it closes what is still open).
+    if let Ok(Err(error)) = server.await {
+        tracing::warn!(%error, "HTTP server ended with an error");
+    }
     // The watcher ends and drops its ZooKeeper session before we exit.
     allocator.close().await;
     Ok(())

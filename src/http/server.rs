@@ -225,13 +225,15 @@ impl RefusalLog {
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests
-/// finish (the caller bounds how long).
+/// finish for at most `drain`; connections still open then are closed, and
+/// serve returns once every connection task has ended.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
     tls: Option<TlsReloader>,
     shutdown: CancellationToken,
+    drain: Duration,
 ) -> std::io::Result<()> {
     // Around the router, not with `Router::layer`: a router layer wraps
     // every route in one more boxed service, and each request clones the
@@ -252,6 +254,8 @@ pub async fn serve(
     // serve returns, so none outlives the server (the caller bounds the
     // wait with its drain deadline).
     let tasks = tokio_util::task::TaskTracker::new();
+    // Cancelled when the drain is over: the connections still open end.
+    let close_connections = CancellationToken::new();
     tasks.spawn(super::trim::run(slots.clone(), shutdown.clone()));
     let mut refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let mut full_log = RefusalLog::new(REFUSAL_LOG_INTERVAL);
@@ -332,23 +336,39 @@ pub async fn serve(
         };
         let first_byte_timeout = limits.header_read_timeout;
         let shutdown = shutdown.clone();
+        let close = close_connections.clone();
         tasks.spawn(async move {
             // Until its first byte a socket costs only this small future:
             // hyper's buffers and TLS state are made once there is
             // something to read, in their own allocation.
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                first = tokio::time::timeout(first_byte_timeout, has_first_byte(&connection.stream)) => {
-                    if let Ok(true) = first {
-                        Box::pin(connection.serve()).await;
+            let serving = async {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    first = tokio::time::timeout(first_byte_timeout, has_first_byte(&connection.stream)) => {
+                        if let Ok(true) = first {
+                            Box::pin(connection.serve()).await;
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                _ = close.cancelled() => {}
+                () = serving => {}
             }
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "requests still open after the drain; closing their connections"
+        );
+        close_connections.cancel();
+    }
     tasks.close();
     tasks.wait().await;
     Ok(())
@@ -537,8 +557,69 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(serve(listener, router, limits, None, shutdown.clone()));
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            None,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
         (addr, shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_request_held_open_does_not_keep_serve_from_returning_after_the_drain() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let (started, handler_started) = tokio::sync::mpsc::channel::<()>(1);
+        let router = Router::new().route(
+            "/hold",
+            axum::routing::get(move || {
+                let started = started.clone();
+                async move {
+                    let _ = started.send(()).await;
+                    std::future::pending::<&'static str>().await
+                }
+            }),
+        );
+        let drain = Duration::from_millis(200);
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            ServerLimits {
+                request_timeout: Duration::from_secs(600),
+                ..limits(4, 4)
+            },
+            None,
+            shutdown.clone(),
+            drain,
+        ));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut handler_started = handler_started;
+        tokio::time::timeout(Duration::from_secs(10), handler_started.recv())
+            .await
+            .expect("the handler did not start");
+        let cancelled = std::time::Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve did not return after the drain")
+            .unwrap()
+            .unwrap();
+        assert!(cancelled.elapsed() >= drain, "returned before the drain");
+        // The held connection was closed, not left open.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+            .await
+            .expect("the held connection stayed open");
+        assert!(read.is_ok() || rest.is_empty());
     }
 
     /// Sends a GET and reads until the answer's body (`ok`) or EOF.
