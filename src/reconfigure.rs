@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::config::{self, Config, RawConfig};
@@ -38,10 +38,11 @@ pub struct Reconfiguration {
     drain: Option<Pin<Box<dyn Future<Output = &'static str> + Send>>>,
     /// The keys that restart is for.
     restart_keys: Vec<String>,
-    /// Waits for the new turnserver and lists the host again.
-    /// The wait for a new turnserver after a restart, and what tells it to
-    /// stop (a newer restart, or shutdown).
-    finish: Option<(JoinHandle<()>, CancellationToken)>,
+    /// What tells the wait for a new turnserver after the latest restart
+    /// to stop (a newer restart, or shutdown).
+    finish: Option<CancellationToken>,
+    /// Every such wait, a stopped one included, joined at shutdown.
+    finishing: TaskTracker,
 }
 
 /// What a reload changes in place, outside the config channel.
@@ -76,6 +77,7 @@ impl Reconfiguration {
             drain: None,
             restart_keys: Vec::new(),
             finish: None,
+            finishing: TaskTracker::new(),
         }
     }
 
@@ -127,7 +129,7 @@ impl Reconfiguration {
                     keys = ?reread.turnserver,
                     "these changes need a new turnserver: withdrawn, draining before the restart"
                 );
-                if let Some((_, stop)) = self.finish.take() {
+                if let Some(stop) = self.finish.take() {
                     // It returns at once, leaving `reconfiguring` to the
                     // restart that follows.
                     stop.cancel();
@@ -212,7 +214,7 @@ impl Reconfiguration {
         let limit = next.turnserver.startup_timeout + Duration::from_secs(10);
         self.config.send_replace(Arc::new(next));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(finish_restart(
+        self.finishing.spawn(finish_restart(
             stop.clone(),
             self.supervisor.clone(),
             self.credentials.clone(),
@@ -224,16 +226,21 @@ impl Reconfiguration {
             limit,
             std::mem::take(&mut self.restart_keys),
         ));
-        self.finish = Some((task, stop));
+        self.finish = Some(stop);
     }
 
-    /// Shutdown: tells a wait for a new turnserver to stop and joins it.
+    /// Shutdown: tells a wait for a new turnserver to stop and joins it,
+    /// and every earlier one a newer restart stopped.
     pub async fn stop(&mut self, deadline: Instant) {
-        if let Some((task, stop)) = self.finish.take() {
+        if let Some(stop) = self.finish.take() {
             stop.cancel();
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!("the wait for a new turnserver did not stop in time");
-            }
+        }
+        self.finishing.close();
+        if tokio::time::timeout_at(deadline, self.finishing.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the wait for a new turnserver did not stop in time");
         }
     }
 }
@@ -309,6 +316,7 @@ mod tests {
     use crate::readiness::health_channel;
     use crate::status::{HealthStatus, WithdrawReason};
     use crate::supervisor::Phase;
+    use tokio::task::JoinHandle;
 
     struct Channels {
         supervisor: watch::Sender<SupervisorStatus>,
