@@ -149,7 +149,8 @@ impl OutputRouting {
         }
     }
 
-    /// Forwards `stream` (see [`route_output`]) on a tracked task.
+    /// Forwards `stream` (each line escaped and bounded, as described on
+    /// `route_output`) on a tracked task.
     pub fn route<R>(&self, stream: R, pid: u32, stream_name: &'static str)
     where
         R: AsyncRead + Unpin + Send + 'static,
