@@ -4,19 +4,25 @@
 //!   address and a password new at every start.
 //! - [`channel`]: when the channel counts as up, down or fallen back
 //!   (pure, driven by poll outcomes).
+//! - [`dump`]: the private file `psd` writes every session into when
+//!   `ps` printed only the first 256.
 //!
 //! The supervisor publishes a [`ControlTarget`] for every turnserver it
 //! starts; [`Control::run`] polls that turnserver's `pc` and `ps` every
 //! `control_poll_interval`, publishes a [`ControlStatus`], and serves the
-//! API's session requests one at a time on the same connection. When the
+//! API's session requests one at a time on the same connection. A `ps`
+//! cut at 256 sessions is completed with `psd` (see [`dump`]), so every
+//! reader sees all sessions. When the
 //! CLI cannot be reached or answers something unparsable, the status says
 //! so (`up: false`), the log says so once, and readers fall back to the
 //! interface counters.
 
 pub mod channel;
+pub mod dump;
 pub mod quotas;
 pub mod turnserver_file;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +187,8 @@ pub struct Control {
     /// The quotas the agent last set in the running turnserver; `None`
     /// until a new turnserver was compared with the configuration.
     applied_quotas: Option<crate::config::control::Quotas>,
+    /// The last `psd` failed (logged once until one works again).
+    dump_failing: bool,
 }
 
 impl Control {
@@ -206,6 +214,7 @@ impl Control {
                 .expect("constant bounds are ordered"),
             previous: None,
             applied_quotas: None,
+            dump_failing: false,
         };
         let handle = ControlHandle {
             status: status_receiver,
@@ -278,6 +287,10 @@ impl Control {
             Ok::<_, CliError>((counters, listing))
         }
         .await;
+        let result = match result {
+            Ok((counters, listing)) => Ok((counters, self.complete(listing).await)),
+            Err(error) => Err(error),
+        };
         match result {
             Ok((counters, listing)) => {
                 self.backoff.reset();
@@ -409,9 +422,76 @@ impl Control {
             }
             client.sessions().await
         }
-        .await
-        .map(Arc::new)
-        .map_err(|error| ControlError::Unavailable(error.to_string()));
+        .await;
+        let result = match result {
+            Ok(listing) => Ok(Arc::new(self.complete(listing).await)),
+            Err(error) => Err(ControlError::Unavailable(error.to_string())),
+        };
         let _ = reply.send(result);
     }
+
+    /// The directory of the agent's turnserver file, where dumps go.
+    fn dump_parent(&self) -> PathBuf {
+        let file = turnserver_file::path_for(&self.config_watch.borrow().turnserver.pidfile);
+        file.parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned()
+    }
+
+    /// `listing` itself when `ps` printed every session, else the `psd`
+    /// dump. When the dump fails, the cut listing (its total still right)
+    /// is used and the failure logged once.
+    async fn complete(&mut self, listing: SessionListing) -> SessionListing {
+        if listing.is_complete() {
+            return listing;
+        }
+        let parent = self.dump_parent();
+        let Some(client) = self.client.as_mut() else {
+            return listing;
+        };
+        match dump_sessions(client, &parent).await {
+            Ok(all) => {
+                if std::mem::take(&mut self.dump_failing) {
+                    tracing::info!(
+                        sessions = all.total,
+                        "the psd dump works again: all sessions are listed"
+                    );
+                }
+                all
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut self.dump_failing, true) {
+                    tracing::warn!(
+                        %error,
+                        listed = listing.sessions.len(),
+                        total = listing.total,
+                        "cannot complete the cut ps listing with psd: only the listed sessions are seen"
+                    );
+                }
+                listing
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CompleteError {
+    #[error(transparent)]
+    Dump(#[from] dump::DumpError),
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error("the session dump cannot be parsed: {0}")]
+    Parse(#[from] crate::coturn_cli::listing::ListingError),
+}
+
+/// Every session through `psd` into a private file under `parent`.
+async fn dump_sessions(
+    client: &mut CliClient,
+    parent: &Path,
+) -> Result<SessionListing, CompleteError> {
+    let file = dump::DumpFile::create(parent)?;
+    client.dump_sessions(file.path()).await?;
+    let text = file.read()?;
+    Ok(crate::coturn_cli::listing::parse_sessions(&text)?)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::command::{Command, LiveSetting, SessionId};
+use super::command::{Command, DumpPath, LiveSetting, SessionId};
 use super::conversation::{Conversation, ConversationError, Progress};
 use super::listing::{
     parse_change, parse_configuration, parse_sessions, ListingError, ServerCounters, SessionListing,
@@ -30,6 +30,8 @@ pub enum CliError {
     Conversation(#[from] ConversationError),
     #[error("turnserver's CLI answer cannot be parsed: {0}")]
     Unparsable(#[from] ListingError),
+    #[error("turnserver cannot write the session dump: {0}")]
+    DumpRefused(String),
 }
 
 struct Connection {
@@ -72,6 +74,20 @@ impl CliClient {
     pub async fn sessions(&mut self) -> Result<SessionListing, CliError> {
         let answer = self.request(&Command::Sessions).await?;
         Ok(parse_sessions(&answer)?)
+    }
+
+    /// `psd FILE`: turnserver writes every session into `path` (a file the
+    /// caller created; read it with [`parse_sessions`]). It answers
+    /// `Cannot open file for writing` when it could not open the file;
+    /// anything else is judged by what the file then holds.
+    pub async fn dump_sessions(&mut self, path: &DumpPath) -> Result<(), CliError> {
+        let answer = self.request(&Command::DumpSessions(path.clone())).await?;
+        if answer.contains("Cannot open") {
+            return Err(CliError::DumpRefused(
+                crate::log_safe::LogSafe::new(answer.trim()).to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Allocations and quotas, from `pc`.
