@@ -803,3 +803,84 @@ async fn no_cli_in_the_operators_config_file_turns_the_control_channel_off_with_
     assert_eq!(status, 503, "{body}");
     assert!(!agent.files.path("turnserver-agent.conf").exists());
 }
+
+/// A `ps` prints at most 256 sessions: past that, `/sessions` lists every
+/// one from a `psd` dump in a private file that is removed after.
+#[tokio::test]
+async fn more_sessions_than_one_ps_prints_are_all_listed_and_ended() {
+    let options = AgentOptions {
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        ..AgentOptions::default()
+    };
+    let files = AgentFiles::new(&options);
+    // 300 allocations need more relay ports than relay_range's 100; this
+    // range is above every relay_range and below the ephemeral ports.
+    let config = std::fs::read_to_string(&files.config_path).unwrap();
+    let config: String = config
+        .lines()
+        .map(|line| {
+            if line.starts_with("min_port = ") {
+                "min_port = 30000".to_owned()
+            } else if line.starts_with("max_port = ") {
+                "max_port = 32700".to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&files.config_path, config).unwrap();
+    let agent = Agent::start_with(files, &options);
+    agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+    let served = agent.wait_credential(Duration::from_secs(10)).await;
+
+    // One uclient -m 150 holds about 190 allocations: two hold over 256.
+    let _uclients: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::process::Command::new("turnutils_uclient")
+                .args(["-y", "-n", "100000", "-m", "150", "-l", "100"])
+                .args(["-u", &served.userid, "-w", &served.password, "-p"])
+                .arg(agent.files.turn_port.to_string())
+                .arg("127.0.0.1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let listed = wait_for(
+        Duration::from_secs(60),
+        "over 256 sessions listed",
+        || async {
+            let (200, body) = agent.get("/sessions").await? else {
+                return None;
+            };
+            (body["total"].as_u64()? > 256 && body["sessions"].as_array()?.len() > 256)
+                .then_some(body)
+        },
+    )
+    .await;
+    let listed_count = listed["sessions"].as_array().unwrap().len() as u64;
+    assert_eq!(listed_count, listed["total"].as_u64().unwrap());
+    // The status counts every session by transport, not only 256.
+    wait_for(Duration::from_secs(10), "over 256 counted", || async {
+        let control = control_status(&agent).await?;
+        (control["by_transport"]["udp"].as_u64()? > 256).then_some(())
+    })
+    .await;
+
+    let (status, body) = delete(&agent, &format!("/sessions?user={}", served.userid)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["terminated"].as_u64().unwrap() > 256, "{body}");
+    // Every dump file and its directory is gone.
+    let left: Vec<_> = std::fs::read_dir(agent.files.dir.path())
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+            name.starts_with(".turn-agent-psd-").then_some(name)
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
