@@ -240,11 +240,7 @@ async fn no_cli_in_extra_args_turns_the_control_channel_off_with_a_warning() {
             Duration::from_secs(5),
         )
         .await;
-    let control = control_status(&agent).await.unwrap();
-    assert_eq!(control["enabled"], false, "{control}");
-    let (status, body) = agent.get("/sessions").await.unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(!agent.files.path("turnserver-agent.conf").exists());
+    assert_control_off(&agent).await;
     // A revoke could not end sessions: refused, nothing rotated.
     let served = agent.wait_credential(Duration::from_secs(10)).await;
     let (status, body) = post(&agent, "/rotate?revoke=true").await;
@@ -797,11 +793,7 @@ async fn no_cli_in_the_operators_config_file_turns_the_control_channel_off_with_
             Duration::from_secs(5),
         )
         .await;
-    let control = control_status(&agent).await.unwrap();
-    assert_eq!(control["enabled"], false, "{control}");
-    let (status, body) = agent.get("/sessions").await.unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(!agent.files.path("turnserver-agent.conf").exists());
+    assert_control_off(&agent).await;
 }
 
 /// A `ps` prints at most 256 sessions: past that, `/sessions` lists every
@@ -837,18 +829,7 @@ async fn more_sessions_than_one_ps_prints_are_all_listed_and_ended() {
 
     // One uclient -m 150 holds about 190 allocations: two hold over 256.
     let _uclients: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::process::Command::new("turnutils_uclient")
-                .args(["-y", "-n", "100000", "-m", "150", "-l", "100"])
-                .args(["-u", &served.userid, "-w", &served.password, "-p"])
-                .arg(agent.files.turn_port.to_string())
-                .arg("127.0.0.1")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| hold_allocations_of(agent.files.turn_port, &served.userid, &served.password, 150))
         .collect();
     let listed = wait_for(
         Duration::from_secs(60),
@@ -883,4 +864,14 @@ async fn more_sessions_than_one_ps_prints_are_all_listed_and_ended() {
         })
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The control channel is off: disabled in `/status`, `/sessions` 503, and
+/// no agent-written turnserver file (so no CLI password on disk).
+async fn assert_control_off(agent: &Agent) {
+    let control = control_status(agent).await.unwrap();
+    assert_eq!(control["enabled"], false, "{control}");
+    let (status, body) = agent.get("/sessions").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(!agent.files.path("turnserver-agent.conf").exists());
 }

@@ -605,8 +605,20 @@ pub fn openssl_key_pair(dir: &Path, name: &str) -> (String, String) {
 /// A uclient on loopback that keeps relaying (and so keeps its
 /// allocations) until dropped.
 pub fn hold_allocations(port: u16, user: &str, password: &str) -> tokio::process::Child {
+    hold_allocations_of(port, user, password, 1)
+}
+
+/// Like [`hold_allocations`], with `clients` uclient clients (`-m`).
+pub fn hold_allocations_of(
+    port: u16,
+    user: &str,
+    password: &str,
+    clients: u32,
+) -> tokio::process::Child {
     tokio::process::Command::new("turnutils_uclient")
-        .args(["-y", "-n", "100000", "-m", "1", "-l", "100"])
+        .args(["-y", "-n", "100000", "-m"])
+        .arg(clients.to_string())
+        .args(["-l", "100"])
         .args(["-u", user, "-w", password, "-p"])
         .arg(port.to_string())
         .arg("127.0.0.1")
