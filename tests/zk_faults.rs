@@ -59,6 +59,26 @@ where
 }
 
 #[tokio::test]
+async fn a_test_server_is_never_mistaken_for_another_on_a_taken_port() {
+    // The fixture behind every ZooKeeper test: when another test's server
+    // took the port picked for this one, this one must not go on talking to
+    // that server (two agents would then fight over one node).
+    let first = ZooKeeper::start(2000).await;
+    let mut second = ZooKeeper::prepare_on(2000, first.port);
+    assert!(
+        !second.try_spawn().await,
+        "the taken port was reported as ours"
+    );
+    let third = ZooKeeper::start(2000).await;
+    assert_ne!(third.port, first.port);
+    let conf = common::zookeeper::four_letter(third.port, "conf").unwrap();
+    assert!(conf.contains(&format!(
+        "dataDir={}/",
+        third.dir.path().join("data").display()
+    )));
+}
+
+#[tokio::test]
 async fn a_freeze_shorter_than_the_session_timeout_does_not_blind_the_allocator() {
     // Ticks of 300 ms allow sessions up to 6 s; the client gives up on a
     // silent connection after its read timeout, 2/3 of its session timeout

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{free_tcp_port, wait_for};
 
@@ -19,19 +19,31 @@ pub struct ZooKeeper {
 impl ZooKeeper {
     /// Starts a standalone server; `tick_ms` bounds session timeouts to
     /// [2, 20] ticks.
+    ///
+    /// A port picked free can be taken by another test before java binds
+    /// it; then java exits (or another test's server answers there), and
+    /// this tries a fresh port rather than share a server with that test.
     pub async fn start(tick_ms: u32) -> ZooKeeper {
-        let mut server = ZooKeeper::prepare(tick_ms);
-        server.spawn().await;
-        server
+        for _ in 0..5 {
+            let mut server = ZooKeeper::prepare(tick_ms);
+            if server.try_spawn().await {
+                return server;
+            }
+        }
+        panic!("ZooKeeper could not bind five free ports in a row");
     }
 
     /// Writes the configuration and picks the port, without starting.
     pub fn prepare(tick_ms: u32) -> ZooKeeper {
+        ZooKeeper::prepare_on(tick_ms, free_tcp_port())
+    }
+
+    /// Writes the configuration for a server on `port`, without starting.
+    pub fn prepare_on(tick_ms: u32, port: u16) -> ZooKeeper {
         let dir = tempfile::Builder::new()
             .prefix("turn-agent-zk-")
             .tempdir()
             .unwrap();
-        let port = free_tcp_port();
         let d = dir.path().display();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::fs::write(
@@ -64,19 +76,52 @@ impl ZooKeeper {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts java on the prepared port and waits until it serves.
     pub async fn spawn(&mut self) {
+        assert!(
+            self.try_spawn().await,
+            "ZooKeeper could not serve on port {}: taken by another process",
+            self.port
+        );
+    }
+
+    /// Starts java and waits until this server, known by its own dataDir,
+    /// serves on the port. False when java exits first (the port was
+    /// taken) or a server of another test answers there.
+    pub async fn try_spawn(&mut self) -> bool {
         self.child = Some(spawn_java(self.dir.path()));
         let port = self.port;
-        wait_for(
-            Duration::from_secs(20),
-            "ZooKeeper to serve",
-            || async move {
-                four_letter(port, "srvr")
-                    .filter(|answer| answer.contains("Mode:"))
-                    .map(|_| ())
-            },
-        )
-        .await;
+        let ours = format!("dataDir={}/", self.dir.path().join("data").display());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match four_letter(port, "conf") {
+                Some(conf) if conf.contains(&ours) => {
+                    let serving =
+                        four_letter(port, "srvr").is_some_and(|srvr| srvr.contains("Mode:"));
+                    if serving {
+                        return true;
+                    }
+                }
+                Some(conf) if conf.contains("dataDir=") => {
+                    self.stop();
+                    return false;
+                }
+                _ => {}
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 20s waiting for ZooKeeper to serve on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// SIGKILLs the server (sessions stay in its data until it returns).
