@@ -155,7 +155,14 @@ async fn sessions_are_listed_counted_published_and_ended() {
         let counted = metrics.lines().any(|line| {
             line.starts_with("turn_agent_turnserver_allocations ") && !line.ends_with(" 0")
         });
-        (payload["allocations"].as_u64()? > 0 && counted).then_some(())
+        let polls_timed = metrics.lines().any(|line| {
+            line.starts_with("turn_agent_control_polls_total ") && !line.ends_with(" 0")
+        }) && metrics.lines().any(|line| {
+            line.strip_prefix("turn_agent_control_poll_seconds ")
+                .and_then(|value| value.parse::<f64>().ok())
+                .is_some_and(|seconds| seconds > 0.0 && seconds < 5.0)
+        });
+        (payload["allocations"].as_u64()? > 0 && counted && polls_timed).then_some(())
     })
     .await;
 
@@ -798,15 +805,10 @@ async fn no_cli_in_the_operators_config_file_turns_the_control_channel_off_with_
 
 /// A `ps` prints at most 256 sessions: past that, `/sessions` lists every
 /// one from a `psd` dump in a private file that is removed after.
-#[tokio::test]
-async fn more_sessions_than_one_ps_prints_are_all_listed_and_ended() {
-    let options = AgentOptions {
-        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
-        ..AgentOptions::default()
-    };
-    let files = AgentFiles::new(&options);
-    // 300 allocations need more relay ports than relay_range's 100; this
-    // range is above every relay_range and below the ephemeral ports.
+/// Relay ports 30000-32700: hundreds of allocations need more than
+/// relay_range's 100; this range is above every relay_range and below the
+/// ephemeral ports.
+fn wide_relay_range(files: &AgentFiles) {
     let config = std::fs::read_to_string(&files.config_path).unwrap();
     let config: String = config
         .lines()
@@ -822,6 +824,16 @@ async fn more_sessions_than_one_ps_prints_are_all_listed_and_ended() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&files.config_path, config).unwrap();
+}
+
+#[tokio::test]
+async fn more_sessions_than_one_ps_prints_are_all_listed_and_ended() {
+    let options = AgentOptions {
+        turnserver_extra: "control_poll_interval = \"200ms\"\n".into(),
+        ..AgentOptions::default()
+    };
+    let files = AgentFiles::new(&options);
+    wide_relay_range(&files);
     let agent = Agent::start_with(files, &options);
     agent.wait_ready(Duration::from_secs(10)).await;
     wait_control_up(&agent).await;
@@ -874,4 +886,103 @@ async fn assert_control_off(agent: &Agent) {
     let (status, body) = agent.get("/sessions").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(!agent.files.path("turnserver-agent.conf").exists());
+}
+
+/// Not a test: the measurement behind `turnserver.control_poll_interval`'s
+/// default (README, "Control channel"). Holds `POLL_COST_SESSIONS` (default
+/// 1,000) sessions with uclients, stops them (so turnserver relays nothing
+/// and its CPU is the polls'), then counts CPU of the agent and turnserver
+/// over 20 polls a second apart against 20 s without polls. Run alone:
+/// `cargo nextest run --test control measure_poll_cost --run-ignored only --no-capture`
+#[tokio::test]
+#[ignore = "a measurement of a few minutes, not a check"]
+async fn measure_poll_cost() {
+    use nix::sys::signal::Signal;
+    let wanted: u64 = std::env::var("POLL_COST_SESSIONS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1000);
+    let options = AgentOptions {
+        turnserver_extra: "control_poll_interval = \"1s\"\n".into(),
+        ..AgentOptions::default()
+    };
+    let files = AgentFiles::new(&options);
+    wide_relay_range(&files);
+    let agent = Agent::start_with(files, &options);
+    let turnserver = agent.wait_ready(Duration::from_secs(10)).await;
+    wait_control_up(&agent).await;
+    let served = agent.wait_credential(Duration::from_secs(10)).await;
+
+    // One uclient -m 150 holds about 190 allocations.
+    let uclients: Vec<_> = (0..wanted.div_ceil(150))
+        .map(|_| hold_allocations_of(agent.files.turn_port, &served.userid, &served.password, 150))
+        .collect();
+    let held = wait_for(Duration::from_secs(180), "the sessions held", || async {
+        let total = control_status(&agent).await?["by_transport"]["udp"].as_u64()?;
+        (total >= wanted).then_some(total)
+    })
+    .await;
+    for uclient in &uclients {
+        signal_pid(uclient.id().unwrap(), Signal::SIGSTOP);
+    }
+
+    let polls = |control: &serde_json::Value| control["polls"].as_u64().unwrap();
+    let window = |seconds: u64| {
+        let agent = &agent;
+        async move {
+            let before = control_status(agent).await.unwrap();
+            let cpu_before = (cpu_time(agent.pid()), cpu_time(turnserver));
+            let mut durations = Vec::new();
+            let mut last = polls(&before);
+            let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+            while tokio::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let control = control_status(agent).await.unwrap();
+                if polls(&control) != last {
+                    last = polls(&control);
+                    durations.push(control["last_poll_seconds"].as_f64().unwrap());
+                }
+            }
+            let after = control_status(agent).await.unwrap();
+            let cpu = (
+                cpu_time(agent.pid()) - cpu_before.0,
+                cpu_time(turnserver) - cpu_before.1,
+            );
+            (polls(&after) - polls(&before), cpu, durations, after)
+        }
+    };
+    let (polled, busy, mut durations, after) = window(20).await;
+    agent.reload_with(
+        "control_poll_interval = \"1s\"",
+        "control_poll_interval = \"1h\"",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_polls, idle, _, _) = window(20).await;
+    for uclient in &uclients {
+        signal_pid(uclient.id().unwrap(), Signal::SIGCONT);
+    }
+
+    durations.sort_by(f64::total_cmp);
+    let per_poll = |busy: Duration, idle: Duration| {
+        busy.saturating_sub(idle).as_secs_f64() * 1000.0 / (polled - idle_polls) as f64
+    };
+    println!(
+        "sessions held: {held} (listed at the end: {listed}); polls: {polled} in 20 s, {idle_polls} in the idle 20 s",
+        listed = after["by_transport"]["udp"]
+    );
+    println!(
+        "wall time per poll: median {:.1} ms, max {:.1} ms",
+        durations[durations.len() / 2] * 1000.0,
+        durations.last().unwrap() * 1000.0
+    );
+    println!(
+        "CPU per poll: agent {:.1} ms, turnserver {:.1} ms (agent {:?} and turnserver {:?} with polls, {:?} and {:?} without)",
+        per_poll(busy.0, idle.0),
+        per_poll(busy.1, idle.1),
+        busy.0,
+        busy.1,
+        idle.0,
+        idle.1
+    );
+    assert!(polled >= 10 && held >= wanted);
 }

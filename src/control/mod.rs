@@ -108,6 +108,11 @@ pub struct ControlStatus {
     pub last_error: Option<String>,
     /// The turnserver pid the status is about.
     pub pid: Option<u32>,
+    /// Polls answered and understood since the agent started.
+    pub polls: u64,
+    /// Wall time of the last such poll (`pc`, `ps`, and `psd` with its
+    /// file when `ps` was cut), in seconds.
+    pub last_poll_seconds: Option<f64>,
     #[serde(skip)]
     pub quotas: Option<ServerCounters>,
 }
@@ -281,6 +286,7 @@ impl Control {
         let Some(client) = self.client.as_mut() else {
             return false;
         };
+        let started = std::time::Instant::now();
         let result = async {
             let counters = client.counters().await?;
             let listing = client.sessions().await?;
@@ -301,6 +307,11 @@ impl Control {
                     );
                 }
                 self.record(counters, Arc::new(listing));
+                let took = started.elapsed().as_secs_f64();
+                self.status.send_modify(|status| {
+                    status.polls += 1;
+                    status.last_poll_seconds = Some(took);
+                });
                 self.apply_quotas(&counters).await
             }
             Err(error) => {

@@ -36,6 +36,20 @@ impl Collector for ControlCollector {
             "times the control channel went down and the agent fell back to interface counters",
             status.fallbacks,
         )?;
+        counter(
+            e,
+            "turn_agent_control_polls",
+            "polls of turnserver's CLI answered and understood",
+            status.polls,
+        )?;
+        if let Some(seconds) = status.last_poll_seconds {
+            gauge(
+                e,
+                "turn_agent_control_poll_seconds",
+                "wall time of the last understood poll: pc, ps, and psd with its file when ps was cut at 256 sessions",
+                seconds,
+            )?;
+        }
         if let Some(allocations) = status.allocations {
             gauge(
                 e,
