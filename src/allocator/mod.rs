@@ -49,6 +49,7 @@
 
 #[cfg(feature = "client-tokens")]
 pub mod client_grant;
+pub mod draw;
 #[cfg(feature = "agent")]
 pub mod fleet_page;
 pub mod host_set;
@@ -389,13 +390,13 @@ impl Allocator {
         self.check_fresh(&view)?;
         let cached = self.indexed.load();
         let pick = |entry: &IndexedView| {
-            entry
-                .index
-                .pick(strategy, preference, &self.selector, &mut rand::rng())
-                .map(|position| Arc::clone(&entry.view.hosts.as_slice()[position]))
-                .ok_or(AllocError::NoHost {
-                    min_free_mbps: self.settings.min_free_mbps,
-                })
+            draw::PickRng::with_thread(|rng| {
+                entry.index.pick(strategy, preference, &self.selector, rng)
+            })
+            .map(|position| Arc::clone(&entry.view.hosts.as_slice()[position]))
+            .ok_or(AllocError::NoHost {
+                min_free_mbps: self.settings.min_free_mbps,
+            })
         };
         match cached.as_ref() {
             Some(entry) if Arc::ptr_eq(&entry.view, &view) => pick(entry),

@@ -1,7 +1,8 @@
 //! What a pick needs, computed once per view: the eligible hosts for every
-//! ISP/region preference, prefix sums for the weighted draws and the most
-//! free hosts first. A pick is then a hash lookup, an atomic increment or a
-//! binary search: no scan of the fleet, no allocation, no lock.
+//! ISP/region preference, prefix sums with a guide table for the weighted
+//! draws and the most free hosts first. A pick is then a hash lookup, an
+//! atomic increment or a guide-table lookup (O(1) on average, see
+//! [`super::draw`]): no scan of the fleet, no allocation, no lock.
 //!
 //! [`PickIndex`] is a pure function of a host list and `min_free_mbps`; it
 //! holds positions into that list, not hosts. [`Selector`] holds what one
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 
+use super::draw::Cumulative;
 use super::strategy::{Preference, Strategy};
 use super::Host;
 
@@ -71,14 +73,14 @@ impl Selector {
 #[derive(Debug, Default)]
 struct Group {
     members: Box<[u32]>,
-    /// Inclusive prefix sums of free traffic over `members`.
-    cumulative_free: Box<[f64]>,
-    /// Inclusive prefix sums of what weighted draws by: free traffic above
-    /// the reserve.
-    cumulative_weight: Box<[f64]>,
-    /// Inclusive prefix sums of capacity (free traffic when a host does
-    /// not publish a larger capacity) over `members`.
-    cumulative_capacity: Box<[f64]>,
+    /// Free traffic over `members`.
+    cumulative_free: Cumulative,
+    /// What weighted draws by: free traffic above the reserve (the same
+    /// table as `cumulative_free` when there is no reserve).
+    cumulative_weight: Option<Cumulative>,
+    /// Capacity (free traffic when a host does not publish a larger
+    /// capacity) over `members`.
+    cumulative_capacity: Cumulative,
     /// Up to [`MOST_FREE_KEPT`] members, most free first, ties by position.
     most_free: Box<[u32]>,
     /// Round-robin and weighted cursor slots of the sets this group leads.
@@ -91,16 +93,18 @@ impl Group {
         self.members.len()
     }
 
-    fn total_free(&self) -> f64 {
-        self.cumulative_free.last().copied().unwrap_or(0.0)
+    fn weight(&self) -> &Cumulative {
+        self.cumulative_weight
+            .as_ref()
+            .unwrap_or(&self.cumulative_free)
     }
 
-    fn total_weight(&self) -> f64 {
-        self.cumulative_weight.last().copied().unwrap_or(0.0)
+    fn free(&self) -> &Cumulative {
+        &self.cumulative_free
     }
 
-    fn total_capacity(&self) -> f64 {
-        self.cumulative_capacity.last().copied().unwrap_or(0.0)
+    fn capacity(&self) -> &Cumulative {
+        &self.cumulative_capacity
     }
 }
 
@@ -152,21 +156,19 @@ impl Candidates<'_> {
     }
 
     /// The member whose share of `cumulative` holds `at` (0 ≤ at < total).
-    fn by_weight(&self, at: f64, cumulative: fn(&Group) -> &[f64]) -> usize {
-        let first_total = cumulative(self.first).last().copied().unwrap_or(0.0);
+    fn by_weight(&self, at: f64, cumulative: fn(&Group) -> &Cumulative) -> usize {
+        let first_total = cumulative(self.first).total();
         let (group, at) = match self.second {
             Some(second) if at >= first_total && !second.members.is_empty() => {
                 (second, at - first_total)
             }
             _ => (self.first, at),
         };
-        let sums = cumulative(group);
-        let slot = sums.partition_point(|&sum| sum <= at);
-        group.members[slot.min(group.members.len() - 1)] as usize
+        group.members[cumulative(group).find(at)] as usize
     }
 
-    fn total(&self, total: fn(&Group) -> f64) -> f64 {
-        total(self.first) + self.second.map_or(0.0, total)
+    fn total(&self, cumulative: fn(&Group) -> &Cumulative) -> f64 {
+        cumulative(self.first).total() + self.second.map_or(0.0, |g| cumulative(g).total())
     }
 }
 
@@ -255,28 +257,25 @@ impl PickIndex {
             })
             .collect();
         let group = |members: Vec<u32>, key: GroupKey<'_>| -> Group {
-            let mut cumulative_free = Vec::with_capacity(members.len());
-            let mut cumulative_weight = Vec::with_capacity(members.len());
-            let mut cumulative_capacity = Vec::with_capacity(members.len());
-            let (mut sum_free, mut sum_weight, mut sum_capacity) = (0.0, 0.0, 0.0);
-            for &member in &members {
-                let (free, capacity) = (free[member as usize].max(0.0), capacity[member as usize]);
-                sum_free += free;
-                sum_weight += (free - capacity * reserve_percent / 100.0).max(0.0);
-                sum_capacity += capacity;
-                cumulative_free.push(sum_free);
-                cumulative_weight.push(sum_weight);
-                cumulative_capacity.push(sum_capacity);
-            }
+            let free_of = |member: &u32| free[*member as usize].max(0.0);
+            let cumulative_free = Cumulative::new(members.iter().map(free_of));
+            let cumulative_weight = (reserve_percent != 0.0).then(|| {
+                Cumulative::new(members.iter().map(|member| {
+                    let reserve = capacity[*member as usize] * reserve_percent / 100.0;
+                    (free_of(member) - reserve).max(0.0)
+                }))
+            });
+            let cumulative_capacity =
+                Cumulative::new(members.iter().map(|member| capacity[*member as usize]));
             let mut most_free = members.clone();
             // Stable: equal free traffic keeps the list's (name) order.
             most_free.sort_by(|&a, &b| free[b as usize].total_cmp(&free[a as usize]));
             most_free.truncate(MOST_FREE_KEPT);
             Group {
                 members: members.into(),
-                cumulative_free: cumulative_free.into(),
-                cumulative_weight: cumulative_weight.into(),
-                cumulative_capacity: cumulative_capacity.into(),
+                cumulative_free,
+                cumulative_weight,
+                cumulative_capacity,
                 most_free: most_free.into(),
                 turn_slot: key.slot(0),
                 weyl_slot: key.slot(1),
@@ -345,28 +344,25 @@ impl PickIndex {
             Strategy::Random => candidates.nth(rng.random_range(0..count)),
             Strategy::MostFree => self.most_free(&candidates),
             Strategy::Weighted => {
-                let above_reserve = candidates.total(Group::total_weight);
-                let free = candidates.total(Group::total_free);
+                let above_reserve = candidates.total(Group::weight);
+                let free = candidates.total(Group::free);
                 let fraction = || {
                     let step = selector.next(candidates.first.weyl_slot);
                     (step.wrapping_mul(GOLDEN_STEP) >> 11) as f64 / (1u64 << 53) as f64
                 };
                 if above_reserve > 0.0 {
-                    candidates
-                        .by_weight(fraction() * above_reserve, |group| &group.cumulative_weight)
+                    candidates.by_weight(fraction() * above_reserve, Group::weight)
                 } else if free > 0.0 {
-                    candidates.by_weight(fraction() * free, |group| &group.cumulative_free)
+                    candidates.by_weight(fraction() * free, Group::free)
                 } else {
                     round_robin(&candidates)
                 }
             }
             Strategy::LeastLoaded => {
-                let total = candidates.total(Group::total_capacity);
+                let total = candidates.total(Group::capacity);
                 let draw = |rng: &mut R| {
                     if total > 0.0 {
-                        candidates.by_weight(rng.random::<f64>() * total, |group| {
-                            &group.cumulative_capacity
-                        })
+                        candidates.by_weight(rng.random::<f64>() * total, Group::capacity)
                     } else {
                         candidates.nth(rng.random_range(0..count))
                     }

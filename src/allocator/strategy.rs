@@ -6,6 +6,7 @@ use std::borrow::Borrow;
 
 use serde::{Deserialize, Serialize};
 
+use super::draw::PickRng;
 use super::pick_index::PickIndex;
 use super::Host;
 
@@ -103,7 +104,8 @@ impl Selector {
         preference: &Preference,
         min_free_mbps: f64,
     ) -> Option<usize> {
-        PickIndex::build(hosts, min_free_mbps).pick(strategy, preference, self, &mut rand::rng())
+        let index = PickIndex::build(hosts, min_free_mbps);
+        PickRng::with_thread(|rng| index.pick(strategy, preference, self, rng))
     }
 }
 
