@@ -24,8 +24,10 @@ use rand::RngCore;
 /// Prefix sums of non-negative weights and their guide table.
 #[derive(Debug, Default)]
 pub(crate) struct Cumulative {
-    /// Inclusive prefix sums.
-    sums: Box<[f64]>,
+    /// Inclusive prefix sums, each beside the position (in the host list)
+    /// of the member whose weight it ends with, so a lookup reads both
+    /// from one cache line.
+    entries: Box<[Entry]>,
     /// `guide[b]`: a member at or before the first whose sum passes the
     /// start of bucket `b` (`b * total / buckets`).
     guide: Box<[u32]>,
@@ -33,28 +35,38 @@ pub(crate) struct Cumulative {
     scale: f64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    sum: f64,
+    position: u32,
+}
+
 impl Cumulative {
-    /// Sums `weights` (each already clamped to ≥ 0 and finite by the
-    /// caller; a NaN counts as 0) and builds the guide: O(members).
-    pub(crate) fn new(weights: impl IntoIterator<Item = f64>) -> Cumulative {
+    /// Sums the weights of `members` (position, weight), each weight
+    /// clamped to ≥ 0 by the caller (a NaN counts as 0), and builds the
+    /// guide: O(members).
+    pub(crate) fn new(members: impl IntoIterator<Item = (u32, f64)>) -> Cumulative {
         let mut total = 0.0;
-        let sums: Box<[f64]> = weights
+        let entries: Box<[Entry]> = members
             .into_iter()
-            .map(|weight| {
+            .map(|(position, weight)| {
                 if weight > 0.0 {
                     total += weight;
                 }
-                total
+                Entry {
+                    sum: total,
+                    position,
+                }
             })
             .collect();
         if !(total > 0.0 && total.is_finite()) {
             return Cumulative {
-                sums,
+                entries,
                 guide: Box::default(),
                 scale: 0.0,
             };
         }
-        let buckets = sums.len();
+        let buckets = entries.len();
         let scale = buckets as f64 / total;
         // A bucket's start, lowered by far more than the rounding of
         // `at * scale` at pick time, so the guide never points past the
@@ -64,13 +76,13 @@ impl Cumulative {
         let mut member = 0usize;
         for bucket in 0..buckets {
             let start = bucket as f64 / scale - margin;
-            while member + 1 < sums.len() && sums[member] <= start {
+            while member + 1 < entries.len() && entries[member].sum <= start {
                 member += 1;
             }
             guide.push(member as u32);
         }
         Cumulative {
-            sums,
+            entries,
             guide: guide.into(),
             scale,
         }
@@ -78,30 +90,38 @@ impl Cumulative {
 
     /// The sum of all weights (0 for none).
     pub(crate) fn total(&self) -> f64 {
-        self.sums.last().copied().unwrap_or(0.0)
+        self.entries.last().map_or(0.0, |entry| entry.sum)
     }
 
-    /// The member whose share holds `at` (0 ≤ at < total): the first whose
-    /// sum is above `at`, the last one when `at` reaches the total by
-    /// rounding. Only for a positive total; an infinite one (no guide)
-    /// falls back to a binary search.
+    /// The position of the member whose share holds `at` (0 ≤ at <
+    /// total). Only for a positive total.
     pub(crate) fn find(&self, at: f64) -> usize {
-        let last = self.sums.len() - 1;
+        self.entries[self.slot(at)].position as usize
+    }
+
+    /// The first member whose sum is above `at`, the last one when `at`
+    /// reaches the total by rounding; an infinite total (no guide) falls
+    /// back to a binary search.
+    fn slot(&self, at: f64) -> usize {
+        let last = self.entries.len() - 1;
         if self.guide.is_empty() {
-            return self.sums.partition_point(|&sum| sum <= at).min(last);
+            return self
+                .entries
+                .partition_point(|entry| entry.sum <= at)
+                .min(last);
         }
         // A NaN or negative `at * scale` casts to 0, a huge one saturates.
         let bucket = ((at * self.scale) as usize).min(self.guide.len() - 1);
         let mut member = self.guide[bucket] as usize;
-        while member < last && self.sums[member] <= at {
+        while member < last && self.entries[member].sum <= at {
             member += 1;
         }
         member
     }
 
     #[cfg(test)]
-    fn sums(&self) -> &[f64] {
-        &self.sums
+    fn sums(&self) -> Vec<f64> {
+        self.entries.iter().map(|entry| entry.sum).collect()
     }
 }
 
@@ -167,6 +187,11 @@ mod tests {
         sums.partition_point(|&sum| sum <= at).min(sums.len() - 1)
     }
 
+    /// Members at positions 0, 1, 2, ... with `weights`.
+    fn table(weights: impl IntoIterator<Item = f64>) -> Cumulative {
+        Cumulative::new((0..).zip(weights))
+    }
+
     fn weight() -> impl proptest::strategy::Strategy<Value = f64> {
         prop_oneof![
             Just(0.0),
@@ -183,14 +208,14 @@ mod tests {
             weights in prop::collection::vec(weight(), 1..300),
             points in prop::collection::vec(0.0..1.0f64, 1..200),
         ) {
-            let table = Cumulative::new(weights.iter().copied());
+            let table = table(weights.iter().copied());
             let total = table.total();
             if total > 0.0 && total.is_finite() {
-                let edges = table.sums().iter().flat_map(|&sum| {
+                let edges = table.sums().into_iter().flat_map(|sum| {
                     [sum, f64::from_bits(sum.to_bits().saturating_sub(1)), sum / total]
                 });
                 for at in points.iter().map(|p| p * total).chain(edges).chain([0.0, total]) {
-                    prop_assert_eq!(table.find(at), binary_search(&table, at), "at {}", at);
+                    prop_assert_eq!(table.slot(at), binary_search(&table, at), "at {}", at);
                 }
             }
         }
@@ -198,7 +223,7 @@ mod tests {
 
     #[test]
     fn zero_weights_are_never_found() {
-        let table = Cumulative::new([0.0, 3.0, 0.0, 0.0, 1.0, 0.0]);
+        let table = table([0.0, 3.0, 0.0, 0.0, 1.0, 0.0]);
         let mut rng = PickRng::seeded(1);
         let mut counts = [0usize; 6];
         for _ in 0..40_000 {
@@ -217,22 +242,22 @@ mod tests {
 
     #[test]
     fn one_member_takes_every_point() {
-        let table = Cumulative::new([5.0]);
+        let table = Cumulative::new([(7, 5.0)]);
         for at in [0.0, 2.5, 4.999_999, 5.0] {
-            assert_eq!(table.find(at), 0);
+            assert_eq!(table.find(at), 7);
         }
     }
 
     #[test]
     fn no_positive_weight_has_a_zero_total() {
-        assert_eq!(Cumulative::new([0.0, 0.0, f64::NAN, -1.0]).total(), 0.0);
-        assert_eq!(Cumulative::new([]).total(), 0.0);
+        assert_eq!(table([0.0, 0.0, f64::NAN, -1.0]).total(), 0.0);
+        assert_eq!(table([]).total(), 0.0);
     }
 
     #[test]
     fn frequencies_over_ten_thousand_members_match_the_weights() {
         // Weights 1..=10,000: member m's share is (m + 1) / 50,005,000.
-        let table = Cumulative::new((1..=10_000).map(f64::from));
+        let table = table((1..=10_000).map(f64::from));
         let mut rng = PickRng::seeded(9);
         let draws = 2_000_000;
         // Ten groups of 1,000 members each: a chi-square over the groups.

@@ -164,7 +164,7 @@ impl Candidates<'_> {
             }
             _ => (self.first, at),
         };
-        group.members[cumulative(group).find(at)] as usize
+        cumulative(group).find(at)
     }
 
     fn total(&self, cumulative: fn(&Group) -> &Cumulative) -> f64 {
@@ -257,16 +257,20 @@ impl PickIndex {
             })
             .collect();
         let group = |members: Vec<u32>, key: GroupKey<'_>| -> Group {
-            let free_of = |member: &u32| free[*member as usize].max(0.0);
-            let cumulative_free = Cumulative::new(members.iter().map(free_of));
+            let free_of = |member: u32| free[member as usize].max(0.0);
+            let cumulative_free =
+                Cumulative::new(members.iter().map(|&member| (member, free_of(member))));
             let cumulative_weight = (reserve_percent != 0.0).then(|| {
-                Cumulative::new(members.iter().map(|member| {
-                    let reserve = capacity[*member as usize] * reserve_percent / 100.0;
-                    (free_of(member) - reserve).max(0.0)
+                Cumulative::new(members.iter().map(|&member| {
+                    let reserve = capacity[member as usize] * reserve_percent / 100.0;
+                    (member, (free_of(member) - reserve).max(0.0))
                 }))
             });
-            let cumulative_capacity =
-                Cumulative::new(members.iter().map(|member| capacity[*member as usize]));
+            let cumulative_capacity = Cumulative::new(
+                members
+                    .iter()
+                    .map(|&member| (member, capacity[member as usize])),
+            );
             let mut most_free = members.clone();
             // Stable: equal free traffic keeps the list's (name) order.
             most_free.sort_by(|&a, &b| free[b as usize].total_cmp(&free[a as usize]));
