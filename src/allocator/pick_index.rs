@@ -16,7 +16,7 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
@@ -112,7 +112,7 @@ impl Group {
 #[derive(Debug, Default)]
 struct IspGroups {
     all: Group,
-    by_region: HashMap<Box<str>, Group>,
+    by_region: NameMap<Group>,
 }
 
 /// Everything a pick needs, built once per host list.
@@ -120,12 +120,12 @@ struct IspGroups {
 pub struct PickIndex {
     /// Every eligible host, and those per region.
     all: Group,
-    all_by_region: HashMap<Box<str>, Group>,
+    all_by_region: NameMap<Group>,
     /// Eligible hosts with an empty ISP list (they serve every ISP).
     wildcard: Group,
-    wildcard_by_region: HashMap<Box<str>, Group>,
+    wildcard_by_region: NameMap<Group>,
     /// Eligible hosts naming each ISP.
-    by_isp: HashMap<Box<str>, IspGroups>,
+    by_isp: NameMap<IspGroups>,
     /// Per host position: what least-loaded compares, headroom over
     /// capacity.
     headroom: Box<[f64]>,
@@ -188,14 +188,14 @@ impl PickIndex {
         reserve_percent: f64,
     ) -> PickIndex {
         /// Members naming one ISP: all of them, and per region.
-        type IspLists = (Vec<u32>, HashMap<Box<str>, Vec<u32>>);
+        type IspLists = (Vec<u32>, NameMap<Vec<u32>>);
         #[derive(Default)]
         struct Lists {
             all: Vec<u32>,
-            all_by_region: HashMap<Box<str>, Vec<u32>>,
+            all_by_region: NameMap<Vec<u32>>,
             wildcard: Vec<u32>,
-            wildcard_by_region: HashMap<Box<str>, Vec<u32>>,
-            by_isp: HashMap<Box<str>, IspLists>,
+            wildcard_by_region: NameMap<Vec<u32>>,
+            by_isp: NameMap<IspLists>,
         }
         let mut lists = Lists::default();
         let mut isps: Vec<&str> = Vec::new();
@@ -285,13 +285,13 @@ impl PickIndex {
                 weyl_slot: key.slot(1),
             }
         };
-        let regions = |map: HashMap<Box<str>, Vec<u32>>, kind: u8, isp: &str| {
+        let regions = |map: NameMap<Vec<u32>>, kind: u8, isp: &str| {
             map.into_iter()
                 .map(|(region, members)| {
                     let group = group(members, GroupKey(kind, isp, Some(&region)));
                     (region, group)
                 })
-                .collect::<HashMap<_, _>>()
+                .collect::<NameMap<_>>()
         };
         PickIndex {
             all: group(lists.all, GroupKey(0, "", None)),
@@ -437,6 +437,33 @@ impl PickIndex {
     }
 }
 
+/// Groups by ISP or region name. A pick with a preference looks up to
+/// three names, so the hash is FNV-1a (a few multiplications for a short
+/// name) rather than SipHash; the keys are the names the fleet's own hosts
+/// publish, so nobody outside chooses what collides.
+type NameMap<V> = HashMap<Box<str>, V, BuildHasherDefault<NameHasher>>;
+
+/// 64-bit FNV-1a.
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A group's identity, hashed to its cursor slots: (kind, ISP, region).
 struct GroupKey<'a>(u8, &'a str, Option<&'a str>);
 
@@ -450,7 +477,7 @@ impl GroupKey<'_> {
     }
 }
 
-fn push(map: &mut HashMap<Box<str>, Vec<u32>>, key: &str, position: u32) {
+fn push(map: &mut NameMap<Vec<u32>>, key: &str, position: u32) {
     match map.get_mut(key) {
         Some(list) => list.push(position),
         None => map.entry(key.into()).or_default().push(position),
