@@ -2,7 +2,7 @@
 //! nothing at 10,000 hosts: finding the host whose share of a running
 //! total holds a point, and the random number that chooses the point.
 //!
-//! [`Cumulative`] keeps inclusive prefix sums beside a guide table (the
+//! `Cumulative` keeps inclusive prefix sums beside a guide table (the
 //! "indexed search" of Chen and Asau): one bucket per member, each holding
 //! the first member whose sum passes the bucket's start. A lookup reads
 //! one bucket and steps forward over the few members that end inside it,

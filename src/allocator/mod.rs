@@ -402,6 +402,7 @@ impl Allocator {
         self.pick_map_with(self.settings.strategy, preference, read)
     }
 
+    /// Like [`Allocator::pick_map`], with `strategy`.
     pub fn pick_map_with<T>(
         &self,
         strategy: Strategy,
