@@ -255,6 +255,17 @@ mod tests {
     }
 
     #[test]
+    fn an_infinite_total_falls_back_to_a_binary_search() {
+        let table = table([1.0, f64::INFINITY, 2.0]);
+        assert_eq!(table.total(), f64::INFINITY);
+        for at in [0.0, 0.5, 1.0, 7.0, f64::MAX] {
+            assert_eq!(table.slot(at), binary_search(&table, at), "at {at}");
+        }
+        assert_eq!(table.find(0.5), 0);
+        assert_eq!(table.find(1e300), 1);
+    }
+
+    #[test]
     fn frequencies_over_ten_thousand_members_match_the_weights() {
         // Weights 1..=10,000: member m's share is (m + 1) / 50,005,000.
         let table = table((1..=10_000).map(f64::from));
