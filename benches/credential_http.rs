@@ -21,7 +21,9 @@
 //! - `BENCH_PIN=1`: the servers (this process's threads, nginx) on CPU 0
 //!   and wrk on CPU 1 (`taskset`), so that the load generator does not
 //!   take the server's core; both servers then have one core each;
-//! - `BENCH_IDLE` (default 10,000).
+//! - `BENCH_IDLE` (default 10,000);
+//! - `BENCH_WORKERS`: the runtime's worker threads (default one per core,
+//!   as in the agent; 0 for a current-thread runtime).
 //!
 //! For example `BENCH_SCENARIOS=ka64 BENCH_ROUNDS=7 BENCH_IDLE=0 cargo
 //! bench --bench credential_http`. Without wrk it prints a note and
@@ -489,7 +491,22 @@ fn main() {
         hold_idle_sockets(count.parse().unwrap(), to);
         return;
     }
-    tokio::runtime::Runtime::new().unwrap().block_on(run());
+    // BENCH_WORKERS: the runtime's worker threads (default: tokio's, one
+    // per core, as the agent's own runtime); 0 is a current-thread runtime.
+    let runtime = match std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(workers) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    runtime.unwrap().block_on(run());
 }
 
 async fn run() {
