@@ -355,6 +355,48 @@ async fn picks_spread_within_one_skip_low_and_malformed_hosts_and_follow_changes
     for _ in 0..30 {
         assert_ne!(allocator.pick(&Preference::default()).unwrap().node, "a");
     }
+    // pick_map lends the host instead of cloning it: the same rules, the
+    // same round-robin cursor (alternating with pick keeps the spread).
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for turn in 0..3000 {
+        let node = if turn % 2 == 0 {
+            allocator
+                .pick_map(&Preference::default(), |host| host.node.clone())
+                .unwrap()
+        } else {
+            allocator.pick(&Preference::default()).unwrap().node
+        };
+        *counts.entry(node).or_default() += 1;
+    }
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["c", "d"],
+        "only hosts above min_free_mbps: {counts:?}"
+    );
+    assert!(counts["c"].abs_diff(counts["d"]) <= 1, "{counts:?}");
+    // No host with room: both refuse alike.
+    for node in ["c", "d"] {
+        put(&writer, node, &payload(1.0, 1)).await;
+    }
+    wait_for(Duration::from_secs(1), "c and d full", || {
+        let full = allocator
+            .snapshot()
+            .hosts
+            .iter()
+            .all(|h| h.payload.free_traffic < 10.0);
+        async move { full.then_some(()) }
+    })
+    .await;
+    let refused = allocator
+        .pick_map(&Preference::default(), |host| host.node.clone())
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        allocator
+            .pick(&Preference::default())
+            .unwrap_err()
+            .to_string()
+    );
 }
 
 #[tokio::test]
