@@ -49,9 +49,16 @@ zk_ready() {
   (exec 3<>/dev/tcp/127.0.0.1/2181 && printf 'srvr' >&3 && grep -q '^Mode:' <&3) 2>/dev/null
 }
 for _ in $(seq 100); do
+  # java exits when 2181 is taken: then the answer would be another
+  # server's, not this throwaway one's.
+  if ! kill -0 "$zk_pid" 2>/dev/null; then
+    echo "ZooKeeper could not start: is 127.0.0.1:2181 taken by another server?" >&2
+    exit 1
+  fi
   zk_ready && break
   sleep 0.1
 done
+zk_ready || { echo "ZooKeeper did not answer on 127.0.0.1:2181 within 10 s" >&2; exit 1; }
 echo "ZooKeeper is up on 127.0.0.1:2181 (data in $zk_dir)"
 
 cat <<MSG
