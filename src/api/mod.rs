@@ -79,16 +79,12 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
             get(sessions::list).delete(sessions::end_by_user),
         )
         .route("/sessions/{id}", delete(sessions::end_one))
-        .layer(axum::middleware::from_fn_with_state(
+        // One service around each route: the request count outermost (it
+        // counts refusals too), then CORS (preflights carry no credentials,
+        // and refusals of the guard must name the origin), then the guard.
+        .layer(guard::AccessLayer::new(
             guard.for_routes(required_permission),
-            guard::guard,
-        ))
-        // Outside the guard: preflights carry no credentials, and refusals
-        // of the guard must name the origin too.
-        .layer(axum::middleware::from_fn_with_state(guard, guard::cors))
-        .layer(axum::middleware::from_fn_with_state(
-            request_metrics,
-            count_requests,
+            RequestCounter(request_metrics),
         ))
         .with_state(Arc::new(state))
 }
@@ -315,26 +311,29 @@ async fn status(State(state): State<SharedState>) -> Json<serde_json::Value> {
 }
 
 /// Counts every answered request by route and status, refusals included.
-async fn count_requests(
-    State(metrics): State<AgentMetrics>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let route = route_label(
-        request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map(axum::extract::MatchedPath::as_str),
-    );
-    let response = next.run(request).await;
-    metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
+struct RequestCounter(AgentMetrics);
+
+impl guard::Observe for RequestCounter {
+    type Mark = std::borrow::Cow<'static, str>;
+
+    fn start(&self, request: &axum::extract::Request) -> Self::Mark {
+        route_label(
+            request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map(axum::extract::MatchedPath::as_str),
+        )
+    }
+
+    fn finish(&self, route: Self::Mark, response: &Response) {
+        self.0
+            .http_requests
+            .get_or_create(&HttpLabels {
+                route,
+                status: response.status().as_u16(),
+            })
+            .inc();
+    }
 }
 
 /// The route as a metrics label: the router's own routes (and

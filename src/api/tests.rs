@@ -500,11 +500,10 @@ async fn every_error_the_stack_produces_is_json() {
                 "late"
             }),
         )
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(crate::http::edge::EdgeLayer::new(
+            8192,
             std::time::Duration::from_millis(50),
-        ))
-        .layer(axum::middleware::from_fn(crate::http::error::json_errors));
+        ));
     let table = [
         ("GET", "/nowhere", 404, "not_found"),
         ("GET", "/rotate", 405, "method_not_allowed"),
@@ -531,7 +530,7 @@ async fn every_error_the_stack_produces_is_json() {
     assert_eq!(body["reason"], "plain words");
     // A head over the limit: 431 in the same shape.
     let app = fixture(long_term(far_future()), [127, 0, 0, 1]).app.layer(
-        axum::middleware::from_fn_with_state(8192usize, crate::http::error::limit_header_bytes),
+        crate::http::edge::EdgeLayer::new(8192, std::time::Duration::from_secs(10)),
     );
     let request = Request::get("/healthz")
         .header("x-padding", "a".repeat(9000))

@@ -1,8 +1,7 @@
 //! The one error type of the HTTP API.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -89,34 +88,33 @@ fn status_code_name(status: StatusCode) -> &'static str {
 /// Longest plain-text error body kept as the reason of its JSON rendering.
 const MAX_REASON_BYTES: usize = 1024;
 
-/// Middleware around everything the router answers: an error status
-/// without a JSON body (axum's 404 and 405, tower-http's 408, a body
-/// limit's 413, a rejection's plain text) becomes
-/// `{"type":"result","code":…,"reason":…}`. Other headers (`Allow`,
-/// `Retry-After`, ...) are kept.
-pub async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// True for an error status without a JSON body (axum's 404 and 405, a
+/// timeout's 408, a body limit's 413, a rejection's plain text): what
+/// [`render_json_error`] rewrites.
+pub(crate) fn is_error_without_json(response: &Response) -> bool {
     let status = response.status();
-    let is_json = response
+    if !(status.is_client_error() || status.is_server_error()) {
+        return false;
+    }
+    !response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
+        .is_some_and(|value| value.starts_with("application/json"))
+}
+
+/// An error answer as `{"type":"result","code":…,"reason":…}`, its text
+/// (up to [`MAX_REASON_BYTES`]) as the reason. Other headers (`Allow`,
+/// `Retry-After`, ...) are kept.
+pub(crate) async fn render_json_error(response: Response) -> Response {
+    let status = response.status();
     let (mut parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, MAX_REASON_BYTES)
         .await
         .ok()
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
         .filter(|text| !text.is_empty());
-    let reason = text.unwrap_or_else(|| {
-        status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_ascii_lowercase()
-    });
+    let reason = text.unwrap_or_else(|| super::edge::canonical_reason(status));
     let rendered = ApiError::Status { status, reason }.into_response();
     let (rendered_parts, body) = rendered.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -127,35 +125,22 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// Size of a request head as it came in: request line and header lines.
-fn head_bytes(request: &Request) -> usize {
-    let request_line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+pub(crate) fn head_bytes(request: &Request) -> usize {
+    // The length of the URI as written (its `Display`), without writing it.
+    let uri = request.uri();
+    let uri_len = uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |query| query.len() + 1);
+    let request_line = request.method().as_str().len() + uri_len + 12;
     request_line
         + request
             .headers()
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>()
-}
-
-/// 431 in the API's JSON shape for a head over `max_header_bytes` (hyper
-/// is given room above it, so that this answers rather than hyper's bare
-/// 431).
-pub async fn limit_header_bytes(
-    State(max_header_bytes): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let size = head_bytes(&request);
-    if size > max_header_bytes {
-        return ApiError::Status {
-            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            reason: format!(
-                "the request head is {size} bytes; at most {max_header_bytes} are accepted"
-            ),
-        }
-        .into_response();
-    }
-    next.run(request).await
 }
 
 /// hyper answers a request it cannot parse by itself (400 for a bad

@@ -190,25 +190,48 @@ fn looks_like_jwt(token: &str) -> bool {
     (0..3).all(|_| parts.next().is_some_and(|part| !part.is_empty())) && parts.next().is_none()
 }
 
-/// CORS, in front of the access guard: a preflight from an allowed origin
-/// is answered here (it carries no credentials), a request from an origin
-/// not allowed is refused before anything is checked, counted or minted,
-/// and answers to an allowed origin name it, errors included. With no
-/// origins configured, requests pass untouched.
-pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+/// What CORS adds to an answer that went on to the routes.
+#[derive(Debug, Default)]
+struct CorsAfter {
+    /// `Access-Control-Allow-Origin` for an allowed origin.
+    allow_origin: Option<HeaderValue>,
+    /// `Vary: Origin`: on every answer while CORS is on.
+    vary: bool,
+}
+
+impl CorsAfter {
+    fn apply(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        if let Some(origin) = self.allow_origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after"),
+            );
+        }
+        if self.vary {
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+    }
+}
+
+/// CORS before the routes: an answer given here (a refusal, a
+/// preflight), if any, and what to add to the answer either way.
+fn cors_before(guard: &Guard, request: &Request) -> (Option<Response>, CorsAfter) {
     let policy = guard.cors.load();
     if !policy.is_enabled() {
-        if is_browser_write(&request) {
+        if is_browser_write(request) {
             // A page on any site can make a browser on an allowed address
             // POST a form here without a preflight; the role comes from the
             // address, so the write would run with the victim's rights.
-            return ApiError::Forbidden(
+            let refusal = ApiError::Forbidden(
                 "a browser may not send this request: set api.cors_origins to let a page use this API"
                     .into(),
             )
             .into_response();
+            return (Some(refusal), CorsAfter::default());
         }
-        return next.run(request).await;
+        return (None, CorsAfter::default());
     }
     let mut origins = request.headers().get_all(header::ORIGIN).iter();
     let first = origins.next();
@@ -221,9 +244,9 @@ pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> R
         && request
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut response = match &decision {
+    let answer = match &decision {
         CorsDecision::Refused => {
-            ApiError::Forbidden("this origin may not use this API".into()).into_response()
+            Some(ApiError::Forbidden("this origin may not use this API".into()).into_response())
         }
         CorsDecision::Allowed(_) if is_preflight => {
             let mut response = StatusCode::NO_CONTENT.into_response();
@@ -240,22 +263,36 @@ pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> R
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from(policy.max_age().as_secs()),
             );
-            response
+            Some(response)
         }
-        CorsDecision::Allowed(_) | CorsDecision::NotCors => next.run(request).await,
+        CorsDecision::Allowed(_) | CorsDecision::NotCors => None,
     };
-    let headers = response.headers_mut();
-    if let CorsDecision::Allowed(origin) = &decision {
+    let allow_origin = match &decision {
         // Normalised from a header value, so it is one again.
-        if let Ok(origin) = HeaderValue::from_str(origin) {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("retry-after"),
-            );
-        }
-    }
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
+        CorsDecision::Allowed(origin) => HeaderValue::from_str(origin).ok(),
+        _ => None,
+    };
+    (
+        answer,
+        CorsAfter {
+            allow_origin,
+            vary: true,
+        },
+    )
+}
+
+/// CORS, in front of the access guard: a preflight from an allowed origin
+/// is answered here (it carries no credentials), a request from an origin
+/// not allowed is refused before anything is checked, counted or minted,
+/// and answers to an allowed origin name it, errors included. With no
+/// origins configured, requests pass untouched.
+pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let (answer, after) = cors_before(&guard, &request);
+    let mut response = match answer {
+        Some(answer) => answer,
+        None => next.run(request).await,
+    };
+    after.apply(&mut response);
     response
 }
 
@@ -265,13 +302,24 @@ pub async fn guard(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    check_access(&route_guard, peer, &mut request)?;
+    Ok(next.run(request).await)
+}
+
+/// The access checks of [`guard`]: Ok when the request may go on (with the
+/// subject of its client token, if any, in its extensions).
+fn check_access(
+    route_guard: &RouteGuard,
+    peer: SocketAddr,
+    request: &mut Request,
+) -> Result<(), ApiError> {
     let Some(permission) = (route_guard.required)(request.uri().path()) else {
-        return Ok(next.run(request).await);
+        return Ok(());
     };
     let guard = route_guard.guard.rules.load();
     let forwarded = forwarded_for_lines(request.headers());
     let client = guard.policy.client(peer.ip(), &forwarded);
-    let bearer_token = bearer(&request);
+    let bearer_token = bearer(request);
     let mut decision = guard.policy.decide_client(client, bearer_token, permission);
     let mut subject = None;
     let mut rate_checked = false;
@@ -316,5 +364,172 @@ pub async fn guard(
     if let Some(subject) = subject {
         request.extensions_mut().insert(ClientSubject(subject));
     }
-    Ok(next.run(request).await)
+    Ok(())
+}
+
+/// Watches every request the [`Access`] service answers, refusals
+/// included: a server's request metrics.
+pub trait Observe: Send + Sync + 'static {
+    /// What is noted of the request before it is answered.
+    type Mark: Send + 'static;
+
+    fn start(&self, request: &Request) -> Self::Mark;
+
+    fn finish(&self, mark: Self::Mark, response: &Response);
+}
+
+/// Makes [`Access`] services: `observe`, CORS and the access guard of
+/// `routes` around each route, as one service.
+pub struct AccessLayer<O> {
+    shared: Arc<(RouteGuard, O)>,
+}
+
+impl<O> AccessLayer<O> {
+    pub fn new(routes: RouteGuard, observe: O) -> AccessLayer<O> {
+        AccessLayer {
+            shared: Arc::new((routes, observe)),
+        }
+    }
+}
+
+impl<O> Clone for AccessLayer<O> {
+    fn clone(&self) -> Self {
+        AccessLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, O> tower::Layer<S> for AccessLayer<O> {
+    type Service = Access<S, O>;
+
+    fn layer(&self, inner: S) -> Access<S, O> {
+        Access {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The [`cors`] and [`guard`] middlewares and an [`Observe`] in one
+/// service with a concrete future: no boxed future, no `Next`, one
+/// reference count per clone (axum clones a route's service for every
+/// request).
+pub struct Access<S, O> {
+    inner: S,
+    shared: Arc<(RouteGuard, O)>,
+}
+
+impl<S: Clone, O> Clone for Access<S, O> {
+    fn clone(&self) -> Self {
+        Access {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, O> tower::Service<Request> for Access<S, O>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    O: Observe,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = AccessFuture<S::Future, O>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let (routes, observe) = &*self.shared;
+        let mark = observe.start(&request);
+        let (answer, after) = cors_before(&routes.guard, &request);
+        let answer = answer.or_else(|| {
+            // Where the `ConnectInfo` extractor of `guard` looks.
+            let extensions = request.extensions();
+            let peer = extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| *peer)
+                .or_else(|| {
+                    extensions
+                        .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                        .map(|mock| mock.0)
+                });
+            let checked = match peer {
+                Some(peer) => check_access(routes, peer, &mut request),
+                // What the `ConnectInfo` extractor of `guard` answers.
+                None => Err(ApiError::Status {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: "the connection's address is missing".into(),
+                }),
+            };
+            checked.err().map(IntoResponse::into_response)
+        });
+        let inner = match answer {
+            Some(_) => None,
+            None => Some(self.inner.call(request)),
+        };
+        AccessFuture {
+            inner,
+            answer,
+            after: Some(after),
+            mark: Some(mark),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Access`]'s answer.
+    pub struct AccessFuture<F, O: Observe> {
+        #[pin]
+        inner: Option<F>,
+        // An answer of CORS or the guard, given without the routes.
+        answer: Option<Response>,
+        after: Option<CorsAfter>,
+        mark: Option<O::Mark>,
+        shared: Arc<(RouteGuard, O)>,
+    }
+}
+
+impl<F, O> std::future::Future for AccessFuture<F, O>
+where
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+    O: Observe,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        let mut response = match this.answer.take() {
+            Some(answer) => answer,
+            None => {
+                let inner = this
+                    .inner
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("AccessFuture polled after it completed");
+                match std::task::ready!(inner.poll(cx)) {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        this.inner.set(None);
+        if let Some(after) = this.after.take() {
+            after.apply(&mut response);
+        }
+        if let Some(mark) = this.mark.take() {
+            this.shared.1.finish(mark, &response);
+        }
+        std::task::Poll::Ready(Ok(response))
+    }
 }

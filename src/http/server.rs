@@ -25,9 +25,9 @@
 //!   connection is accepted and closed at once. Both are logged at most
 //!   once per [`REFUSAL_LOG_INTERVAL`] with a count.
 //! - The request head is bounded: beyond `max_header_bytes` a JSON 431
-//!   (see `error`). Every error the stack produces in the router
+//!   (see `edge`). Every error the stack produces in the router
 //!   (404, 405, 408, ...) is rendered in the API's JSON shape by
-//!   `error::json_errors`; the answers hyper writes by itself for
+//!   `edge::Edge`; the answers hyper writes by itself for
 //!   requests it cannot parse (400, 414, 431 beyond twice the limit) are
 //!   rewritten into the same shape on their way out ([`JsonErrorWrites`]).
 
@@ -236,19 +236,11 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     // Around the router, not with `Router::layer`: a router layer wraps
-    // every route in one more boxed service, and each request clones the
-    // whole chain of boxes once per middleware (an allocation per box).
-    let edge = tower::ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(super::error::json_errors))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            limits.max_header_bytes,
-            super::error::limit_header_bytes,
-        ))
-        .service(router);
+    // every route in one more boxed service, cloned for every request.
+    let edge = tower::Layer::layer(
+        &super::edge::EdgeLayer::new(limits.max_header_bytes, limits.request_timeout),
+        router,
+    );
     let slots = ConnectionSlots::new(limits);
     // The trimmer and every connection task: closed and waited for before
     // serve returns, so none outlives the server (the caller bounds the
@@ -265,7 +257,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // Room above the limit so that the JSON 431 of
-        // `limit_header_bytes` answers; hyper's minimum buffer is 8 KiB.
+        // `edge::Edge` answers; hyper's minimum buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(8192));
     let builder = Arc::new(builder);
     loop {
