@@ -199,7 +199,7 @@ async fn turn_credential(
         password: credential.password.expose(),
         expired_time: credential.expires_at.saturating_mul(1000),
     };
-    Ok(no_store(Json(body).into_response()))
+    Ok(json_no_store(&body))
 }
 
 #[derive(Serialize)]
@@ -253,7 +253,7 @@ async fn ice(
         ttl: credential.expires_at.saturating_sub(unix_now().as_secs()),
         expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
     };
-    Ok(no_store(Json(body).into_response()))
+    Ok(json_no_store(&body))
 }
 
 /// Rotation on demand (permission `rotate`).
@@ -357,6 +357,32 @@ fn route_label(matched: Option<&str>) -> std::borrow::Cow<'static, str> {
         Some(route) => std::borrow::Cow::Borrowed(route),
         None => std::borrow::Cow::Owned(matched.to_owned()),
     }
+}
+
+/// Room for a credential answer (about 140 bytes; `/ice` with a few URLs
+/// a little more), so serializing it does not grow the buffer.
+const CREDENTIAL_BODY_CAPACITY: usize = 512;
+
+/// A credential answer as JSON, not to be cached: written into one buffer
+/// sized for it, with static header values (what `Json` and [`no_store`]
+/// do, without growing a 128-byte buffer on the way).
+fn json_no_store(body: &impl Serialize) -> Response {
+    let mut buffer = Vec::with_capacity(CREDENTIAL_BODY_CAPACITY);
+    if let Err(error) = serde_json::to_writer(&mut buffer, body) {
+        return ApiError::Status {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: format!("the answer did not serialize: {error}"),
+        }
+        .into_response();
+    }
+    let mut response = Response::new(axum::body::Body::from(buffer));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Credentials must not sit in any cache.
