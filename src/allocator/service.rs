@@ -41,7 +41,7 @@ use crate::config::{
     positive_duration, validate_server_limits, AccessConfig, ConfigError, ConfigProblem, RawAccess,
     RawServerLimits, ServerLimits,
 };
-use crate::http::guard::{ClientSubject, Guard};
+use crate::http::guard::{AccessLayer, ClientSubject, Guard};
 use crate::http::{gauge, ApiError};
 use crate::log_safe::LogSafe;
 use crate::znode::{LogBudget, PayloadLimits};
@@ -684,16 +684,8 @@ pub fn router(allocator: Arc<Allocator>, ice_fetch: IceFetch, guard: Guard) -> R
             fetches,
             metrics: Arc::new(metrics),
         })
-        .layer(axum::middleware::from_fn_with_state(
-            guard.for_routes(required_permission),
-            crate::http::guard::guard,
-        ))
-        // Outside the guard, as on the agent: preflights carry no
-        // credentials, and the guard's refusals must name the origin.
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            crate::http::guard::cors,
-        ))
+        // CORS then the guard, as on the agent (no request metrics here).
+        .layer(AccessLayer::new(guard.for_routes(required_permission), ()))
         .layer(axum::middleware::from_fn_with_state(
             loops_refused,
             refuse_hops,

@@ -1,5 +1,5 @@
-//! The access middleware: who is calling, may they, and not too often;
-//! and the CORS middleware in front of it, for browsers.
+//! The access checks: who is calling, may they, and not too often; and
+//! CORS in front of them, for browsers. [`AccessLayer`] applies both.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -47,8 +46,8 @@ pub struct ClientSubject(pub String);
 /// liveness probe). Each server passes its own route table's.
 pub type RequiredPermission = fn(&str) -> Option<Permission>;
 
-/// A [`Guard`] with the permission table of one server's routes: the state
-/// of the [`guard`] middleware.
+/// A [`Guard`] with the permission table of one server's routes: what an
+/// [`AccessLayer`] checks against.
 #[derive(Clone)]
 pub struct RouteGuard {
     guard: Guard,
@@ -79,7 +78,7 @@ impl Guard {
         self.rules.store(Arc::new(Rules::new(access)));
     }
 
-    /// The origins [`cors`] lets browsers read answers from, from now on.
+    /// The origins [`AccessLayer`] lets browsers read answers from, from now on.
     pub fn set_cors(&self, cors: &CorsPolicy) {
         self.cors.store(Arc::new(cors.clone()));
     }
@@ -281,33 +280,8 @@ fn cors_before(guard: &Guard, request: &Request) -> (Option<Response>, CorsAfter
     )
 }
 
-/// CORS, in front of the access guard: a preflight from an allowed origin
-/// is answered here (it carries no credentials), a request from an origin
-/// not allowed is refused before anything is checked, counted or minted,
-/// and answers to an allowed origin name it, errors included. With no
-/// origins configured, requests pass untouched.
-pub async fn cors(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    let (answer, after) = cors_before(&guard, &request);
-    let mut response = match answer {
-        Some(answer) => answer,
-        None => next.run(request).await,
-    };
-    after.apply(&mut response);
-    response
-}
-
-pub async fn guard(
-    State(route_guard): State<RouteGuard>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    check_access(&route_guard, peer, &mut request)?;
-    Ok(next.run(request).await)
-}
-
-/// The access checks of [`guard`]: Ok when the request may go on (with the
-/// subject of its client token, if any, in its extensions).
+/// The access checks: Ok when the request may go on (with the subject of
+/// its client token, if any, in its extensions).
 fn check_access(
     route_guard: &RouteGuard,
     peer: SocketAddr,
@@ -378,8 +352,22 @@ pub trait Observe: Send + Sync + 'static {
     fn finish(&self, mark: Self::Mark, response: &Response);
 }
 
+/// No observation: for a server without request metrics.
+impl Observe for () {
+    type Mark = ();
+
+    fn start(&self, _request: &Request) {}
+
+    fn finish(&self, _mark: (), _response: &Response) {}
+}
+
 /// Makes [`Access`] services: `observe`, CORS and the access guard of
-/// `routes` around each route, as one service.
+/// `routes` around each route, as one service. CORS comes first: a
+/// preflight from an allowed origin is answered there (it carries no
+/// credentials), a request from an origin not allowed is refused before
+/// anything is checked, counted or minted, and answers to an allowed
+/// origin name it, the guard's refusals included. With no origins
+/// configured, CORS lets requests pass untouched.
 pub struct AccessLayer<O> {
     shared: Arc<(RouteGuard, O)>,
 }
@@ -411,8 +399,8 @@ impl<S, O> tower::Layer<S> for AccessLayer<O> {
     }
 }
 
-/// The [`cors`] and [`guard`] middlewares and an [`Observe`] in one
-/// service with a concrete future: no boxed future, no `Next`, one
+/// CORS, the access guard and an [`Observe`] in one service with a
+/// concrete future: no boxed future, no `Next`, one
 /// reference count per clone (axum clones a route's service for every
 /// request).
 pub struct Access<S, O> {
@@ -450,7 +438,7 @@ where
         let mark = observe.start(&request);
         let (answer, after) = cors_before(&routes.guard, &request);
         let answer = answer.or_else(|| {
-            // Where the `ConnectInfo` extractor of `guard` looks.
+            // Where axum's `ConnectInfo` extractor looks.
             let extensions = request.extensions();
             let peer = extensions
                 .get::<ConnectInfo<SocketAddr>>()
@@ -462,7 +450,7 @@ where
                 });
             let checked = match peer {
                 Some(peer) => check_access(routes, peer, &mut request),
-                // What the `ConnectInfo` extractor of `guard` answers.
+                // What axum's `ConnectInfo` extractor answers.
                 None => Err(ApiError::Status {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
                     reason: "the connection's address is missing".into(),
