@@ -306,12 +306,7 @@ impl Control {
                         "turnserver's CLI answers again: sessions and allocations come from coturn"
                     );
                 }
-                self.record(counters, Arc::new(listing));
-                let took = started.elapsed().as_secs_f64();
-                self.status.send_modify(|status| {
-                    status.polls += 1;
-                    status.last_poll_seconds = Some(took);
-                });
+                self.record(counters, Arc::new(listing), started.elapsed());
                 self.apply_quotas(&counters).await
             }
             Err(error) => {
@@ -377,7 +372,8 @@ impl Control {
         true
     }
 
-    fn record(&mut self, counters: ServerCounters, listing: Arc<SessionListing>) {
+    /// Publishes a poll that took `took` and was understood.
+    fn record(&mut self, counters: ServerCounters, listing: Arc<SessionListing>, took: Duration) {
         let now = std::time::Instant::now();
         let snapshot = CounterSnapshot::new(&listing, now);
         let (rate, started, ended) = match (&self.previous, &snapshot) {
@@ -409,6 +405,8 @@ impl Control {
             status.sessions_ended += ended;
             status.last_error = None;
             status.quotas = Some(counters);
+            status.polls += 1;
+            status.last_poll_seconds = Some(took.as_secs_f64());
         });
         self.previous = snapshot.map(|snapshot| (snapshot, listing));
     }
