@@ -21,7 +21,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::time::{Instant, Sleep};
 
-use super::error::{head_bytes, is_error_without_json, render_json_error, ApiError};
+use super::error::{
+    canonical_reason, head_bytes, is_error_without_json, render_json_error, ApiError,
+};
 
 /// Makes [`Edge`] services.
 #[derive(Debug, Clone, Copy)]
@@ -177,14 +179,6 @@ where
             }
         }
     }
-}
-
-/// `request timeout`, `not found`, ...: the reason of an empty error body.
-pub(crate) fn canonical_reason(status: StatusCode) -> String {
-    status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ pub(crate) async fn render_json_error(response: Response) -> Response {
         .ok()
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
         .filter(|text| !text.is_empty());
-    let reason = text.unwrap_or_else(|| super::edge::canonical_reason(status));
+    let reason = text.unwrap_or_else(|| canonical_reason(status));
     let rendered = ApiError::Status { status, reason }.into_response();
     let (rendered_parts, body) = rendered.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -122,6 +122,14 @@ pub(crate) async fn render_json_error(response: Response) -> Response {
         parts.headers.insert(name, value.clone());
     }
     Response::from_parts(parts, body)
+}
+
+/// `request timeout`, `not found`, ...: the reason of an empty error body.
+pub(crate) fn canonical_reason(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
 }
 
 /// Size of a request head as it came in: request line and header lines.
@@ -184,10 +192,7 @@ pub fn render_bare_error_head(head: &[u8]) -> Option<Vec<u8>> {
     if !bare {
         return None;
     }
-    let reason = status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase();
+    let reason = canonical_reason(status);
     let body =
         json!({ "type": "result", "code": status_code_name(status), "reason": reason }).to_string();
     let mut rendered = format!(
