@@ -162,6 +162,10 @@ pub fn render_bare_error_head(head: &[u8]) -> Option<Vec<u8>> {
     if head.len() > 1024 || !head.starts_with(b"HTTP/1.1 ") {
         return None;
     }
+    // Every answer passes here: the common ones leave at their first digit.
+    if !matches!(head.get(9), Some(b'4' | b'5')) {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let head_end = text.find("\r\n\r\n")?;
     if head_end + 4 != text.len() {

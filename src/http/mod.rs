@@ -6,6 +6,7 @@
 //! Nothing here knows a route: each server hands the guard its own table
 //! of paths and permissions ([`guard::Guard::for_routes`]).
 
+pub mod connection;
 pub mod edge;
 pub mod error;
 pub mod guard;

@@ -8,7 +8,8 @@
 //! - A socket that sends nothing is closed after `header_read_timeout`;
 //!   from its first byte every request head, the first included, must
 //!   arrive within `header_read_timeout` from the moment the server waits
-//!   for it, so an idle keep-alive connection is closed after that long.
+//!   for it, so an idle keep-alive connection is closed after that long
+//!   (`connection::Served`, one timer per connection).
 //! - Until its first byte a connection holds no hyper or TLS state (hyper
 //!   allocates an 8 KiB read buffer on its first read, and its connection
 //!   future is about 3.5 KiB). The first byte is looked for with a 1-byte
@@ -41,8 +42,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,6 +50,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::connection::{Ended, HeadClock, NotesAnswer, Served};
 use super::tls::TlsReloader;
 use crate::config::ServerLimits;
 
@@ -251,11 +252,11 @@ pub async fn serve(
     tasks.spawn(super::trim::run(slots.clone(), shutdown.clone()));
     let mut refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let mut full_log = RefusalLog::new(REFUSAL_LOG_INTERVAL);
-    let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The head deadline is `connection::Served`'s: one timer per
+        // connection instead of hyper's one per request.
+        .header_read_timeout(None)
         // Room above the limit so that the JSON 431 of
         // `edge::Edge` answers; hyper's minimum buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(8192));
@@ -314,54 +315,54 @@ pub async fn serve(
         let connection = Connection {
             stream,
             peer,
-            service: hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                // What `into_make_service_with_connect_info` would add.
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                edge.clone().oneshot(request.map(axum::body::Body::new))
-            }),
+            service: move |clock: Arc<HeadClock>| {
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    clock.head_arrived();
+                    // What `into_make_service_with_connect_info` would add.
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    NotesAnswer::new(
+                        edge.clone().oneshot(request.map(axum::body::Body::new)),
+                        clock.clone(),
+                    )
+                })
+            },
             builder: builder.clone(),
-            watcher: graceful.watcher(),
             tls: tls.as_ref().map(TlsReloader::acceptor),
-            handshake_timeout: limits.header_read_timeout,
+            header_read_timeout: limits.header_read_timeout,
+            shutdown: shutdown.clone(),
+            close: close_connections.clone(),
         };
-        let first_byte_timeout = limits.header_read_timeout;
-        let shutdown = shutdown.clone();
-        let close = close_connections.clone();
         tasks.spawn(async move {
             // Until its first byte a socket costs only this small future:
             // hyper's buffers and TLS state are made once there is
             // something to read, in their own allocation.
-            let serving = async {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    first = tokio::time::timeout(first_byte_timeout, has_first_byte(&connection.stream)) => {
-                        if let Ok(true) = first {
-                            Box::pin(connection.serve()).await;
-                        }
-                    }
+            let first = tokio::select! {
+                _ = connection.shutdown.cancelled() => false,
+                _ = connection.close.cancelled() => false,
+                first = tokio::time::timeout(connection.header_read_timeout, has_first_byte(&connection.stream)) => {
+                    matches!(first, Ok(true))
                 }
             };
-            tokio::select! {
-                _ = close.cancelled() => {}
-                () = serving => {}
+            if first {
+                Box::pin(connection.serve()).await;
             }
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // The trimmer ends with the shutdown, each connection after its
+    // answer in hand (`connection::Served`); those still open when the
+    // drain is over are closed.
+    tasks.close();
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         tracing::warn!(
             drain_ms = drain.as_millis() as u64,
             "requests still open after the drain; closing their connections"
         );
         close_connections.cancel();
     }
-    tasks.close();
     tasks.wait().await;
     Ok(())
 }
@@ -376,18 +377,21 @@ async fn has_first_byte(stream: &TcpStream) -> bool {
 }
 
 /// An accepted connection with what serving it takes.
-struct Connection<S> {
+struct Connection<M> {
     stream: TcpStream,
     peer: SocketAddr,
-    service: S,
+    /// Makes the connection's service, given its head clock.
+    service: M,
     builder: Arc<http1::Builder>,
-    watcher: hyper_util::server::graceful::Watcher,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+    close: CancellationToken,
 }
 
-impl<S> Connection<S>
+impl<M, S> Connection<M>
 where
+    M: FnOnce(Arc<HeadClock>) -> S,
     S: hyper::service::HttpService<Incoming> + Send,
     S::Future: Send + 'static,
     S::ResBody: Send + 'static,
@@ -400,28 +404,48 @@ where
             peer,
             service,
             builder,
-            watcher,
             tls,
-            handshake_timeout,
+            header_read_timeout,
+            shutdown,
+            close,
         } = self;
-        match tls {
+        let ended = match tls {
             None => {
-                let connection =
-                    builder.serve_connection(TokioIo::new(JsonErrorWrites::new(stream)), service);
-                let _ = watcher.watch(connection).await;
+                let clock = HeadClock::new();
+                let connection = builder.serve_connection(
+                    TokioIo::new(JsonErrorWrites::new(stream)),
+                    service(clock.clone()),
+                );
+                Served::new(connection, clock, header_read_timeout, shutdown, close).await
             }
             Some(acceptor) => {
                 // The handshake gets the same deadline as a request head.
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                let handshake = tokio::select! {
+                    _ = close.cancelled() => return,
+                    handshake = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)) => handshake,
+                };
+                match handshake {
                     Ok(Ok(stream)) => {
-                        let connection = builder
-                            .serve_connection(TokioIo::new(JsonErrorWrites::new(stream)), service);
-                        let _ = watcher.watch(connection).await;
+                        let clock = HeadClock::new();
+                        let connection = builder.serve_connection(
+                            TokioIo::new(JsonErrorWrites::new(stream)),
+                            service(clock.clone()),
+                        );
+                        Served::new(connection, clock, header_read_timeout, shutdown, close).await
                     }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
                 }
             }
+        };
+        if ended == Ended::HeadTimedOut {
+            tracing::debug!(%peer, "no request head within the deadline; connection closed");
         }
     }
 }

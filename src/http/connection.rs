@@ -1,0 +1,346 @@
+//! One served connection's deadlines and stop signals, at a cost per
+//! request of a clock read and two atomic stores.
+//!
+//! - **The head deadline.** From the moment the server waits for a request
+//!   head (the connection's start, and the end of each answer) the head
+//!   must arrive within `header_read_timeout`; otherwise the connection is
+//!   closed without an answer. hyper's own header timer allocates and
+//!   registers a new timer for every request; here [`HeadClock`] only
+//!   notes when the wait began, and one timer per connection ([`Served`]'s
+//!   alarm) is moved forward when it fires early. It never fires late: it
+//!   is set for the oldest deadline the connection could have.
+//! - **Stop signals.** The server's shutdown (the connection finishes the
+//!   answer it is writing and closes, as hyper's graceful shutdown does)
+//!   and the end of the drain (closed at once). They and the alarm are
+//!   polled with their own waker, only when one of them fired, instead of
+//!   on every wake of the connection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// When the connection began to wait for a request head, if it is waiting
+/// (shared by the connection's service, which sees heads arrive and
+/// answers end, and [`Served`], which enforces the deadline).
+#[derive(Debug)]
+pub struct HeadClock {
+    base: Instant,
+    /// Nanoseconds after `base` plus one; 0 while a request is in hand.
+    waiting_since: AtomicU64,
+}
+
+impl HeadClock {
+    /// A clock for a connection that waits for its first head from now.
+    pub fn new() -> Arc<HeadClock> {
+        Arc::new(HeadClock {
+            base: Instant::now(),
+            waiting_since: AtomicU64::new(1),
+        })
+    }
+
+    /// A head arrived: no deadline until its answer is out.
+    pub fn head_arrived(&self) {
+        self.waiting_since.store(0, Ordering::Relaxed);
+    }
+
+    /// An answer was given: the next head is waited for from now.
+    pub fn answered(&self) {
+        let since = Instant::now().saturating_duration_since(self.base);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.waiting_since.store(nanos + 1, Ordering::Relaxed);
+    }
+
+    /// The instant the head waited for is due, if one is.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.base + Duration::from_nanos(since - 1) + timeout),
+        }
+    }
+}
+
+/// A connection that can be asked to finish its answer in hand and close
+/// (hyper's own trait for this is sealed).
+pub trait GracefulConnection: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self);
+    }
+}
+
+/// How a served connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// hyper finished it: the client closed, or it closed after an answer.
+    Finished,
+    /// No request head within the deadline.
+    HeadTimedOut,
+    /// The drain was over.
+    Closed,
+}
+
+/// Wakes the connection's task and notes that a side future fired.
+#[derive(Debug, Default)]
+struct SideWake {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl SideWake {
+    fn task_waker(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(task) = self.task_waker().as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hyper connection served under the head deadline and the stop
+    /// signals (see the module documentation).
+    pub struct Served<C> {
+        #[pin]
+        connection: C,
+        #[pin]
+        alarm: Sleep,
+        #[pin]
+        shutdown: WaitForCancellationFutureOwned,
+        #[pin]
+        close: WaitForCancellationFutureOwned,
+        clock: Arc<HeadClock>,
+        header_read_timeout: Duration,
+        side: Arc<SideWake>,
+        side_waker: Waker,
+        // The side futures are polled on the first poll and after a fire.
+        first_poll: bool,
+        shutting_down: bool,
+    }
+}
+
+impl<C> Served<C> {
+    /// `connection` under `clock`'s deadline; on `shutdown` it finishes
+    /// its answer and closes, on `close` it is closed.
+    pub fn new(
+        connection: C,
+        clock: Arc<HeadClock>,
+        header_read_timeout: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+        close: tokio_util::sync::CancellationToken,
+    ) -> Served<C> {
+        let side = Arc::new(SideWake::default());
+        let first_deadline = clock
+            .deadline(header_read_timeout)
+            .unwrap_or_else(|| Instant::now() + header_read_timeout);
+        Served {
+            connection,
+            alarm: tokio::time::sleep_until(first_deadline),
+            shutdown: shutdown.cancelled_owned(),
+            close: close.cancelled_owned(),
+            clock,
+            header_read_timeout,
+            side_waker: Waker::from(side.clone()),
+            side,
+            first_poll: true,
+            shutting_down: false,
+        }
+    }
+}
+
+impl<C> Future for Served<C>
+where
+    C: GracefulConnection,
+{
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let mut this = self.project();
+        {
+            let mut task = this.side.task_waker();
+            if !task
+                .as_ref()
+                .is_some_and(|known| known.will_wake(cx.waker()))
+            {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if std::mem::take(this.first_poll) | this.side.fired.swap(false, Ordering::Acquire) {
+            let mut side_cx = Context::from_waker(this.side_waker);
+            if this.close.as_mut().poll(&mut side_cx).is_ready() {
+                return Poll::Ready(Ended::Closed);
+            }
+            if !*this.shutting_down && this.shutdown.as_mut().poll(&mut side_cx).is_ready() {
+                *this.shutting_down = true;
+                this.connection.as_mut().graceful_shutdown();
+            }
+            while this.alarm.as_mut().poll(&mut side_cx).is_ready() {
+                let now = Instant::now();
+                let next = match this.clock.deadline(*this.header_read_timeout) {
+                    Some(deadline) if deadline <= now => return Poll::Ready(Ended::HeadTimedOut),
+                    Some(deadline) => deadline,
+                    // A request in hand: its own timeout bounds it.
+                    None => now + *this.header_read_timeout,
+                };
+                this.alarm.as_mut().reset(next);
+            }
+        }
+        match this.connection.poll(cx) {
+            Poll::Ready(_) => Poll::Ready(Ended::Finished),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer that tells the [`HeadClock`] when it is given.
+    pub struct NotesAnswer<F> {
+        #[pin]
+        answer: F,
+        clock: Arc<HeadClock>,
+    }
+}
+
+impl<F> NotesAnswer<F> {
+    pub fn new(answer: F, clock: Arc<HeadClock>) -> NotesAnswer<F> {
+        NotesAnswer { answer, clock }
+    }
+}
+
+impl<F: Future> Future for NotesAnswer<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.answer.poll(cx));
+        this.clock.answered();
+        Poll::Ready(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    /// A connection that never ends by itself, and counts graceful
+    /// shutdowns.
+    struct Forever(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Future for Forever {
+        type Output = Result<(), std::convert::Infallible>;
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Pending
+        }
+    }
+
+    impl GracefulConnection for Forever {
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn served(
+        clock: &Arc<HeadClock>,
+        timeout: Duration,
+    ) -> (
+        Pin<Box<Served<Forever>>>,
+        Arc<std::sync::atomic::AtomicUsize>,
+        CancellationToken,
+        CancellationToken,
+    ) {
+        let graceful = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let close = CancellationToken::new();
+        let served = Box::pin(Served::new(
+            Forever(graceful.clone()),
+            clock.clone(),
+            timeout,
+            shutdown.clone(),
+            close.clone(),
+        ));
+        (served, graceful, shutdown, close)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_not_begun_within_the_deadline_closes_the_connection_at_it() {
+        let clock = HeadClock::new();
+        let started = Instant::now();
+        let (served, _, _, _) = served(&clock, Duration::from_secs(5));
+        assert_eq!(served.await, Ended::HeadTimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_answer_restarts_the_wait_and_a_request_in_hand_has_no_head_deadline() {
+        let clock = HeadClock::new();
+        let started = Instant::now();
+        let (mut served, _, _, _) = served(&clock, Duration::from_secs(5));
+        // A request arrives at 3 s and is answered at 9 s (past the first
+        // deadline); the next head is then due at 14 s, not before.
+        let driver = {
+            let clock = clock.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                clock.head_arrived();
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                clock.answered();
+            })
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(13_999), served.as_mut())
+                .await
+                .is_err(),
+            "closed before the deadline of the second head"
+        );
+        driver.await.unwrap();
+        assert_eq!(served.await, Ended::HeadTimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(14));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_asks_for_a_graceful_end_once_and_close_ends_it() {
+        let clock = HeadClock::new();
+        clock.head_arrived();
+        let (mut served, graceful, shutdown, close) = served(&clock, Duration::from_secs(5));
+        assert!(futures_poll(served.as_mut()).is_pending());
+        assert_eq!(graceful.load(Ordering::SeqCst), 0);
+        shutdown.cancel();
+        assert!(futures_poll(served.as_mut()).is_pending());
+        assert!(futures_poll(served.as_mut()).is_pending());
+        assert_eq!(graceful.load(Ordering::SeqCst), 1);
+        close.cancel();
+        assert_eq!(futures_poll(served.as_mut()), Poll::Ready(Ended::Closed));
+    }
+
+    fn futures_poll<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
+        let waker = Waker::noop();
+        future.poll(&mut Context::from_waker(waker))
+    }
+}
