@@ -36,7 +36,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -365,7 +364,7 @@ fn write_certificate(dir: &Path) {
 }
 
 async fn serve(
-    router: Router,
+    router: api::Api,
     limits: api::ServerLimits,
     tls: Option<api::tls::TlsReloader>,
 ) -> SocketAddr {
@@ -385,7 +384,7 @@ async fn serve(
 /// The agent's router with a fixed credential; the receiver must be kept
 /// alive for the rotate handle to stay valid.
 fn agent_router() -> (
-    Router,
+    api::Api,
     tokio::sync::mpsc::Receiver<turn_agent::credentials::RotateReply>,
 ) {
     let credential = LongTermCredential {

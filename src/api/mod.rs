@@ -4,6 +4,7 @@
 //! with `tower::ServiceExt::oneshot`; [`serve`] takes an already-bound
 //! listener and a shutdown token.
 
+pub mod fast_path;
 pub mod ice_filter;
 mod rotate;
 pub mod sessions;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
@@ -62,10 +63,20 @@ impl axum::extract::FromRef<SharedState> for ApiState {
     }
 }
 
-/// The agent's routes behind the access guard.
-pub fn router(state: ApiState, guard: guard::Guard) -> Router {
-    let request_metrics = state.metrics.clone();
-    Router::new()
+pub use fast_path::Api;
+
+/// The agent's routes behind the access guard: the router, with the fast
+/// path for `GET /turncredential` and `GET /ice` in front of it.
+pub fn router(state: ApiState, guard: guard::Guard) -> Api {
+    let state = Arc::new(state);
+    // One service around each route: the request count outermost (it
+    // counts refusals too), then CORS (preflights carry no credentials,
+    // and refusals of the guard must name the origin), then the guard.
+    let access = guard::AccessLayer::new(
+        guard.for_routes(required_permission),
+        RequestCounter::new(state.metrics.clone()),
+    );
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/turncredential", get(turn_credential))
@@ -79,14 +90,9 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Router {
             get(sessions::list).delete(sessions::end_by_user),
         )
         .route("/sessions/{id}", delete(sessions::end_one))
-        // One service around each route: the request count outermost (it
-        // counts refusals too), then CORS (preflights carry no credentials,
-        // and refusals of the guard must name the origin), then the guard.
-        .layer(guard::AccessLayer::new(
-            guard.for_routes(required_permission),
-            RequestCounter(request_metrics),
-        ))
-        .with_state(Arc::new(state))
+        .layer(access.clone())
+        .with_state(state.clone());
+    Api::new(state, access, router)
 }
 
 pub use crate::http::{serve, ServerLimits};
@@ -170,12 +176,12 @@ struct IceQuery {
 fn issue(
     state: &ApiState,
     query: CredentialQuery,
-    subject: Option<Extension<guard::ClientSubject>>,
+    subject: Option<&guard::ClientSubject>,
 ) -> Result<IssuedCredential, ApiError> {
     let request = CredentialRequest {
         ttl: query.ttl,
         user: match subject {
-            Some(Extension(guard::ClientSubject(subject))) => Some(subject),
+            Some(guard::ClientSubject(subject)) => Some(subject.clone()),
             None => query.username,
         },
     };
@@ -185,13 +191,28 @@ fn issue(
         .map_err(|unavailable| ApiError::Unavailable(unavailable.0))
 }
 
+/// `/turncredential` (the router's route, for HEAD; GET takes the fast
+/// path to [`credential_answer`]).
 async fn turn_credential(
     State(state): State<SharedState>,
     subject: Option<Extension<guard::ClientSubject>>,
-    query: Result<Query<CredentialQuery>, axum::extract::rejection::QueryRejection>,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let credential = issue(&state, query, subject)?;
+    credential_answer(
+        &state,
+        &uri,
+        subject.as_ref().map(|Extension(subject)| subject),
+    )
+}
+
+/// The seed's credential answer for a request to `uri`.
+fn credential_answer(
+    state: &ApiState,
+    uri: &Uri,
+    subject: Option<&guard::ClientSubject>,
+) -> Result<Response, ApiError> {
+    let Query(query) = Query::<CredentialQuery>::try_from_uri(uri)?;
+    let credential = issue(state, query, subject)?;
     let body = TurnCredentialBody {
         r#type: "result",
         code: "ok",
@@ -221,21 +242,35 @@ struct IceServer<'a> {
     credential: &'a str,
 }
 
-/// An RTCConfiguration fragment WebRTC stacks take as is, filtered by
-/// transport (see [`ice_filter`]). A bad filter mints nothing.
+/// `/ice` (the router's route, for HEAD; GET takes the fast path to
+/// [`ice_answer`]).
 async fn ice(
     State(state): State<SharedState>,
     subject: Option<Extension<guard::ClientSubject>>,
-    query: Result<Query<IceQuery>, axum::extract::rejection::QueryRejection>,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
+    ice_answer(
+        &state,
+        &uri,
+        subject.as_ref().map(|Extension(subject)| subject),
+    )
+}
+
+/// An RTCConfiguration fragment WebRTC stacks take as is, filtered by
+/// transport (see [`ice_filter`]). A bad filter mints nothing.
+fn ice_answer(
+    state: &ApiState,
+    uri: &Uri,
+    subject: Option<&guard::ClientSubject>,
+) -> Result<Response, ApiError> {
+    let Query(query) = Query::<IceQuery>::try_from_uri(uri)?;
     let filter = ice_filter::IceFilter::parse(query.transport.as_deref(), query.policy.as_deref())
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let turn_uris = filter
         .apply(&state.turn_uris.load())
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let credential = issue(
-        &state,
+        state,
         CredentialQuery {
             ttl: query.ttl,
             username: query.username,
@@ -311,28 +346,67 @@ async fn status(State(state): State<SharedState>) -> Json<serde_json::Value> {
 }
 
 /// Counts every answered request by route and status, refusals included.
-struct RequestCounter(AgentMetrics);
+pub struct RequestCounter {
+    metrics: AgentMetrics,
+    /// The counters of the fast path's answers that went well, found once
+    /// (a lookup by labels hashes them under a lock).
+    fast_ok: [std::sync::OnceLock<prometheus_client::metrics::counter::Counter>; 2],
+}
+
+impl RequestCounter {
+    fn new(metrics: AgentMetrics) -> RequestCounter {
+        RequestCounter {
+            metrics,
+            fast_ok: Default::default(),
+        }
+    }
+
+    fn counter(
+        &self,
+        route: std::borrow::Cow<'static, str>,
+        status: u16,
+    ) -> prometheus_client::metrics::counter::Counter {
+        self.metrics
+            .http_requests
+            .get_or_create(&HttpLabels { route, status })
+            .clone()
+    }
+}
 
 impl guard::Observe for RequestCounter {
     type Mark = std::borrow::Cow<'static, str>;
 
     fn start(&self, request: &axum::extract::Request) -> Self::Mark {
-        route_label(
-            request
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map(axum::extract::MatchedPath::as_str),
-        )
+        let matched = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(axum::extract::MatchedPath::as_str);
+        // The fast path's requests never met the router.
+        let path = request.uri().path();
+        route_label(matched.or_else(|| fast_path::FAST_PATHS.contains(&path).then_some(path)))
     }
 
     fn finish(&self, route: Self::Mark, response: &Response) {
-        self.0
-            .http_requests
-            .get_or_create(&HttpLabels {
-                route,
-                status: response.status().as_u16(),
-            })
-            .inc();
+        let status = response.status().as_u16();
+        let fast = match &route {
+            std::borrow::Cow::Borrowed(route) if status == 200 => {
+                fast_path::FAST_PATHS.iter().position(|fast| fast == route)
+            }
+            _ => None,
+        };
+        match fast {
+            Some(index) => {
+                self.fast_ok[index]
+                    .get_or_init(|| self.counter(route, status))
+                    .inc();
+            }
+            None => {
+                self.metrics
+                    .http_requests
+                    .get_or_create(&HttpLabels { route, status })
+                    .inc();
+            }
+        }
     }
 }
 

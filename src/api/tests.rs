@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -16,8 +15,32 @@ use crate::readiness::Readiness;
 use crate::secret::Secret;
 use crate::supervisor::{Phase, SupervisorStatus};
 
+/// What the tests send requests to: the agent's routes, with or without
+/// the edge around them.
+trait Routes:
+    tower::Service<
+        Request<Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+{
+}
+
+impl<S> Routes for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+{
+}
+
 struct Fixture {
-    app: Router,
+    app: Api,
     supervisor: watch::Sender<SupervisorStatus>,
     credential_status: watch::Sender<CredentialStatus>,
 }
@@ -33,9 +56,7 @@ fn status(mode: CredentialMode, available: bool) -> CredentialStatus {
 fn fixture(source: CredentialSource, peer: [u8; 4]) -> Fixture {
     let fixture = without_peer(source, 0.0);
     Fixture {
-        app: fixture
-            .app
-            .layer(MockConnectInfo(SocketAddr::from((peer, 40000)))),
+        app: fixture.app.with_mock_peer(SocketAddr::from((peer, 40000))),
         ..fixture
     }
 }
@@ -122,8 +143,8 @@ fn long_term(expires_at: u64) -> CredentialSource {
     }))
 }
 
-async fn call(
-    app: &Router,
+async fn call<S: Routes>(
+    app: &S,
     method: &str,
     uri: &str,
 ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
@@ -268,10 +289,7 @@ async fn rotate_needs_the_rotate_permission() {
 #[tokio::test]
 async fn credential_endpoints_are_rate_limited_per_address() {
     let app = without_peer(long_term(far_future()), 1.0).app;
-    let from = |peer: [u8; 4]| {
-        app.clone()
-            .layer(MockConnectInfo(SocketAddr::from((peer, 1))))
-    };
+    let from = |peer: [u8; 4]| app.clone().with_mock_peer(SocketAddr::from((peer, 1)));
     let limited = from([10, 0, 0, 1]);
     for _ in 0..2 {
         assert_eq!(
@@ -361,7 +379,7 @@ async fn metrics_and_status_need_their_permissions() {
 
 /// The router behind a trusted proxy at 10.9.9.9, with the given rate
 /// limit; IPv6 callers of 2001:db8::/32 are users.
-fn behind_proxy(rate_limit_per_second: f64) -> Router {
+fn behind_proxy(rate_limit_per_second: f64) -> Api {
     use crate::access::AddrPattern;
     let mut access = access(rate_limit_per_second);
     access.policy.trusted_proxies = vec![AddrPattern::parse("10.9.9.9").unwrap()];
@@ -371,11 +389,11 @@ fn behind_proxy(rate_limit_per_second: f64) -> Router {
         .push((AddrPattern::parse("2001:db8::/32").unwrap(), 1));
     with_access(long_term(far_future()), access)
         .app
-        .layer(MockConnectInfo(SocketAddr::from(([10, 9, 9, 9], 40000))))
+        .with_mock_peer(SocketAddr::from(([10, 9, 9, 9], 40000)))
 }
 
-async fn call_with(
-    app: &Router,
+async fn call_with<S: Routes>(
+    app: &S,
     request: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
     let response = app.clone().oneshot(request).await.unwrap();
@@ -483,27 +501,28 @@ async fn ipv6_callers_share_a_budget_per_64_and_forwarded_callers_have_their_own
 #[tokio::test]
 async fn every_error_the_stack_produces_is_json() {
     let f = fixture(long_term(far_future()), [127, 0, 0, 1]);
-    let app = f
-        .app
-        .route(
-            "/too-large",
-            get(|| async { StatusCode::PAYLOAD_TOO_LARGE }),
-        )
-        .route(
-            "/plain",
-            get(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "plain words") }),
-        )
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                "late"
-            }),
-        )
-        .layer(crate::http::edge::EdgeLayer::new(
-            8192,
-            std::time::Duration::from_millis(50),
-        ));
+    let app = f.app.map_router(|router| {
+        router
+            .route(
+                "/too-large",
+                get(|| async { StatusCode::PAYLOAD_TOO_LARGE }),
+            )
+            .route(
+                "/plain",
+                get(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "plain words") }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+    });
+    let app = tower::Layer::layer(
+        &crate::http::edge::EdgeLayer::new(8192, std::time::Duration::from_millis(50)),
+        app,
+    );
     let table = [
         ("GET", "/nowhere", 404, "not_found"),
         ("GET", "/rotate", 405, "method_not_allowed"),
@@ -529,8 +548,9 @@ async fn every_error_the_stack_produces_is_json() {
     let (_, _, body) = call(&app, "GET", "/plain").await;
     assert_eq!(body["reason"], "plain words");
     // A head over the limit: 431 in the same shape.
-    let app = fixture(long_term(far_future()), [127, 0, 0, 1]).app.layer(
-        crate::http::edge::EdgeLayer::new(8192, std::time::Duration::from_secs(10)),
+    let app = tower::Layer::layer(
+        &crate::http::edge::EdgeLayer::new(8192, std::time::Duration::from_secs(10)),
+        fixture(long_term(far_future()), [127, 0, 0, 1]).app,
     );
     let request = Request::get("/healthz")
         .header("x-padding", "a".repeat(9000))
@@ -562,7 +582,7 @@ fn cors_policy() -> crate::cors::CorsPolicy {
 /// A REST API source behind a guard with CORS for [`APP_ORIGIN`], client
 /// tokens verified with `public_key` (role `user`, 10 min), the given rate
 /// limit, seen from `peer`.
-fn browser_app(peer: [u8; 4], public_key: Option<Vec<u8>>, rate_limit_per_second: f64) -> Router {
+fn browser_app(peer: [u8; 4], public_key: Option<Vec<u8>>, rate_limit_per_second: f64) -> Api {
     let mut access = access(rate_limit_per_second);
     access.client_tokens = public_key.map(|public_key| crate::config::ClientTokensConfig {
         public_key_files: Vec::new(),
@@ -575,7 +595,7 @@ fn browser_app(peer: [u8; 4], public_key: Option<Vec<u8>>, rate_limit_per_second
     guard.set_cors(&cors_policy());
     with_guard(CredentialSource::fixed_rest_api("north", 600, 3600), guard)
         .app
-        .layer(MockConnectInfo(SocketAddr::from((peer, 40000))))
+        .with_mock_peer(SocketAddr::from((peer, 40000)))
 }
 
 fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
@@ -734,7 +754,7 @@ async fn requests_without_origin_are_answered_as_without_cors() {
     guard.set_cors(&cors_policy());
     let with_cors = with_guard(long_term(expires_at), guard)
         .app
-        .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        .with_mock_peer(SocketAddr::from(([127, 0, 0, 1], 40000)));
     for (method, uri) in [
         ("GET", "/turncredential"),
         ("GET", "/nope"),
@@ -804,7 +824,11 @@ fn token(private: &[u8], claims: serde_json::Value) -> String {
     crate::client_token::test_keys::signed(private, claims)
 }
 
-async fn with_bearer(app: &Router, uri: &str, token: &str) -> (StatusCode, serde_json::Value) {
+async fn with_bearer<S: Routes>(
+    app: &S,
+    uri: &str,
+    token: &str,
+) -> (StatusCode, serde_json::Value) {
     let (status, headers, body) = call_with(
         app,
         request("GET", uri, &[("authorization", &format!("Bearer {token}"))]),
@@ -1044,4 +1068,92 @@ fn route_labels_of_own_routes_are_borrowed_and_others_copied() {
     }
     assert!(matches!(route_label(None), Cow::Borrowed("unmatched")));
     assert!(matches!(route_label(Some("/allocate")), Cow::Owned(r) if r == "/allocate"));
+}
+
+/// The fast path in front of the router answers `GET /turncredential`
+/// and `GET /ice` exactly as the router's own routes do: same status,
+/// headers and body, refusals and CORS included, and the same count.
+#[tokio::test]
+async fn the_fast_path_answers_as_the_router_does() {
+    let guard = guard::Guard::new(&access(0.0));
+    guard.set_cors(&cors_policy());
+    let app = with_guard(long_term(far_future()), guard);
+    for (peer, origin, uri) in [
+        ([127, 0, 0, 1], None, "/turncredential"),
+        ([127, 0, 0, 1], Some(APP_ORIGIN), "/turncredential?ttl=60"),
+        (
+            [127, 0, 0, 1],
+            Some("https://evil.example"),
+            "/turncredential",
+        ),
+        ([127, 0, 0, 1], None, "/turncredential?ttl=soon"),
+        ([192, 0, 2, 7], None, "/turncredential"),
+        ([127, 0, 0, 1], None, "/ice"),
+        (
+            [127, 0, 0, 1],
+            Some(APP_ORIGIN),
+            "/ice?transport=udp&policy=relay",
+        ),
+        ([127, 0, 0, 1], None, "/ice?transport=tls"),
+        ([127, 0, 0, 1], None, "/ice?policy=sometimes"),
+        ([10, 1, 2, 3], None, "/ice"),
+    ] {
+        let peer = SocketAddr::from((peer, 40000));
+        let fast = app.app.clone().with_mock_peer(peer);
+        let router = tower::Layer::layer(
+            &axum::extract::connect_info::MockConnectInfo(peer),
+            fast.router_only(),
+        );
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        let (fast_status, fast_headers, mut fast_body) =
+            call_with(&fast, request("GET", uri, &headers)).await;
+        let (status, mut router_headers, mut body) =
+            call_with(&router, request("GET", uri, &headers)).await;
+        // axum's route sets it; hyper writes the same from the body's
+        // exact size on the fast path.
+        router_headers.remove("content-length");
+        // `/ice`'s remaining lifetime may cross a second between the two.
+        for body in [&mut fast_body, &mut body] {
+            if let Some(object) = body.as_object_mut() {
+                object.remove("ttl");
+            }
+        }
+        assert_eq!(fast_status, status, "{uri} from {peer} ({origin:?})");
+        assert_eq!(
+            fast_headers, router_headers,
+            "{uri} from {peer} ({origin:?})"
+        );
+        assert_eq!(fast_body, body, "{uri} from {peer} ({origin:?})");
+    }
+    // Both paths count into the same series.
+    let (_, _, _) = call(
+        &app.app
+            .clone()
+            .with_mock_peer(SocketAddr::from(([127, 0, 0, 1], 1))),
+        "GET",
+        "/healthz",
+    )
+    .await;
+    let text = {
+        let router = app
+            .app
+            .clone()
+            .with_mock_peer(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let response = router
+            .oneshot(request("GET", "/metrics", &[]))
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    assert!(
+        text.contains("turn_agent_http_requests_total{route=\"/turncredential\",status=\"200\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("turn_agent_http_requests_total{route=\"/ice\",status=\"200\"} 6"),
+        "{text}"
+    );
 }

@@ -5,9 +5,9 @@
 //!
 //! Three `from_fn` middlewares and tower-http's timeout did the same with
 //! a boxed future, a `Next` and a timer per request. Here a request costs
-//! no allocation and no timer unless its answer is not ready on the first
-//! poll: the timer is armed only then, for the deadline taken when the
-//! request came in, and only an error answer that needs its body read is
+//! no allocation, no timer and no clock read unless its answer is not
+//! ready on the first poll: the timer is armed only then (the first poll is
+//! when the request comes in), and only an error answer that needs its body read is
 //! rendered in a boxed future.
 
 use std::convert::Infallible;
@@ -90,7 +90,7 @@ where
         EdgeFuture {
             inner: Some(self.inner.call(request)),
             answer: None,
-            deadline: Instant::now() + self.limits.request_timeout,
+            request_timeout: self.limits.request_timeout,
             timer: None,
             rendering: None,
         }
@@ -105,8 +105,10 @@ pin_project_lite::pin_project! {
         inner: Option<F>,
         // An answer given without the inner service (431).
         answer: Option<Response>,
-        deadline: Instant,
-        // Armed on the first poll that finds the answer not ready.
+        request_timeout: Duration,
+        // Armed on the first poll that finds the answer not ready: the
+        // request's first poll, when it arrives (hyper polls an answer as
+        // soon as it has asked for it).
         timer: Option<Pin<Box<Sleep>>>,
         // An error answer whose body is being read into its JSON reason.
         rendering: Option<Pin<Box<dyn Future<Output = Response> + Send>>>,
@@ -118,7 +120,7 @@ impl<F> EdgeFuture<F> {
         EdgeFuture {
             inner: None,
             answer: Some(response),
-            deadline: Instant::now(),
+            request_timeout: Duration::ZERO,
             timer: None,
             rendering: None,
         }
@@ -148,10 +150,10 @@ where
             Poll::Ready(Ok(response)) => response,
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => {
-                let deadline = *this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let request_timeout = *this.request_timeout;
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + request_timeout))
+                });
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }

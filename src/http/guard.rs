@@ -19,6 +19,11 @@ use crate::client_token::ClientTokenVerifier;
 use crate::config::AccessConfig;
 use crate::cors::{CorsDecision, CorsPolicy};
 
+/// Header names looked up on every request, made once (a name given as
+/// text is parsed and checked on every lookup).
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 /// Keys kept by the rate limiter before idle ones are dropped.
 const LIMITER_KEYS_BEFORE_SWEEP: usize = 10_000;
 
@@ -155,7 +160,7 @@ fn bearer(request: &Request) -> Option<&str> {
 /// garbage, so reaching it falls back to the peer.
 pub fn forwarded_for_lines(headers: &axum::http::HeaderMap) -> Vec<std::borrow::Cow<'_, str>> {
     headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .map(|value| String::from_utf8_lossy(value.as_bytes()))
         .collect()
@@ -169,12 +174,14 @@ fn is_browser_write(request: &Request) -> bool {
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    if safe {
+        return false;
+    }
     let headers = request.headers();
-    let from_a_page = headers.contains_key(header::ORIGIN)
+    headers.contains_key(header::ORIGIN)
         || headers
-            .get("sec-fetch-site")
-            .is_some_and(|site| site.as_bytes() != b"none");
-    !safe && from_a_page
+            .get(SEC_FETCH_SITE)
+            .is_some_and(|site| site.as_bytes() != b"none")
 }
 
 /// Longest bearer token looked at; longer ones are refused unverified.

@@ -33,13 +33,13 @@
 //!   rewritten into the same shape on their way out ([`JsonErrorWrites`]).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -225,22 +225,33 @@ impl RefusalLog {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown`, then lets open requests
+/// Serves `routes` (a router, or a service with a router behind it) on
+/// `listener` until `shutdown`, then lets open requests
 /// finish for at most `drain`; connections still open then are closed, and
 /// serve returns once every connection task has ended.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    routes: S,
     limits: ServerLimits,
     tls: Option<TlsReloader>,
     shutdown: CancellationToken,
     drain: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     // Around the router, not with `Router::layer`: a router layer wraps
     // every route in one more boxed service, cloned for every request.
     let edge = tower::Layer::layer(
         &super::edge::EdgeLayer::new(limits.max_header_bytes, limits.request_timeout),
-        router,
+        routes,
     );
     let slots = ConnectionSlots::new(limits);
     // The trimmer and every connection task: closed and waited for before
@@ -530,6 +541,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrorWrites<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
