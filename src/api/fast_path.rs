@@ -1,26 +1,33 @@
-//! The agent's service: `GET /turncredential` and `GET /ice`, the requests
-//! browsers and signalling servers send most, answered without the
-//! router, and every other request by the router.
+//! The agent's routes: `GET /turncredential` and `GET /ice`, the requests
+//! browsers and signalling servers send most, answered at once without
+//! the router, and every other request by the router.
 //!
-//! The fast path goes through the same [`guard::Access`] (request count,
-//! CORS, access checks) and the same answer functions as the router's
-//! routes; it only skips the router's own work per request (finding the
-//! route, the matched-path and URL-parameter extensions, cloning the
-//! route's boxed service, boxing the handler's future). Any other method
-//! on these paths (HEAD, OPTIONS, POST) still goes to the router, which
-//! answers it as before.
+//! The fast path runs the same request count, CORS and access checks
+//! ([`guard::AccessLayer::answer_now`]), the same head limit
+//! ([`EdgeLayer::refuse_long_head`]) and the same answer functions as the
+//! router's routes. It skips what the router costs per request: boxing
+//! the request body, the peer and matched-path extensions, finding the
+//! route, cloning its boxed service and boxing the handler's future. Its
+//! answers are made at once, so the request timeout has nothing to time.
+//! Any other method on these paths (HEAD, OPTIONS, POST) still goes to the
+//! router, which answers it as before.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::Method;
+use axum::http::{Method, Request as HttpRequest, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use hyper::body::Incoming;
 
 use super::{guard, RequestCounter, SharedState};
+use crate::http::edge::EdgeLayer;
+use crate::http::server::Routes;
+use crate::http::ApiError;
 
 /// The paths the fast path answers (for `GET` only).
 pub const FAST_PATHS: [&str; 2] = ["/turncredential", "/ice"];
@@ -28,11 +35,12 @@ pub const FAST_PATHS: [&str; 2] = ["/turncredential", "/ice"];
 /// The agent's routes: see the module documentation. Cheap to clone.
 #[derive(Clone)]
 pub struct Api {
-    fast: guard::Access<FastRoutes, RequestCounter>,
+    state: SharedState,
+    access: guard::AccessLayer<RequestCounter>,
     router: Router,
     /// The peer address of requests without one (router tests only).
     #[cfg(test)]
-    mock_peer: Option<std::net::SocketAddr>,
+    mock_peer: Option<SocketAddr>,
 }
 
 impl Api {
@@ -42,11 +50,30 @@ impl Api {
         router: Router,
     ) -> Api {
         Api {
-            fast: tower::Layer::layer(&access, FastRoutes { state }),
+            state,
+            access,
             router,
             #[cfg(test)]
             mock_peer: None,
         }
+    }
+
+    /// True for a request the fast path answers.
+    fn is_fast<B>(request: &HttpRequest<B>) -> bool {
+        request.method() == Method::GET && FAST_PATHS.contains(&request.uri().path())
+    }
+
+    /// The fast path's answer to `request` from `peer`.
+    fn answer_now<B>(&self, request: &mut HttpRequest<B>, peer: SocketAddr) -> Response {
+        self.access.answer_now(request, peer, |request| {
+            let subject = request.extensions().get::<guard::ClientSubject>();
+            let uri = request.uri();
+            let answer = match uri.path() {
+                "/turncredential" => super::credential_answer(&self.state, uri, subject),
+                _ => super::ice_answer(&self.state, uri, subject),
+            };
+            answer.unwrap_or_else(IntoResponse::into_response)
+        })
     }
 
     /// The router alone, without the fast path in front of it.
@@ -65,7 +92,7 @@ impl Api {
     /// Requests without a connection address come from `peer` (what
     /// axum's `MockConnectInfo` does for a router).
     #[cfg(test)]
-    pub(crate) fn with_mock_peer(mut self, peer: std::net::SocketAddr) -> Api {
+    pub(crate) fn with_mock_peer(mut self, peer: SocketAddr) -> Api {
         self.mock_peer = Some(peer);
         self.router = self
             .router
@@ -74,18 +101,43 @@ impl Api {
     }
 }
 
+/// How the server calls it: the fast path with the connection's peer, the
+/// rest through the router.
+impl Routes for Api {
+    type Answer = ApiFuture;
+
+    fn answer(
+        &self,
+        mut request: hyper::Request<Incoming>,
+        peer: SocketAddr,
+        edge: &EdgeLayer,
+    ) -> ApiFuture {
+        if !Api::is_fast(&request) {
+            return ApiFuture::Router {
+                answer: Routes::answer(&self.router, request, peer, edge),
+            };
+        }
+        let answer = edge
+            .refuse_long_head(&request)
+            .unwrap_or_else(|| self.answer_now(&mut request, peer));
+        ApiFuture::Now {
+            answer: std::future::ready(Ok(answer)),
+        }
+    }
+}
+
+/// How router tests call it (`oneshot` with a mock peer): the same fast
+/// path, with the peer from the request's `ConnectInfo`.
 impl tower::Service<Request> for Api {
     type Response = Response;
     type Error = Infallible;
     type Future = ApiFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both are always ready (the router, and `Access` around a service
-        // that always is).
+        // The router is always ready; the fast path needs nothing.
         Poll::Ready(Ok(()))
     }
 
-    #[cfg_attr(not(test), allow(unused_mut))]
     fn call(&mut self, mut request: Request) -> ApiFuture {
         #[cfg(test)]
         if let Some(peer) = self.mock_peer {
@@ -93,13 +145,31 @@ impl tower::Service<Request> for Api {
                 .extensions_mut()
                 .insert(axum::extract::connect_info::MockConnectInfo(peer));
         }
-        if request.method() == Method::GET && FAST_PATHS.contains(&request.uri().path()) {
-            return ApiFuture::Fast {
-                answer: self.fast.call(request),
+        if !Api::is_fast(&request) {
+            return ApiFuture::Inner {
+                answer: tower::Service::call(&mut self.router, request),
             };
         }
-        ApiFuture::Router {
-            answer: tower::Service::call(&mut self.router, request),
+        let extensions = request.extensions();
+        let peer = extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+            .or_else(|| {
+                extensions
+                    .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                    .map(|mock| mock.0)
+            });
+        let answer = match peer {
+            Some(peer) => self.answer_now(&mut request, peer),
+            // What axum's `ConnectInfo` extractor answers.
+            None => ApiError::Status {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                reason: "the connection's address is missing".into(),
+            }
+            .into_response(),
+        };
+        ApiFuture::Now {
+            answer: std::future::ready(Ok(answer)),
         }
     }
 }
@@ -108,8 +178,9 @@ pin_project_lite::pin_project! {
     /// [`Api`]'s answer.
     #[project = ApiFutureProjection]
     pub enum ApiFuture {
-        Fast { #[pin] answer: guard::AccessFuture<Ready<Result<Response, Infallible>>, RequestCounter> },
-        Router { #[pin] answer: <Router as tower::Service<Request>>::Future },
+        Now { #[pin] answer: Ready<Result<Response, Infallible>> },
+        Router { #[pin] answer: <Router as Routes>::Answer },
+        Inner { #[pin] answer: <Router as tower::Service<Request>>::Future },
     }
 }
 
@@ -118,34 +189,9 @@ impl Future for ApiFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ApiFutureProjection::Fast { answer } => answer.poll(cx),
+            ApiFutureProjection::Now { answer } => answer.poll(cx),
             ApiFutureProjection::Router { answer } => answer.poll(cx),
+            ApiFutureProjection::Inner { answer } => answer.poll(cx),
         }
-    }
-}
-
-/// `GET /turncredential` and `GET /ice` behind the access checks.
-#[derive(Clone)]
-pub struct FastRoutes {
-    state: SharedState,
-}
-
-impl tower::Service<Request> for FastRoutes {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Ready<Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let subject = request.extensions().get::<guard::ClientSubject>();
-        let uri = request.uri();
-        let answer = match uri.path() {
-            "/turncredential" => super::credential_answer(&self.state, uri, subject),
-            _ => super::ice_answer(&self.state, uri, subject),
-        };
-        std::future::ready(Ok(answer.unwrap_or_else(IntoResponse::into_response)))
     }
 }

@@ -376,7 +376,7 @@ impl RequestCounter {
 impl guard::Observe for RequestCounter {
     type Mark = std::borrow::Cow<'static, str>;
 
-    fn start(&self, request: &axum::extract::Request) -> Self::Mark {
+    fn start<B>(&self, request: &axum::http::Request<B>) -> Self::Mark {
         let matched = request
             .extensions()
             .get::<axum::extract::MatchedPath>()

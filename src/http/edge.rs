@@ -43,6 +43,23 @@ impl EdgeLayer {
     }
 }
 
+impl EdgeLayer {
+    /// The JSON 431 for a request whose head is over the limit.
+    pub fn refuse_long_head<B>(&self, request: &axum::http::Request<B>) -> Option<Response> {
+        let max_header_bytes = self.max_header_bytes;
+        let size = head_bytes(request);
+        (size > max_header_bytes).then(|| {
+            ApiError::Status {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                reason: format!(
+                    "the request head is {size} bytes; at most {max_header_bytes} are accepted"
+                ),
+            }
+            .into_response()
+        })
+    }
+}
+
 impl<S> tower::Layer<S> for EdgeLayer {
     type Service = Edge<S>;
 
@@ -74,18 +91,8 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let max_header_bytes = self.limits.max_header_bytes;
-        let size = head_bytes(&request);
-        if size > max_header_bytes {
-            return EdgeFuture::answered(
-                ApiError::Status {
-                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    reason: format!(
-                        "the request head is {size} bytes; at most {max_header_bytes} are accepted"
-                    ),
-                }
-                .into_response(),
-            );
+        if let Some(refusal) = self.limits.refuse_long_head(&request) {
+            return EdgeFuture::answered(refusal);
         }
         EdgeFuture {
             inner: Some(self.inner.call(request)),

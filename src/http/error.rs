@@ -1,6 +1,5 @@
 //! The one error type of the HTTP API.
 
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -133,7 +132,7 @@ pub(crate) fn canonical_reason(status: StatusCode) -> String {
 }
 
 /// Size of a request head as it came in: request line and header lines.
-pub(crate) fn head_bytes(request: &Request) -> usize {
+pub(crate) fn head_bytes<B>(request: &axum::http::Request<B>) -> usize {
     // The length of the URI as written (its `Display`), without writing it.
     let uri = request.uri();
     let uri_len = uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)

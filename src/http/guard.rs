@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, Request as HttpRequest, StatusCode};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -143,7 +143,7 @@ impl Rules {
     }
 }
 
-fn bearer(request: &Request) -> Option<&str> {
+fn bearer<B>(request: &HttpRequest<B>) -> Option<&str> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)?
@@ -169,7 +169,7 @@ pub fn forwarded_for_lines(headers: &axum::http::HeaderMap) -> Vec<std::borrow::
 /// With CORS off nothing on the API is meant for pages: a state-changing
 /// request that a browser marks as coming from a page (`Origin`, or
 /// `Sec-Fetch-Site` other than `none`) is cross-site by construction.
-fn is_browser_write(request: &Request) -> bool {
+fn is_browser_write<B>(request: &HttpRequest<B>) -> bool {
     let safe = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -223,7 +223,7 @@ impl CorsAfter {
 
 /// CORS before the routes: an answer given here (a refusal, a
 /// preflight), if any, and what to add to the answer either way.
-fn cors_before(guard: &Guard, request: &Request) -> (Option<Response>, CorsAfter) {
+fn cors_before<B>(guard: &Guard, request: &HttpRequest<B>) -> (Option<Response>, CorsAfter) {
     let policy = guard.cors.load();
     if !policy.is_enabled() {
         if is_browser_write(request) {
@@ -289,10 +289,10 @@ fn cors_before(guard: &Guard, request: &Request) -> (Option<Response>, CorsAfter
 
 /// The access checks: Ok when the request may go on (with the subject of
 /// its client token, if any, in its extensions).
-fn check_access(
+fn check_access<B>(
     route_guard: &RouteGuard,
     peer: SocketAddr,
-    request: &mut Request,
+    request: &mut HttpRequest<B>,
 ) -> Result<(), ApiError> {
     let Some(permission) = (route_guard.required)(request.uri().path()) else {
         return Ok(());
@@ -354,7 +354,7 @@ pub trait Observe: Send + Sync + 'static {
     /// What is noted of the request before it is answered.
     type Mark: Send + 'static;
 
-    fn start(&self, request: &Request) -> Self::Mark;
+    fn start<B>(&self, request: &HttpRequest<B>) -> Self::Mark;
 
     fn finish(&self, mark: Self::Mark, response: &Response);
 }
@@ -363,7 +363,7 @@ pub trait Observe: Send + Sync + 'static {
 impl Observe for () {
     type Mark = ();
 
-    fn start(&self, _request: &Request) {}
+    fn start<B>(&self, _request: &HttpRequest<B>) {}
 
     fn finish(&self, _mark: (), _response: &Response) {}
 }
@@ -392,6 +392,32 @@ impl<O> Clone for AccessLayer<O> {
         AccessLayer {
             shared: self.shared.clone(),
         }
+    }
+}
+
+impl<O: Observe> AccessLayer<O> {
+    /// What [`Access`] does, for an answer made at once by `answer` (no
+    /// route service, no future): the observer, CORS and the guard around
+    /// it, with the peer given rather than looked up in the extensions.
+    pub fn answer_now<B>(
+        &self,
+        request: &mut HttpRequest<B>,
+        peer: SocketAddr,
+        answer: impl FnOnce(&HttpRequest<B>) -> Response,
+    ) -> Response {
+        let (routes, observe) = &*self.shared;
+        let mark = observe.start(request);
+        let (refusal, after) = cors_before(&routes.guard, request);
+        let mut response = match refusal {
+            Some(refusal) => refusal,
+            None => match check_access(routes, peer, request) {
+                Ok(()) => answer(request),
+                Err(refusal) => refusal.into_response(),
+            },
+        };
+        after.apply(&mut response);
+        observe.finish(mark, &response);
+        response
     }
 }
 

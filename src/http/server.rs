@@ -34,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -48,11 +49,54 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+
+use axum::extract::Request;
+use axum::response::Response;
+use axum::Router;
 
 use super::connection::{Ended, HeadClock, NotesAnswer, Served};
+use super::edge::{EdgeFuture, EdgeLayer};
 use super::tls::TlsReloader;
 use crate::config::ServerLimits;
+
+/// What a server answers requests with: a router, or a service with a
+/// router behind it. Called for each request with the connection's peer,
+/// by reference: nothing is cloned per request unless the answer needs it.
+pub trait Routes: Send + Sync + 'static {
+    type Answer: Future<Output = Result<Response, Infallible>> + Send + 'static;
+
+    /// The answer to `request` from `peer`, under the server's `edge`
+    /// (head limit, request timeout, JSON errors).
+    fn answer(
+        &self,
+        request: hyper::Request<Incoming>,
+        peer: SocketAddr,
+        edge: &EdgeLayer,
+    ) -> Self::Answer;
+}
+
+/// A router gets the peer as axum's `ConnectInfo` and the edge around it
+/// (around the router, not with `Router::layer`: a router layer wraps every
+/// route in one more boxed service, cloned for every request).
+impl Routes for Router {
+    type Answer = EdgeFuture<<Router as tower::Service<Request>>::Future>;
+
+    fn answer(
+        &self,
+        mut request: hyper::Request<Incoming>,
+        peer: SocketAddr,
+        edge: &EdgeLayer,
+    ) -> Self::Answer {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        // A router is always ready.
+        tower::Service::call(
+            &mut tower::Layer::layer(edge, self.clone()),
+            request.map(axum::body::Body::new),
+        )
+    }
+}
 
 /// At most one "connection refused" line per this interval.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -229,30 +273,16 @@ impl RefusalLog {
 /// `listener` until `shutdown`, then lets open requests
 /// finish for at most `drain`; connections still open then are closed, and
 /// serve returns once every connection task has ended.
-pub async fn serve<S>(
+pub async fn serve<R: Routes>(
     listener: TcpListener,
-    routes: S,
+    routes: R,
     limits: ServerLimits,
     tls: Option<TlsReloader>,
     shutdown: CancellationToken,
     drain: Duration,
-) -> std::io::Result<()>
-where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    // Around the router, not with `Router::layer`: a router layer wraps
-    // every route in one more boxed service, cloned for every request.
-    let edge = tower::Layer::layer(
-        &super::edge::EdgeLayer::new(limits.max_header_bytes, limits.request_timeout),
-        routes,
-    );
+) -> std::io::Result<()> {
+    let routes = Arc::new(routes);
+    let edge = EdgeLayer::new(limits.max_header_bytes, limits.request_timeout);
     let slots = ConnectionSlots::new(limits);
     // The trimmer and every connection task: closed and waited for before
     // serve returns, so none outlives the server (the caller bounds the
@@ -322,21 +352,14 @@ where
                 continue;
             }
         };
-        let edge = edge.clone();
+        let routes = routes.clone();
         let connection = Connection {
             stream,
             peer,
             service: move |clock: Arc<HeadClock>| {
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                     clock.head_arrived();
-                    // What `into_make_service_with_connect_info` would add.
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    NotesAnswer::new(
-                        edge.clone().oneshot(request.map(axum::body::Body::new)),
-                        clock.clone(),
-                    )
+                    NotesAnswer::new(routes.answer(request, peer, &edge), clock.clone())
                 })
             },
             builder: builder.clone(),
@@ -541,7 +564,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrorWrites<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::Router;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
