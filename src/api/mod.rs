@@ -211,7 +211,14 @@ fn credential_answer(
     uri: &Uri,
     subject: Option<&guard::ClientSubject>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = Query::<CredentialQuery>::try_from_uri(uri)?;
+    let query = match uri.query() {
+        // Most callers send none: nothing to parse.
+        None => CredentialQuery {
+            ttl: None,
+            username: None,
+        },
+        Some(_) => Query::<CredentialQuery>::try_from_uri(uri)?.0,
+    };
     let credential = issue(state, query, subject)?;
     let body = TurnCredentialBody {
         r#type: "result",
@@ -220,7 +227,58 @@ fn credential_answer(
         password: credential.password.expose(),
         expired_time: credential.expires_at.saturating_mul(1000),
     };
-    Ok(json_no_store(&body))
+    Ok(no_store_json_body(body.to_json()))
+}
+
+impl TurnCredentialBody<'_> {
+    /// The answer's JSON: written by hand into a buffer of its exact size
+    /// when both strings need no escaping (every credential the agent
+    /// makes), by serde otherwise; the bytes are the same either way.
+    fn to_json(&self) -> Vec<u8> {
+        fn plain(text: &str) -> bool {
+            text.bytes()
+                .all(|byte| (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\')
+        }
+        if ![self.r#type, self.code, self.userid, self.password]
+            .into_iter()
+            .all(plain)
+        {
+            return serde_json::to_vec(self).unwrap_or_default();
+        }
+        let mut digits = [0u8; 20];
+        let expired_time = u64_text(self.expired_time, &mut digits);
+        let parts: [&[u8]; 11] = [
+            b"{\"type\":\"",
+            self.r#type.as_bytes(),
+            b"\",\"code\":\"",
+            self.code.as_bytes(),
+            b"\",\"userid\":\"",
+            self.userid.as_bytes(),
+            b"\",\"password\":\"",
+            self.password.as_bytes(),
+            b"\",\"expired_time\":",
+            expired_time,
+            b"}",
+        ];
+        let mut json = Vec::with_capacity(parts.iter().map(|part| part.len()).sum());
+        for part in parts {
+            json.extend_from_slice(part);
+        }
+        json
+    }
+}
+
+/// `value` in decimal, written at the end of `buffer`.
+fn u64_text(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buffer[start..];
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -449,7 +507,13 @@ fn json_no_store(body: &impl Serialize) -> Response {
         }
         .into_response();
     }
-    let mut response = Response::new(axum::body::Body::from(buffer));
+    no_store_json_body(buffer)
+}
+
+/// `json` as an answer not to be cached. A buffer whose length is its
+/// capacity becomes the body without another allocation.
+fn no_store_json_body(json: Vec<u8>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(json));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -1157,3 +1157,23 @@ async fn the_fast_path_answers_as_the_router_does() {
         "{text}"
     );
 }
+
+proptest::proptest! {
+    /// The hand-written credential JSON is byte for byte serde's, for any
+    /// strings (those that need escaping go through serde) and any time.
+    #[test]
+    fn the_credential_json_is_serdes(
+        userid in "\\PC{0,40}|[ -~]{0,40}",
+        password in "\\PC{0,40}|[ -~]{0,40}",
+        expired_time: u64,
+    ) {
+        let body = TurnCredentialBody {
+            r#type: "result",
+            code: "ok",
+            userid: &userid,
+            password: &password,
+            expired_time,
+        };
+        proptest::prop_assert_eq!(body.to_json(), serde_json::to_vec(&body).unwrap());
+    }
+}
