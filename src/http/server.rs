@@ -12,12 +12,13 @@
 //!   (`connection::Served`, one timer per connection).
 //! - Until its first byte a connection holds no hyper or TLS state (hyper
 //!   allocates an 8 KiB read buffer on its first read, and its connection
-//!   future is about 3.5 KiB). The first byte is looked for with a 1-byte
-//!   `peek`, not `readable()`: tokio reports a freshly accepted socket
-//!   readable before anything arrived, so every silent socket went on to
-//!   hyper, which read nothing and kept its buffer (about 13 KB of RSS per
-//!   idle socket; with `peek` about 1 KB). A client that closes before
-//!   sending anything is closed without hyper.
+//!   future is about 3.5 KiB). The first bytes are waited for with
+//!   `readable()` and a read that finds nothing when tokio reported a
+//!   socket readable that nothing has arrived on (a fresh one is, at once;
+//!   every silent socket then went on to hyper, which kept its buffer:
+//!   about 13 KB of RSS per idle socket, now about 1 KB). That read is the
+//!   request's own: hyper reads its bytes first ([`AcceptedSocket`]). A
+//!   client that closes before sending anything is closed without hyper.
 //! - Each request gets `request_timeout` (408 after it).
 //! - Open connections are capped in total and per client address (an IPv6
 //!   client by its /64), so one address cannot take the pool. At the total
@@ -373,14 +374,14 @@ pub async fn serve<R: Routes>(
             // hyper's buffers and TLS state are made once there is
             // something to read, in their own allocation.
             let first = tokio::select! {
-                _ = connection.shutdown.cancelled() => false,
-                _ = connection.close.cancelled() => false,
-                first = tokio::time::timeout(connection.header_read_timeout, has_first_byte(&connection.stream)) => {
-                    matches!(first, Ok(true))
+                _ = connection.shutdown.cancelled() => None,
+                _ = connection.close.cancelled() => None,
+                first = tokio::time::timeout(connection.header_read_timeout, first_bytes(&connection.stream)) => {
+                    first.ok().flatten()
                 }
             };
-            if first {
-                Box::pin(connection.serve()).await;
+            if let Some(first) = first {
+                Box::pin(connection.serve(first)).await;
             }
             drop(slot);
         });
@@ -401,13 +402,98 @@ pub async fn serve<R: Routes>(
     Ok(())
 }
 
-/// True once `stream` has a byte to read; false at EOF or on an error.
-/// A 1-byte `peek` rather than `readable()`, which tokio may report for a
-/// socket nothing has arrived on (a fresh one is, at once): `peek` clears
-/// such readiness on `WouldBlock` and waits for the next.
-async fn has_first_byte(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.peek(&mut probe).await, Ok(read) if read > 0)
+/// The most a connection's first read takes (the rest of a longer head is
+/// read by hyper).
+const FIRST_READ_BYTES: usize = 4096;
+
+/// The first bytes `stream` sends, once they arrive; `None` at EOF or on
+/// an error. tokio may report a socket readable that nothing has arrived
+/// on (a fresh one is, at once): the read then finds nothing, which clears
+/// that readiness, and the wait goes on. The read is the request's own
+/// (not a `peek` and a read again): one system call less per connection.
+async fn first_bytes(stream: &TcpStream) -> Option<Vec<u8>> {
+    loop {
+        stream.readable().await.ok()?;
+        match try_first_read(stream) {
+            Ok(first) => return first,
+            Err(()) => continue,
+        }
+    }
+}
+
+/// One read into a buffer on the stack (never held across an await, so a
+/// silent socket's future stays small), copied into an allocation of its
+/// size. `Err` when nothing had arrived after all.
+fn try_first_read(stream: &TcpStream) -> Result<Option<Vec<u8>>, ()> {
+    let mut buffer = [0u8; FIRST_READ_BYTES];
+    match stream.try_read(&mut buffer) {
+        Ok(0) => Ok(None),
+        Ok(read) => Ok(Some(buffer[..read].to_vec())),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Err(()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// An accepted socket as TLS and hyper read and write it: the bytes of
+/// its first read come first. Its shutdown is left to closing it, which
+/// sends the same FIN: a `shutdown` call first would be one more system
+/// call per connection.
+pub struct AcceptedSocket {
+    first: Vec<u8>,
+    /// How many of `first` were read.
+    taken: usize,
+    stream: TcpStream,
+}
+
+impl AcceptedSocket {
+    pub fn new(first: Vec<u8>, stream: TcpStream) -> AcceptedSocket {
+        AcceptedSocket {
+            first,
+            taken: 0,
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for AcceptedSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken < this.first.len() {
+            let rest = &this.first[this.taken..];
+            let count = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..count]);
+            this.taken += count;
+            if this.taken == this.first.len() {
+                // Given back once read.
+                this.first = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AcceptedSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// An accepted connection with what serving it takes.
@@ -432,7 +518,7 @@ where
     <S::ResBody as hyper::body::Body>::Data: Send,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    async fn serve(self) {
+    async fn serve(self, first: Vec<u8>) {
         let Connection {
             stream,
             peer,
@@ -443,6 +529,7 @@ where
             shutdown,
             close,
         } = self;
+        let stream = AcceptedSocket::new(first, stream);
         let ended = match tls {
             None => {
                 let clock = HeadClock::new();
@@ -751,6 +838,48 @@ mod tests {
         let mut next = TcpStream::connect(addr).await.unwrap();
         assert!(get(&mut next, true).await.starts_with("HTTP/1.1 200"));
         shutdown.cancel();
+    }
+
+    /// The first read takes part of a head or the first 4 KiB of a long
+    /// one; hyper gets those bytes first and reads the rest itself.
+    #[tokio::test]
+    async fn a_head_split_across_the_first_read_and_later_ones_is_served() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, shutdown) = ok_server(limits(4, 4)).await;
+        let mut split = TcpStream::connect(addr).await.unwrap();
+        split.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(get_rest(&mut split, b"st: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        // Longer than the first read: 6,000 bytes of header.
+        let mut long = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nx-padding: {}\r\n\r\n",
+            "a".repeat(6000)
+        );
+        assert!(get_rest(&mut long, head.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200"));
+        // Both connections stay usable.
+        assert!(get(&mut split, false).await.starts_with("HTTP/1.1 200"));
+        assert!(get(&mut long, true).await.starts_with("HTTP/1.1 200"));
+        shutdown.cancel();
+    }
+
+    /// Writes `rest` and reads until the answer's body (`ok`) or EOF.
+    async fn get_rest(stream: &mut TcpStream, rest: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(rest).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !answer.ends_with(b"ok") {
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(read)) => answer.extend_from_slice(&buffer[..read]),
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
     }
 
     #[test]
