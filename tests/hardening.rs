@@ -254,6 +254,24 @@ async fn every_error_the_server_produces_is_json() {
             431,
             "request_header_fields_too_large",
         ),
+        // The same limit on the fast path of the credential endpoints.
+        (
+            client
+                .get(agent.url("/turncredential"))
+                .header("x-padding", &padding),
+            431,
+            "request_header_fields_too_large",
+        ),
+        (
+            client.get(agent.url("/ice")).header("x-padding", &padding),
+            431,
+            "request_header_fields_too_large",
+        ),
+        (
+            client.get(agent.url("/ice?policy=sometimes")),
+            400,
+            "bad_request",
+        ),
     ];
     for (request, status, code) in requests {
         let response = request.send().await.unwrap();

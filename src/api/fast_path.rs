@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::{Method, Request as HttpRequest, StatusCode};
+use axum::http::{Method, Request as HttpRequest};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
@@ -64,7 +64,11 @@ impl Api {
     }
 
     /// The fast path's answer to `request` from `peer`.
-    fn answer_now<B>(&self, request: &mut HttpRequest<B>, peer: SocketAddr) -> Response {
+    fn answer_now<B>(
+        &self,
+        request: &mut HttpRequest<B>,
+        peer: Result<SocketAddr, ApiError>,
+    ) -> Response {
         self.access.answer_now(request, peer, |request| {
             let subject = request.extensions().get::<guard::ClientSubject>();
             let uri = request.uri();
@@ -119,7 +123,7 @@ impl Routes for Api {
         }
         let answer = edge
             .refuse_long_head(&request)
-            .unwrap_or_else(|| self.answer_now(&mut request, peer));
+            .unwrap_or_else(|| self.answer_now(&mut request, Ok(peer)));
         ApiFuture::Now {
             answer: std::future::ready(Ok(answer)),
         }
@@ -150,24 +154,8 @@ impl tower::Service<Request> for Api {
                 answer: tower::Service::call(&mut self.router, request),
             };
         }
-        let extensions = request.extensions();
-        let peer = extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|info| info.0)
-            .or_else(|| {
-                extensions
-                    .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
-                    .map(|mock| mock.0)
-            });
-        let answer = match peer {
-            Some(peer) => self.answer_now(&mut request, peer),
-            // What axum's `ConnectInfo` extractor answers.
-            None => ApiError::Status {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                reason: "the connection's address is missing".into(),
-            }
-            .into_response(),
-        };
+        let peer = guard::connection_peer(&request);
+        let answer = self.answer_now(&mut request, peer);
         ApiFuture::Now {
             answer: std::future::ready(Ok(answer)),
         }

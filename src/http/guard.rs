@@ -402,23 +402,56 @@ impl<O: Observe> AccessLayer<O> {
     pub fn answer_now<B>(
         &self,
         request: &mut HttpRequest<B>,
-        peer: SocketAddr,
+        peer: Result<SocketAddr, ApiError>,
         answer: impl FnOnce(&HttpRequest<B>) -> Response,
     ) -> Response {
-        let (routes, observe) = &*self.shared;
-        let mark = observe.start(request);
-        let (refusal, after) = cors_before(&routes.guard, request);
-        let mut response = match refusal {
-            Some(refusal) => refusal,
-            None => match check_access(routes, peer, request) {
-                Ok(()) => answer(request),
-                Err(refusal) => refusal.into_response(),
-            },
-        };
-        after.apply(&mut response);
-        observe.finish(mark, &response);
+        let (mark, refusal, after) = admit(&self.shared, request, peer);
+        let mut response = refusal.unwrap_or_else(|| answer(request));
+        conclude(&self.shared.1, mark, after, &mut response);
         response
     }
+}
+
+/// The connection's address, where axum's `ConnectInfo` extractor looks
+/// for it; a JSON 500 (what that extractor answers) when it is missing.
+pub fn connection_peer<B>(request: &HttpRequest<B>) -> Result<SocketAddr, ApiError> {
+    let extensions = request.extensions();
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer)
+        .or_else(|| {
+            extensions
+                .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                .map(|mock| mock.0)
+        })
+        .ok_or_else(|| ApiError::Status {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "the connection's address is missing".into(),
+        })
+}
+
+/// Before an answer: the observer's mark, the refusal of CORS or the
+/// guard if there is one (a missing `peer` is refused after CORS), and
+/// what CORS adds to the answer.
+fn admit<B, O: Observe>(
+    (routes, observe): &(RouteGuard, O),
+    request: &mut HttpRequest<B>,
+    peer: Result<SocketAddr, ApiError>,
+) -> (O::Mark, Option<Response>, CorsAfter) {
+    let mark = observe.start(request);
+    let (refusal, after) = cors_before(&routes.guard, request);
+    let refusal = refusal.or_else(|| {
+        peer.and_then(|peer| check_access(routes, peer, request))
+            .err()
+            .map(IntoResponse::into_response)
+    });
+    (mark, refusal, after)
+}
+
+/// After an answer: what CORS adds, then the observer sees it.
+fn conclude<O: Observe>(observe: &O, mark: O::Mark, after: CorsAfter, response: &mut Response) {
+    after.apply(response);
+    observe.finish(mark, response);
 }
 
 impl<S, O> tower::Layer<S> for AccessLayer<O> {
@@ -467,30 +500,8 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let (routes, observe) = &*self.shared;
-        let mark = observe.start(&request);
-        let (answer, after) = cors_before(&routes.guard, &request);
-        let answer = answer.or_else(|| {
-            // Where axum's `ConnectInfo` extractor looks.
-            let extensions = request.extensions();
-            let peer = extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(peer)| *peer)
-                .or_else(|| {
-                    extensions
-                        .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
-                        .map(|mock| mock.0)
-                });
-            let checked = match peer {
-                Some(peer) => check_access(routes, peer, &mut request),
-                // What axum's `ConnectInfo` extractor answers.
-                None => Err(ApiError::Status {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    reason: "the connection's address is missing".into(),
-                }),
-            };
-            checked.err().map(IntoResponse::into_response)
-        });
+        let peer = connection_peer(&request);
+        let (mark, answer, after) = admit(&self.shared, &mut request, peer);
         let inner = match answer {
             Some(_) => None,
             None => Some(self.inner.call(request)),
@@ -545,11 +556,8 @@ where
             }
         };
         this.inner.set(None);
-        if let Some(after) = this.after.take() {
-            after.apply(&mut response);
-        }
-        if let Some(mark) = this.mark.take() {
-            this.shared.1.finish(mark, &response);
+        if let (Some(after), Some(mark)) = (this.after.take(), this.mark.take()) {
+            conclude(&this.shared.1, mark, after, &mut response);
         }
         std::task::Poll::Ready(Ok(response))
     }
