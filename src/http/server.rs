@@ -38,6 +38,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -124,6 +125,9 @@ pub struct ConnectionSlots {
     limits: ServerLimits,
     free: Arc<Semaphore>,
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// The most connections open at once since [`ConnectionSlots::take_peak`]:
+    /// a burst that comes and goes between two looks is still seen.
+    peak: AtomicUsize,
 }
 
 /// Room for one more connection, not yet given to an address.
@@ -149,6 +153,7 @@ impl ConnectionSlots {
                 limits.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             per_address: Mutex::new(HashMap::new()),
+            peak: AtomicUsize::new(0),
         })
     }
 
@@ -188,6 +193,13 @@ impl ConnectionSlots {
         self.limits.max_connections.min(Semaphore::MAX_PERMITS) - self.free.available_permits()
     }
 
+    /// The most connections open at once since the last call (at least
+    /// those open now); the count starts again from those open now.
+    pub fn take_peak(&self) -> usize {
+        let open = self.open_total();
+        self.peak.swap(open, Ordering::Relaxed).max(open)
+    }
+
     /// Open connections in total and from `peer`'s address.
     pub fn open(&self, peer: IpAddr) -> (usize, usize) {
         let key = crate::access::rate_limit_key(peer, CONNECTION_KEY_IPV6_PREFIX);
@@ -217,6 +229,10 @@ impl Reservation {
         }
         *count += 1;
         drop(per_address);
+        // This reservation's permit is taken: it is counted.
+        self.slots
+            .peak
+            .fetch_max(self.slots.open_total(), Ordering::Relaxed);
         Ok(Slot {
             slots: self.slots,
             key,
@@ -686,6 +702,21 @@ mod tests {
         drop(a1);
         assert_eq!(slots.open(ip("192.0.2.1")), (4, 1));
         let _a3 = slots.try_take(ip("192.0.2.1")).unwrap();
+    }
+
+    #[test]
+    fn the_peak_sees_a_burst_that_ended_between_two_looks() {
+        let slots = ConnectionSlots::new(limits(100, 100));
+        let _held = slots.try_take(ip("192.0.2.1")).unwrap();
+        assert_eq!(slots.take_peak(), 1);
+        let burst: Vec<Slot> = (0..40)
+            .map(|_| slots.try_take(ip("192.0.2.2")).unwrap())
+            .collect();
+        drop(burst);
+        assert_eq!(slots.open_total(), 1);
+        assert_eq!(slots.take_peak(), 41);
+        // Counted once: the next look starts from those open then.
+        assert_eq!(slots.take_peak(), 1);
     }
 
     /// A server with one route answering `ok`, on a loopback port.

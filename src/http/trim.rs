@@ -5,8 +5,10 @@
 //! `malloc_trim(0)` returns the free pages of every arena. [`TrimRule`]
 //! (pure) decides when that is worth it: after at least
 //! [`CONNECTIONS_BEFORE_TRIM`] connections ended since the last peak, not
-//! while connections are piling up. The shell ([`run`]) samples the open
-//! count every [`TRIM_CHECK_INTERVAL`].
+//! while connections are piling up. The shell ([`run`]) looks every
+//! [`TRIM_CHECK_INTERVAL`] at the most connections open at once since its
+//! last look and at those open now, so a burst that came and went between
+//! two looks is seen too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +31,11 @@ pub struct TrimRule {
 }
 
 impl TrimRule {
-    /// One sample; true when memory should be given back now.
-    pub fn sample(&mut self, open: usize) -> bool {
-        self.peak = self.peak.max(open);
+    /// One look: the most connections open at once since the last look
+    /// (`peak`) and those open now; true when memory should be given back
+    /// now.
+    pub fn sample(&mut self, peak: usize, open: usize) -> bool {
+        self.peak = self.peak.max(peak).max(open);
         if self.peak - open >= CONNECTIONS_BEFORE_TRIM {
             self.peak = open;
             return true;
@@ -50,7 +54,8 @@ pub async fn run(slots: Arc<ConnectionSlots>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        if rule.sample(slots.open_total()) {
+        let peak = slots.take_peak();
+        if rule.sample(peak, slots.open_total()) {
             // A trim of a large heap takes milliseconds: not on a worker.
             let _ = tokio::task::spawn_blocking(give_back_free_memory).await;
         }
@@ -79,20 +84,27 @@ mod tests {
         let mut rule = TrimRule::default();
         // Growing: never.
         for open in [0, 100, 5_000, 10_000] {
-            assert!(!rule.sample(open));
+            assert!(!rule.sample(open, open));
         }
         // A few ended: not yet.
-        assert!(!rule.sample(10_000 - CONNECTIONS_BEFORE_TRIM + 1));
+        assert!(!rule.sample(
+            10_000 - CONNECTIONS_BEFORE_TRIM + 1,
+            10_000 - CONNECTIONS_BEFORE_TRIM + 1
+        ));
         // Most ended: once.
-        assert!(rule.sample(10));
-        assert!(!rule.sample(10));
-        assert!(!rule.sample(0));
+        assert!(rule.sample(10, 10));
+        assert!(!rule.sample(10, 10));
+        assert!(!rule.sample(0, 0));
         // The next wave counts from the new peak.
-        assert!(!rule.sample(CONNECTIONS_BEFORE_TRIM));
-        assert!(rule.sample(0));
+        assert!(!rule.sample(CONNECTIONS_BEFORE_TRIM, CONNECTIONS_BEFORE_TRIM));
+        assert!(rule.sample(0, 0));
         // Small churn never trims.
         for open in [0, 200, 0, 200, 0] {
-            assert!(!rule.sample(open));
+            assert!(!rule.sample(open, open));
         }
+        // A burst that came and went between two looks.
+        assert!(!rule.sample(0, 0));
+        assert!(rule.sample(10_000, 0));
+        assert!(!rule.sample(0, 0));
     }
 }
