@@ -2,7 +2,8 @@
 //! request of a clock read and two atomic stores.
 //!
 //! - **The head deadline.** From the moment the server waits for a request
-//!   head (the connection's start, and the end of each answer) the head
+//!   head (the connection's start, and once each answer is out: its body
+//!   written to the connection's buffer, see [`NotesEnd`]) the head
 //!   must arrive within `header_read_timeout`; otherwise the connection is
 //!   closed without an answer. hyper's own header timer allocates and
 //!   registers a new timer for every request; here [`HeadClock`] only
@@ -219,7 +220,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A request's answer that tells the [`HeadClock`] when it is given.
+    /// A request's answer whose body tells the [`HeadClock`] when the
+    /// answer is out ([`NotesEnd`]).
     pub struct NotesAnswer<F> {
         #[pin]
         answer: F,
@@ -233,14 +235,58 @@ impl<F> NotesAnswer<F> {
     }
 }
 
-impl<F: Future> Future for NotesAnswer<F> {
-    type Output = F::Output;
+impl<F, B, E> Future for NotesAnswer<F>
+where
+    F: Future<Output = Result<hyper::Response<B>, E>>,
+{
+    type Output = Result<hyper::Response<NotesEnd<B>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let answer = std::task::ready!(this.answer.poll(cx));
-        this.clock.answered();
-        Poll::Ready(answer)
+        Poll::Ready(answer.map(|response| {
+            response.map(|body| NotesEnd {
+                body,
+                clock: Some(this.clock.clone()),
+            })
+        }))
+    }
+}
+
+/// An answer's body that tells the [`HeadClock`] the answer is out when
+/// hyper is done with it (all of it written to the connection's buffer,
+/// or dropped): a client reading a long answer slowly is not held to the
+/// next head's deadline meanwhile.
+pub struct NotesEnd<B> {
+    body: B,
+    clock: Option<Arc<HeadClock>>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for NotesEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> Drop for NotesEnd<B> {
+    fn drop(&mut self) {
+        if let Some(clock) = self.clock.take() {
+            clock.answered();
+        }
     }
 }
 
@@ -322,6 +368,32 @@ mod tests {
         driver.await.unwrap();
         assert_eq!(served.await, Ended::HeadTimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(14));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_being_written_has_no_head_deadline_until_it_is_out() {
+        let clock = HeadClock::new();
+        clock.head_arrived();
+        let started = Instant::now();
+        let (mut served, _, _, _) = served(&clock, Duration::from_secs(5));
+        let answer = NotesAnswer::new(
+            std::future::ready(Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                axum::body::Body::from("a long answer, read slowly"),
+            ))),
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        // Ready, but not yet out: 20 s later the connection is still open.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(20), served.as_mut())
+                .await
+                .is_err(),
+            "closed while the answer was being written"
+        );
+        drop(answer);
+        assert_eq!(served.await, Ended::HeadTimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(25));
     }
 
     #[tokio::test(start_paused = true)]
