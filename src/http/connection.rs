@@ -97,7 +97,7 @@ pub enum Ended {
 }
 
 /// Wakes the connection's task and notes that a side future fired.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SideWake {
     fired: AtomicBool,
     task: Mutex<Option<Waker>>,
@@ -140,6 +140,8 @@ pin_project_lite::pin_project! {
         header_read_timeout: Duration,
         side: Arc<SideWake>,
         side_waker: Waker,
+        // The side futures are polled on the first poll and after a fire.
+        first_poll: bool,
         shutting_down: bool,
     }
 }
@@ -154,12 +156,7 @@ impl<C> Served<C> {
         shutdown: tokio_util::sync::CancellationToken,
         close: tokio_util::sync::CancellationToken,
     ) -> Served<C> {
-        // Fired from the start: the first poll polls the side futures,
-        // which registers their waker.
-        let side = Arc::new(SideWake {
-            fired: AtomicBool::new(true),
-            task: Mutex::new(None),
-        });
+        let side = Arc::new(SideWake::default());
         let first_deadline = clock
             .deadline(header_read_timeout)
             .unwrap_or_else(|| Instant::now() + header_read_timeout);
@@ -172,6 +169,7 @@ impl<C> Served<C> {
             header_read_timeout,
             side_waker: Waker::from(side.clone()),
             side,
+            first_poll: true,
             shutting_down: false,
         }
     }
@@ -194,7 +192,7 @@ where
                 *task = Some(cx.waker().clone());
             }
         }
-        if this.side.fired.swap(false, Ordering::Acquire) {
+        if std::mem::take(this.first_poll) | this.side.fired.swap(false, Ordering::Acquire) {
             let mut side_cx = Context::from_waker(this.side_waker);
             if this.close.as_mut().poll(&mut side_cx).is_ready() {
                 return Poll::Ready(Ended::Closed);
