@@ -12,7 +12,7 @@ use tokio::time::Instant;
 const TOKEN: &str = "a-bearer-token-for-tests-0123456789";
 
 fn client_from(source: &str) -> reqwest::Client {
-    reqwest::Client::builder()
+    http_client_builder()
         .local_address(source.parse::<IpAddr>().unwrap())
         .timeout(Duration::from_secs(5))
         .build()

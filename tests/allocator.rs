@@ -484,7 +484,7 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
     )
     .await;
     let listen = service.listen.clone();
-    let http = reqwest::Client::new();
+    let http = http_client();
     assert_eq!(hosts["synced"], true);
 
     for _ in 0..2 {
@@ -523,7 +523,7 @@ async fn allocator_service_hands_out_ice_servers_that_allocate() {
     // Its own access rules: a user may allocate but not list hosts; an
     // unknown address may do neither.
     let from = |source: &str| {
-        reqwest::Client::builder()
+        http_client_builder()
             .local_address(source.parse::<std::net::IpAddr>().unwrap())
             .build()
             .unwrap()
@@ -599,7 +599,7 @@ async fn fleet_page_renders_the_view_in_headless_chromium() {
     }
     let (service, _) = start_service(&zookeeper, "", 2).await;
     let listen = service.listen.clone();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let _ = http
         .get(format!("http://{listen}/allocate"))
         .send()
@@ -716,7 +716,7 @@ async fn ice_hands_out_only_typed_fields_never_follows_a_redirect_and_caps_the_b
         .await;
     }
     let (service, _) = start_service(&zookeeper, "ice_timeout = \"5s\"\n", 3).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let ice = |isp: &str| {
         http.get(format!("http://{}/ice?isp={isp}", service.listen))
             .send()
@@ -853,7 +853,7 @@ async fn ice_never_calls_itself_or_another_allocator_and_skips_a_busy_host_for_t
     let extra = "strategy = \"most-free\"\nice_attempts = 3\n";
     let (service, _) = start_service_at(&zookeeper, own.clone(), extra, 4).await;
     let (other_service, _) = start_service_at(&zookeeper, other.clone(), extra, 4).await;
-    let http = reqwest::Client::builder()
+    let http = http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -948,7 +948,7 @@ async fn allocator_forwards_the_caller_so_the_agent_limits_each_caller_not_the_a
         )],
         ..AgentOptions::default()
     });
-    let watcher = reqwest::Client::builder()
+    let watcher = http_client_builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
         .unwrap();
@@ -986,7 +986,7 @@ async fn allocator_forwards_the_caller_so_the_agent_limits_each_caller_not_the_a
     .await;
     let listen = service.listen.clone();
     let caller = |index: usize| {
-        reqwest::Client::builder()
+        http_client_builder()
             .local_address(std::net::IpAddr::from([127, 0, 0, 10 + index as u8]))
             .timeout(Duration::from_secs(10))
             .build()
@@ -1251,7 +1251,7 @@ async fn a_client_tokens_subject_wins_over_the_username_asked_for() {
         now,
     )
     .unwrap();
-    let response = reqwest::Client::new()
+    let response = http_client()
         .get(format!("http://{}/ice?username=bob", service.listen))
         .bearer_auth(&token)
         .send()
@@ -1632,7 +1632,7 @@ async fn the_services_default_rate_limit_lets_a_busy_caller_through_and_a_set_on
         put(&writer, "a", &payload(100.0, 1)).await;
     }
     let statuses = |listen: String| async move {
-        let client = reqwest::Client::new();
+        let client = http_client();
         let mut statuses = BTreeMap::new();
         for _ in 0..300 {
             let status = client

@@ -25,7 +25,7 @@ async fn get_as_stranger(
     path: &str,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::builder()
+    let client = http_client_builder()
         .local_address(STRANGER.parse::<std::net::IpAddr>().unwrap())
         .timeout(Duration::from_secs(10))
         .build()
@@ -113,7 +113,7 @@ async fn a_minted_token_fetches_a_named_credential_from_outside_the_allow_list()
         &listen,
         &format!("{listen}\ncors_origins = [\"https://app.example\"]"),
     );
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_for(
         Duration::from_secs(10),
         "the new origins applied",

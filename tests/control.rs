@@ -33,7 +33,7 @@ async fn wait_control_up(agent: &Agent) -> serde_json::Value {
 }
 
 async fn delete(agent: &Agent, path: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = http_client()
         .delete(agent.url(path))
         .send()
         .await
@@ -279,7 +279,7 @@ async fn a_drain_waits_for_open_allocations_and_ends_when_they_are_ended() {
     })
     .await;
 
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(agent.url("/drain"))
         .send()
         .await
@@ -348,7 +348,7 @@ async fn a_frozen_cli_means_fallback_to_interface_counters_and_recovery() {
 }
 
 async fn post(agent: &Agent, path: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(agent.url(path))
         .send()
         .await

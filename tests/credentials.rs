@@ -138,7 +138,7 @@ async fn concurrent_requests_during_rotations_always_get_a_valid_credential() {
     ));
     agent.wait_ready(Duration::from_secs(5)).await;
     agent.wait_credential(Duration::from_secs(5)).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let url = agent.url("/turncredential");
     let until = Instant::now() + Duration::from_millis(2500);
     let mut tasks = Vec::new();
@@ -477,7 +477,7 @@ async fn rotation_on_demand_through_the_cli_and_post_rotate_is_throttled() {
 
     // At once again: 429 with Retry-After and the API's JSON error; nothing
     // rotated.
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(agent.url("/rotate"))
         .send()
         .await

@@ -70,7 +70,7 @@ async fn slow_header_connections_do_not_block_others_and_are_dropped() {
         stalled.push(stream);
     }
     let opened = Instant::now();
-    let client = reqwest::Client::new();
+    let client = http_client();
     for _ in 0..5 {
         let started = Instant::now();
         let status = client
@@ -151,7 +151,7 @@ async fn healthz_from(
     api: std::net::SocketAddr,
     timeout: Duration,
 ) -> Option<Duration> {
-    let client = reqwest::Client::builder()
+    let client = http_client_builder()
         .local_address(source.parse::<std::net::IpAddr>().unwrap())
         .timeout(timeout)
         .build()
@@ -232,7 +232,7 @@ async fn idle_and_preface_only_sockets_from_one_address_do_not_lock_out_another(
 async fn every_error_the_server_produces_is_json() {
     let agent = Agent::start(options(""));
     agent.wait_ready(Duration::from_secs(20)).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let padding = "a".repeat(20 * 1024);
     let requests = [
         (client.get(agent.url("/nowhere")), 404, "not_found"),
@@ -287,7 +287,7 @@ async fn every_error_the_server_produces_is_json() {
         assert_eq!(body["code"], code, "{url}: {body}");
     }
     // Unknown paths from an unknown address: 401, also JSON.
-    let stranger = reqwest::Client::builder()
+    let stranger = http_client_builder()
         .local_address("127.0.0.5".parse::<std::net::IpAddr>().unwrap())
         .build()
         .unwrap();
@@ -355,7 +355,7 @@ async fn a_thousand_idle_sockets_cost_little_and_do_not_slow_others() {
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
         let started = Instant::now();
-        let status = reqwest::Client::new()
+        let status = http_client()
             .get(agent.url("/turncredential"))
             .send()
             .await

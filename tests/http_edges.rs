@@ -147,7 +147,7 @@ async fn a_thousand_preface_only_sockets_leave_the_allocators_healthz_reachable(
             held.push(stream);
         }
     }
-    let client = reqwest::Client::builder()
+    let client = http_client_builder()
         .local_address("127.0.0.3".parse::<IpAddr>().unwrap())
         .timeout(Duration::from_secs(2))
         .build()
@@ -170,11 +170,11 @@ async fn a_thousand_preface_only_sockets_leave_the_allocators_healthz_reachable(
 #[tokio::test]
 async fn pages_of_a_listed_origin_may_call_the_allocator_and_others_not() {
     let service = start_service().await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let url = |path: &str| format!("http://{}{path}", service.listen);
     // A preflight from a stranger's address: answered before the access
     // checks, for the listed origin only.
-    let stranger = reqwest::Client::builder()
+    let stranger = http_client_builder()
         .local_address("127.0.0.9".parse::<IpAddr>().unwrap())
         .build()
         .unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::wait_for;
 use common::zookeeper::{Ensemble, Reader, ZooKeeper};
-use common::{Agent, AgentOptions};
+use common::{http_client_builder, Agent, AgentOptions};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use turn_agent::allocator::{Allocator, AllocatorSettings, View};
@@ -278,7 +278,7 @@ impl Offline {
 /// whether its registry is connected: (fetches, failed fetches, the
 /// longest time an agent was disconnected from ZooKeeper).
 async fn fetch_credentials(agents: Vec<String>, stop: CancellationToken) -> (u64, u64, Duration) {
-    let http = reqwest::Client::builder()
+    let http = http_client_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();

@@ -641,15 +641,30 @@ fn method_router(route: &Route) -> MethodRouter<ServiceState> {
     }
 }
 
+/// How long the client to the hosts keeps an idle connection for reuse.
+/// An agent closes a keep-alive connection that stays idle for its
+/// `header_read_timeout` (5 s by default), and a request sent on it at that
+/// moment is reset. Reusing only connections idle for less than this keeps
+/// clear of that race for any `header_read_timeout` above it; under steady
+/// traffic connections are still reused.
+pub const HOST_CONNECTION_IDLE: Duration = Duration::from_secs(1);
+
+/// The client `/ice` asks hosts with: `timeout` for a whole answer, no
+/// redirects followed, idle connections reused for [`HOST_CONNECTION_IDLE`].
+fn host_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(HOST_CONNECTION_IDLE)
+        .build()
+        .unwrap_or_default()
+}
+
 /// The allocator's routes ([`ROUTES`]) behind the same access guard as the
 /// agent's, with the permissions of the same table. In front of the guard,
 /// a request carrying the hop header is refused.
 pub fn router(allocator: Arc<Allocator>, ice_fetch: IceFetch, guard: Guard) -> Router {
-    let http = reqwest::Client::builder()
-        .timeout(ice_fetch.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
+    let http = host_client(ice_fetch.timeout);
     let picks = Family::<PickLabels, Counter>::default();
     let fetches = Family::<FetchLabels, Counter>::default();
     let loops_refused = Counter::default();
@@ -947,6 +962,52 @@ mod tests {
         let path = dir.path().join("allocator.toml");
         std::fs::write(&path, text).unwrap();
         load(&path)
+    }
+
+    /// A host that answers every request on a connection and counts the
+    /// connections it accepted.
+    async fn counting_host() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n) = socket.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if socket.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn the_host_client_reuses_a_connection_only_while_it_is_freshly_idle() {
+        let (addr, accepted) = counting_host().await;
+        let client = host_client(Duration::from_secs(2));
+        let url = format!("http://{addr}/ice");
+        for _ in 0..2 {
+            let answer = client.get(&url).send().await.unwrap();
+            assert_eq!(answer.text().await.unwrap(), "{}");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Idle for longer than HOST_CONNECTION_IDLE: an agent with a short
+        // header_read_timeout may be closing it right now, so a new one.
+        // (The pool's clock is the wall clock, so this waits for real.)
+        tokio::time::sleep(HOST_CONNECTION_IDLE + Duration::from_millis(200)).await;
+        client.get(&url).send().await.unwrap();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

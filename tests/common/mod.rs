@@ -17,6 +17,24 @@ use tokio::time::Instant;
 
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_turn-agent");
 
+/// How long a test's HTTP client keeps an idle connection for reuse: well
+/// below the servers' `header_read_timeout` (5 s), after which they close an
+/// idle keep-alive connection. A request sent on a connection at the moment
+/// the server closes it is reset; a client that reuses a connection idle for
+/// about that long (one that waited out a `turnutils_uclient` run, 3–6 s)
+/// would now and then meet that race.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(1);
+
+/// A test's HTTP client builder, with [`CLIENT_POOL_IDLE`].
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(CLIENT_POOL_IDLE)
+}
+
+/// A test's HTTP client, with [`CLIENT_POOL_IDLE`].
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().unwrap()
+}
+
 /// Polls `condition` every 10 ms until it yields a value or `timeout` passes.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
 where
@@ -215,7 +233,7 @@ impl Agent {
             files,
             child,
             log_path,
-            http: reqwest::Client::builder()
+            http: http_client_builder()
                 .timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
