@@ -97,7 +97,7 @@ pub enum Ended {
 }
 
 /// Wakes the connection's task and notes that a side future fired.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SideWake {
     fired: AtomicBool,
     task: Mutex<Option<Waker>>,
@@ -140,8 +140,6 @@ pin_project_lite::pin_project! {
         header_read_timeout: Duration,
         side: Arc<SideWake>,
         side_waker: Waker,
-        // The side futures are polled on the first poll and after a fire.
-        first_poll: bool,
         shutting_down: bool,
     }
 }
@@ -156,7 +154,12 @@ impl<C> Served<C> {
         shutdown: tokio_util::sync::CancellationToken,
         close: tokio_util::sync::CancellationToken,
     ) -> Served<C> {
-        let side = Arc::new(SideWake::default());
+        // Fired from the start: the first poll polls the side futures,
+        // which registers their waker.
+        let side = Arc::new(SideWake {
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
         let first_deadline = clock
             .deadline(header_read_timeout)
             .unwrap_or_else(|| Instant::now() + header_read_timeout);
@@ -169,7 +172,6 @@ impl<C> Served<C> {
             header_read_timeout,
             side_waker: Waker::from(side.clone()),
             side,
-            first_poll: true,
             shutting_down: false,
         }
     }
@@ -192,7 +194,7 @@ where
                 *task = Some(cx.waker().clone());
             }
         }
-        if std::mem::take(this.first_poll) | this.side.fired.swap(false, Ordering::Acquire) {
+        if this.side.fired.swap(false, Ordering::Acquire) {
             let mut side_cx = Context::from_waker(this.side_waker);
             if this.close.as_mut().poll(&mut side_cx).is_ready() {
                 return Poll::Ready(Ended::Closed);

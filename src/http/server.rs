@@ -50,6 +50,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use axum::extract::Request;
@@ -546,15 +547,8 @@ where
             close,
         } = self;
         let stream = AcceptedSocket::new(first, stream);
-        let ended = match tls {
-            None => {
-                let clock = HeadClock::new();
-                let connection = builder.serve_connection(
-                    TokioIo::new(JsonErrorWrites::new(stream)),
-                    service(clock.clone()),
-                );
-                Served::new(connection, clock, header_read_timeout, shutdown, close).await
-            }
+        let stream = match tls {
+            None => Either::Left(stream),
             Some(acceptor) => {
                 // The handshake gets the same deadline as a request head.
                 let handshake = tokio::select! {
@@ -562,14 +556,7 @@ where
                     handshake = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)) => handshake,
                 };
                 match handshake {
-                    Ok(Ok(stream)) => {
-                        let clock = HeadClock::new();
-                        let connection = builder.serve_connection(
-                            TokioIo::new(JsonErrorWrites::new(stream)),
-                            service(clock.clone()),
-                        );
-                        Served::new(connection, clock, header_read_timeout, shutdown, close).await
-                    }
+                    Ok(Ok(stream)) => Either::Right(stream),
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         return;
@@ -581,6 +568,12 @@ where
                 }
             }
         };
+        let clock = HeadClock::new();
+        let connection = builder.serve_connection(
+            TokioIo::new(JsonErrorWrites::new(stream)),
+            service(clock.clone()),
+        );
+        let ended = Served::new(connection, clock, header_read_timeout, shutdown, close).await;
         if ended == Ended::HeadTimedOut {
             tracing::debug!(%peer, "no request head within the deadline; connection closed");
         }
