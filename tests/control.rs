@@ -33,11 +33,7 @@ async fn wait_control_up(agent: &Agent) -> serde_json::Value {
 }
 
 async fn delete(agent: &Agent, path: &str) -> (u16, serde_json::Value) {
-    let response = http_client()
-        .delete(agent.url(path))
-        .send()
-        .await
-        .unwrap();
+    let response = http_client().delete(agent.url(path)).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -348,11 +344,7 @@ async fn a_frozen_cli_means_fallback_to_interface_counters_and_recovery() {
 }
 
 async fn post(agent: &Agent, path: &str) -> (u16, serde_json::Value) {
-    let response = http_client()
-        .post(agent.url(path))
-        .send()
-        .await
-        .unwrap();
+    let response = http_client().post(agent.url(path)).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }

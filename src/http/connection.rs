@@ -9,7 +9,9 @@
 //!   registers a new timer for every request; here [`HeadClock`] only
 //!   notes when the wait began, and one timer per connection ([`Served`]'s
 //!   alarm) is moved forward when it fires early. It never fires late: it
-//!   is set for the oldest deadline the connection could have.
+//!   is set for the oldest deadline the connection could have. When it
+//!   rings, the connection first reads what has arrived, so a head that
+//!   came with the deadline is served rather than reset.
 //! - **Stop signals.** The server's shutdown (the connection finishes the
 //!   answer it is writing and closes, as hyper's graceful shutdown does)
 //!   and the end of the drain (closed at once). They and the alarm are
@@ -194,6 +196,7 @@ where
                 *task = Some(cx.waker().clone());
             }
         }
+        let mut alarm_rang = false;
         if this.side.fired.swap(false, Ordering::Acquire) {
             let mut side_cx = Context::from_waker(this.side_waker);
             if this.close.as_mut().poll(&mut side_cx).is_ready() {
@@ -203,7 +206,17 @@ where
                 *this.shutting_down = true;
                 this.connection.as_mut().graceful_shutdown();
             }
-            while this.alarm.as_mut().poll(&mut side_cx).is_ready() {
+            alarm_rang = this.alarm.as_mut().poll(&mut side_cx).is_ready();
+        }
+        if this.connection.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ended::Finished);
+        }
+        // The deadline is judged after the connection read what had come:
+        // a head that arrived with the deadline is served, where closing
+        // with its bytes unread would reset the client's request.
+        if alarm_rang {
+            let mut side_cx = Context::from_waker(this.side_waker);
+            loop {
                 let now = Instant::now();
                 let next = match this.clock.deadline(*this.header_read_timeout) {
                     Some(deadline) if deadline <= now => return Poll::Ready(Ended::HeadTimedOut),
@@ -212,12 +225,12 @@ where
                     None => now + *this.header_read_timeout,
                 };
                 this.alarm.as_mut().reset(next);
+                if this.alarm.as_mut().poll(&mut side_cx).is_pending() {
+                    break;
+                }
             }
         }
-        match this.connection.poll(cx) {
-            Poll::Ready(_) => Poll::Ready(Ended::Finished),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Pending
     }
 }
 
@@ -396,6 +409,45 @@ mod tests {
         drop(answer);
         assert_eq!(served.await, Ended::HeadTimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(25));
+    }
+
+    /// A connection whose buffer holds a whole head from `at` on: polled
+    /// then, it reads it, as hyper does.
+    struct HeadInBuffer {
+        clock: Arc<HeadClock>,
+        at: Instant,
+    }
+
+    impl Future for HeadInBuffer {
+        type Output = Result<(), std::convert::Infallible>;
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if Instant::now() >= self.at {
+                self.clock.head_arrived();
+            }
+            Poll::Pending
+        }
+    }
+
+    impl GracefulConnection for HeadInBuffer {
+        fn graceful_shutdown(self: Pin<&mut Self>) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_arrives_with_the_deadline_is_read_not_reset() {
+        let clock = HeadClock::new();
+        let timeout = Duration::from_secs(5);
+        let connection = HeadInBuffer {
+            clock: clock.clone(),
+            at: Instant::now() + timeout,
+        };
+        let never = CancellationToken::new();
+        let served = Served::new(connection, clock, timeout, never.clone(), never);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(20), served)
+                .await
+                .is_err(),
+            "closed with a head in its buffer"
+        );
     }
 
     #[tokio::test(start_paused = true)]
