@@ -245,8 +245,8 @@ impl TurnCredentialBody<'_> {
         {
             return serde_json::to_vec(self).unwrap_or_default();
         }
-        let mut digits = [0u8; 20];
-        let expired_time = u64_text(self.expired_time, &mut digits);
+        let mut digits = itoa::Buffer::new();
+        let expired_time = digits.format(self.expired_time).as_bytes();
         let parts: [&[u8]; 11] = [
             b"{\"type\":\"",
             self.r#type.as_bytes(),
@@ -265,19 +265,6 @@ impl TurnCredentialBody<'_> {
             json.extend_from_slice(part);
         }
         json
-    }
-}
-
-/// `value` in decimal, written at the end of `buffer`.
-fn u64_text(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &buffer[start..];
-        }
     }
 }
 
@@ -459,10 +446,7 @@ impl guard::Observe for RequestCounter {
                     .inc();
             }
             None => {
-                self.metrics
-                    .http_requests
-                    .get_or_create(&HttpLabels { route, status })
-                    .inc();
+                self.counter(route, status).inc();
             }
         }
     }
