@@ -24,13 +24,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 
-use super::{guard, RequestCounter, SharedState};
+use super::{guard, Answer, RequestCounter, SharedState};
 use crate::http::edge::EdgeLayer;
 use crate::http::server::Routes;
 use crate::http::ApiError;
 
-/// The paths the fast path answers (for `GET` only).
-pub const FAST_PATHS: [&str; 2] = ["/turncredential", "/ice"];
+/// The paths the fast path answers (for `GET` only), with their answers.
+pub(super) const FAST_PATHS: [(&str, Answer); 2] = [
+    ("/turncredential", super::credential_answer),
+    ("/ice", super::ice_answer),
+];
 
 /// The agent's routes: see the module documentation. Cheap to clone.
 #[derive(Clone)]
@@ -58,25 +61,28 @@ impl Api {
         }
     }
 
-    /// True for a request the fast path answers.
-    fn is_fast<B>(request: &HttpRequest<B>) -> bool {
-        request.method() == Method::GET && FAST_PATHS.contains(&request.uri().path())
+    /// The answer of a request the fast path answers.
+    fn fast_answer<B>(request: &HttpRequest<B>) -> Option<Answer> {
+        if request.method() != Method::GET {
+            return None;
+        }
+        let path = request.uri().path();
+        FAST_PATHS
+            .iter()
+            .find(|(fast, _)| *fast == path)
+            .map(|&(_, answer)| answer)
     }
 
-    /// The fast path's answer to `request` from `peer`.
+    /// The fast path's `answer` to `request` from `peer`.
     fn answer_now<B>(
         &self,
+        answer: Answer,
         request: &mut HttpRequest<B>,
         peer: Result<SocketAddr, ApiError>,
     ) -> Response {
         self.access.answer_now(request, peer, |request| {
             let subject = request.extensions().get::<guard::ClientSubject>();
-            let uri = request.uri();
-            let answer = match uri.path() {
-                "/turncredential" => super::credential_answer(&self.state, uri, subject),
-                _ => super::ice_answer(&self.state, uri, subject),
-            };
-            answer.unwrap_or_else(IntoResponse::into_response)
+            answer(&self.state, request.uri(), subject).unwrap_or_else(IntoResponse::into_response)
         })
     }
 
@@ -116,14 +122,14 @@ impl Routes for Api {
         peer: SocketAddr,
         edge: &EdgeLayer,
     ) -> ApiFuture {
-        if !Api::is_fast(&request) {
+        let Some(fast) = Api::fast_answer(&request) else {
             return ApiFuture::Router {
                 answer: Routes::answer(&self.router, request, peer, edge),
             };
-        }
+        };
         let answer = edge
             .refuse_long_head(&request)
-            .unwrap_or_else(|| self.answer_now(&mut request, Ok(peer)));
+            .unwrap_or_else(|| self.answer_now(fast, &mut request, Ok(peer)));
         ApiFuture::Now {
             answer: std::future::ready(Ok(answer)),
         }
@@ -149,13 +155,13 @@ impl tower::Service<Request> for Api {
                 .extensions_mut()
                 .insert(axum::extract::connect_info::MockConnectInfo(peer));
         }
-        if !Api::is_fast(&request) {
+        let Some(fast) = Api::fast_answer(&request) else {
             return ApiFuture::Inner {
                 answer: tower::Service::call(&mut self.router, request),
             };
-        }
+        };
         let peer = guard::connection_peer(&request);
-        let answer = self.answer_now(&mut request, peer);
+        let answer = self.answer_now(fast, &mut request, peer);
         ApiFuture::Now {
             answer: std::future::ready(Ok(answer)),
         }

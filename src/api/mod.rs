@@ -79,8 +79,8 @@ pub fn router(state: ApiState, guard: guard::Guard) -> Api {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/turncredential", get(turn_credential))
-        .route("/ice", get(ice))
+        .route("/turncredential", answer_route(credential_answer))
+        .route("/ice", answer_route(ice_answer))
         .route("/rotate", post(rotate::rotate))
         .route("/drain", post(drain))
         .route("/metrics", get(metrics))
@@ -191,17 +191,23 @@ fn issue(
         .map_err(|unavailable| ApiError::Unavailable(unavailable.0))
 }
 
-/// `/turncredential` (the router's route, for HEAD; GET takes the fast
-/// path to [`credential_answer`]).
-async fn turn_credential(
-    State(state): State<SharedState>,
-    subject: Option<Extension<guard::ClientSubject>>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    credential_answer(
-        &state,
-        &uri,
-        subject.as_ref().map(|Extension(subject)| subject),
+/// An answer the fast path gives to `GET` ([`credential_answer`],
+/// [`ice_answer`]); the router's route for it ([`answer_route`]) gives it
+/// to `HEAD`.
+type Answer = fn(&ApiState, &Uri, Option<&guard::ClientSubject>) -> Result<Response, ApiError>;
+
+/// The router's route for `answer`.
+fn answer_route(answer: Answer) -> axum::routing::MethodRouter<SharedState> {
+    get(
+        move |State(state): State<SharedState>,
+              subject: Option<Extension<guard::ClientSubject>>,
+              uri: Uri| async move {
+            answer(
+                &state,
+                &uri,
+                subject.as_ref().map(|Extension(subject)| subject),
+            )
+        },
     )
 }
 
@@ -285,20 +291,6 @@ struct IceServer<'a> {
     urls: &'a [String],
     username: &'a str,
     credential: &'a str,
-}
-
-/// `/ice` (the router's route, for HEAD; GET takes the fast path to
-/// [`ice_answer`]).
-async fn ice(
-    State(state): State<SharedState>,
-    subject: Option<Extension<guard::ClientSubject>>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    ice_answer(
-        &state,
-        &uri,
-        subject.as_ref().map(|Extension(subject)| subject),
-    )
 }
 
 /// An RTCConfiguration fragment WebRTC stacks take as is, filtered by
@@ -428,15 +420,18 @@ impl guard::Observe for RequestCounter {
             .map(axum::extract::MatchedPath::as_str);
         // The fast path's requests never met the router.
         let path = request.uri().path();
-        route_label(matched.or_else(|| fast_path::FAST_PATHS.contains(&path).then_some(path)))
+        route_label(matched.or_else(|| {
+            let fast = fast_path::FAST_PATHS.iter().any(|(fast, _)| *fast == path);
+            fast.then_some(path)
+        }))
     }
 
     fn finish(&self, route: Self::Mark, response: &Response) {
         let status = response.status().as_u16();
         let fast = match &route {
-            std::borrow::Cow::Borrowed(route) if status == 200 => {
-                fast_path::FAST_PATHS.iter().position(|fast| fast == route)
-            }
+            std::borrow::Cow::Borrowed(route) if status == 200 => fast_path::FAST_PATHS
+                .iter()
+                .position(|(fast, _)| fast == route),
             _ => None,
         };
         match fast {
