@@ -41,9 +41,7 @@ impl EdgeLayer {
             request_timeout,
         }
     }
-}
 
-impl EdgeLayer {
     /// The JSON 431 for a request whose head is over the limit.
     pub fn refuse_long_head<B>(&self, request: &axum::http::Request<B>) -> Option<Response> {
         let max_header_bytes = self.max_header_bytes;

@@ -785,23 +785,9 @@ mod tests {
 
     /// Sends a GET and reads until the answer's body (`ok`) or EOF.
     async fn get(stream: &mut TcpStream, close: bool) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let connection = if close { "close" } else { "keep-alive" };
-        stream
-            .write_all(
-                format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let mut buffer = [0u8; 1024];
-        while !answer.ends_with(b"ok") {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => answer.extend_from_slice(&buffer[..read]),
-            }
-        }
-        String::from_utf8_lossy(&answer).into_owned()
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n");
+        get_rest(stream, head.as_bytes()).await
     }
 
     #[tokio::test]
