@@ -193,9 +193,12 @@ async fn a_new_port_gets_a_new_turnserver_after_a_drain() {
     .await;
     let served = agent.credential("").await.unwrap();
     assert!(uclient_allocates(new_port, &served.userid, &served.password).await);
-    assert!(agent
-        .log()
-        .contains("turnserver runs the new configuration"));
+    agent
+        .wait_log(
+            "turnserver runs the new configuration",
+            Duration::from_secs(5),
+        )
+        .await;
 }
 
 #[tokio::test]

@@ -38,9 +38,14 @@ async fn a_served_user_deleted_by_hand_is_detected_and_repaired_by_a_rotation() 
             .filter(|now| now.userid != served.userid)
     })
     .await;
-    assert!(agent
-        .log()
-        .contains("rotated to repair a rejected credential"));
+    // Logged once the repair rotation returns, which is just after the new
+    // credential is served: waited for, not read at once.
+    agent
+        .wait_log(
+            "rotated to repair a rejected credential",
+            Duration::from_secs(5),
+        )
+        .await;
     let metrics = agent.metrics().await;
     assert!(
         metrics.contains("turn_agent_self_check_runs_total"),
